@@ -1,0 +1,242 @@
+//! Decoding with explicit limits: file bytes -> 8-bit RGB, whatever the source format.
+//!
+//! Every conversion is documented here once, so training, evaluation and serving all see the
+//! same pixels:
+//! - EXIF orientation is applied (a rotated phone photo is seen upright);
+//! - 16-bit channels are scaled to 8 bits; grayscale is replicated to RGB;
+//! - alpha is composited onto white (a transparent background is slide glass, not black);
+//! - CMYK JPEGs are converted by the decoder (inverted Adobe CMYK handled by zune-jpeg).
+//!
+//! Limits: the header's width and height are checked before any pixel is allocated, so a file
+//! claiming 100,000 x 100,000 pixels costs nothing.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+
+/// Size limits applied to every decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecodeLimits {
+    /// Smallest accepted width and height, in pixels. Below this a field holds no cell.
+    pub min_side: u32,
+    /// Largest accepted width or height, in pixels.
+    pub max_side: u32,
+    /// Largest accepted width x height. ALL-IDB fields are 2592x1944 (5 MP); 64 MP leaves room
+    /// for whole-slide tiles while bounding memory at ~200 MB per decoded image.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self { min_side: 16, max_side: 16_384, max_pixels: 64 * 1024 * 1024 }
+    }
+}
+
+/// Why a file could not be turned into an RGB image.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{path}: cannot read file: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: empty file (0 bytes)")]
+    Empty { path: PathBuf },
+    #[error("{path}: not a recognised image format")]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: image is {width}x{height}, larger than the limit of {limit}")]
+    TooLarge { path: PathBuf, width: u32, height: u32, limit: String },
+    #[error("{path}: image is {width}x{height}, smaller than the minimum side of {min_side} px")]
+    TooSmall { path: PathBuf, width: u32, height: u32, min_side: u32 },
+    #[error("{path}: corrupt or truncated image: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl DecodeError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            DecodeError::Io { path, .. }
+            | DecodeError::Empty { path }
+            | DecodeError::UnknownFormat { path }
+            | DecodeError::TooLarge { path, .. }
+            | DecodeError::TooSmall { path, .. }
+            | DecodeError::Corrupt { path, .. } => path,
+        }
+    }
+
+    /// The reason alone, without the path (for tables that print the path in another column).
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        let prefix = format!("{}: ", self.path().display());
+        full.strip_prefix(&prefix).map(str::to_owned).unwrap_or(full)
+    }
+}
+
+/// Reads and decodes a file. See [`decode_bytes`].
+pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io { path: path.to_owned(), source })?;
+    decode_bytes(&bytes, path, limits)
+}
+
+/// Decodes in-memory bytes (`path` only names the source in errors) into 8-bit RGB, applying
+/// EXIF orientation and the conversions listed in the module docs.
+pub fn decode_bytes(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+    let p = || path.to_owned();
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty { path: p() });
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|source| DecodeError::Io { path: p(), source })?;
+    if reader.format().is_none() {
+        return Err(DecodeError::UnknownFormat { path: p() });
+    }
+    let mut lim = Limits::default();
+    lim.max_image_width = Some(limits.max_side);
+    lim.max_image_height = Some(limits.max_side);
+    // Generous allocation bound: the decoded image itself plus decoder scratch (16-bit RGBA).
+    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
+    reader.limits(lim);
+    let mut decoder = reader.into_decoder().map_err(|e| classify(e, path, limits))?;
+    let (width, height) = decoder.dimensions();
+    check_size(width, height, path, limits)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, path, limits))?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb_on_white(img))
+}
+
+fn check_size(width: u32, height: u32, path: &Path, limits: &DecodeLimits) -> Result<(), DecodeError> {
+    if width > limits.max_side || height > limits.max_side || (width as u64) * (height as u64) > limits.max_pixels {
+        return Err(DecodeError::TooLarge {
+            path: path.to_owned(),
+            width,
+            height,
+            limit: format!("{} px per side / {} pixels", limits.max_side, limits.max_pixels),
+        });
+    }
+    if width < limits.min_side || height < limits.min_side {
+        return Err(DecodeError::TooSmall { path: path.to_owned(), width, height, min_side: limits.min_side });
+    }
+    Ok(())
+}
+
+fn classify(e: image::ImageError, path: &Path, limits: &DecodeLimits) -> DecodeError {
+    use image::error::{ImageError, LimitErrorKind};
+    match e {
+        ImageError::Limits(l) => match l.kind() {
+            LimitErrorKind::DimensionError => DecodeError::TooLarge {
+                path: path.to_owned(),
+                width: 0,
+                height: 0,
+                limit: format!("{} px per side (header exceeds it)", limits.max_side),
+            },
+            _ => DecodeError::TooLarge {
+                path: path.to_owned(),
+                width: 0,
+                height: 0,
+                limit: format!("memory limit ({l})"),
+            },
+        },
+        ImageError::Unsupported(u) => DecodeError::Corrupt { path: path.to_owned(), reason: format!("unsupported: {u}") },
+        ImageError::IoError(io) => DecodeError::Corrupt { path: path.to_owned(), reason: io.to_string() },
+        other => DecodeError::Corrupt { path: path.to_owned(), reason: other.to_string() },
+    }
+}
+
+/// Any colour type -> 8-bit RGB; alpha is composited onto white.
+fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (o, px) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = px[3] as u32;
+        for c in 0..3 {
+            // round(c * a / 255 + 255 * (255 - a) / 255)
+            o[c] = ((px[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Rgba, RgbaImage};
+
+    fn encode(img: &DynamicImage, fmt: ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, fmt).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn rgba_is_composited_on_white() {
+        let mut img = RgbaImage::new(20, 20);
+        img.put_pixel(0, 0, Rgba([0, 0, 0, 0]));
+        img.put_pixel(1, 0, Rgba([200, 10, 10, 255]));
+        let bytes = encode(&DynamicImage::ImageRgba8(img), ImageFormat::Png);
+        let rgb = decode_bytes(&bytes, Path::new("a.png"), &DecodeLimits::default()).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [200, 10, 10]);
+    }
+
+    #[test]
+    fn sixteen_bit_is_scaled() {
+        let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(20, 20, image::Rgb([65535u16, 0, 32896]));
+        let bytes = encode(&DynamicImage::ImageRgb16(img), ImageFormat::Png);
+        let rgb = decode_bytes(&bytes, Path::new("a.png"), &DecodeLimits::default()).unwrap();
+        assert_eq!(rgb.get_pixel(3, 3).0, [255, 0, 128]);
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors() {
+        let lim = DecodeLimits::default();
+        assert!(matches!(decode_bytes(b"", Path::new("z.jpg"), &lim), Err(DecodeError::Empty { .. })));
+        assert!(matches!(
+            decode_bytes(b"hello, I am text", Path::new("t.jpg"), &lim),
+            Err(DecodeError::UnknownFormat { .. })
+        ));
+        let tiny = encode(&DynamicImage::new_rgb8(1, 1), ImageFormat::Png);
+        assert!(matches!(decode_bytes(&tiny, Path::new("t.png"), &lim), Err(DecodeError::TooSmall { .. })));
+        let good = encode(&DynamicImage::new_rgb8(64, 64), ImageFormat::Jpeg);
+        let cut = &good[..good.len() / 2];
+        let err = decode_bytes(cut, Path::new("cut.jpg"), &lim);
+        // zune-jpeg may pad a truncated scan with grey instead of failing; either is acceptable
+        // for the decoder, but it must never panic.
+        if let Err(e) = err {
+            assert!(e.to_string().contains("cut.jpg"));
+        }
+    }
+
+    #[test]
+    fn huge_header_is_rejected_before_allocation() {
+        // A valid PNG header claiming 100,000 x 100,000 pixels with no pixel data.
+        let mut png = Vec::new();
+        png.extend_from_slice(b"\x89PNG\r\n\x1a\n");
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png.extend_from_slice(&(ihdr.len() as u32).to_be_bytes());
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend_from_slice(&ihdr);
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+        let err = decode_bytes(&png, Path::new("huge.png"), &DecodeLimits::default()).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+}

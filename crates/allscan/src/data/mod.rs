@@ -1,0 +1,1 @@
+//! Dataset layer: discovery, index, splits.

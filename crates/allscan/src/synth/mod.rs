@@ -1,0 +1,1 @@
+//! Synthetic smears (stub, filled in by the synth work).

@@ -1,0 +1,1 @@
+//! Pretrained weights: cache dir, download, import.

@@ -1,0 +1,1 @@
+//! torchvision DenseNet in Burn.
