@@ -1,0 +1,169 @@
+//! DenseNet building blocks (arXiv:1608.06993, section 3): the BN-ReLU-Conv(1x1)-BN-ReLU-Conv(3x3)
+//! dense layer, the dense block that concatenates every layer's output, and the transition.
+//!
+//! Input: feature maps `[B, C, H, W]`. Output: feature maps; field names mirror torchvision's
+//! state_dict keys (`denseblock.K.denselayer.N.norm1` for `denseblockK+1.denselayerN+1.norm1`).
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+/// torchvision initialises convolutions with `kaiming_normal_` (fan-in, ReLU gain).
+pub(crate) fn conv_initializer() -> Initializer {
+    Initializer::KaimingNormal {
+        gain: std::f64::consts::SQRT_2,
+        fan_out_only: false,
+    }
+}
+
+/// One bottleneck dense layer: `norm1 -> relu -> conv1 (1x1) -> norm2 -> relu -> conv2 (3x3)`.
+#[derive(Module, Debug)]
+pub struct DenseLayer {
+    /// BatchNorm over the concatenated input channels.
+    pub norm1: BatchNorm,
+    /// 1x1 bottleneck conv, `C_in -> bn_size * growth_rate`; gains a bias once `norm2` is folded.
+    pub conv1: Conv2d,
+    /// BatchNorm after the bottleneck; skipped at run time once folded into `conv1`.
+    pub norm2: BatchNorm,
+    /// 3x3 conv, padding 1, `bn_size * growth_rate -> growth_rate`.
+    pub conv2: Conv2d,
+    /// True once `norm2` has been folded into `conv1` for inference (see [`crate::fold`]).
+    #[module(skip)]
+    pub norm2_folded: bool,
+}
+
+impl DenseLayer {
+    /// A layer reading `in_channels` and adding `growth_rate` channels.
+    pub fn new(in_channels: usize, growth_rate: usize, bn_size: usize, device: &Device) -> Self {
+        let mid = bn_size * growth_rate;
+        Self {
+            norm1: BatchNormConfig::new(in_channels).init(device),
+            conv1: Conv2dConfig::new([in_channels, mid], [1, 1])
+                .with_bias(false)
+                .with_initializer(conv_initializer())
+                .init(device),
+            norm2: BatchNormConfig::new(mid).init(device),
+            conv2: Conv2dConfig::new([mid, growth_rate], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(false)
+                .with_initializer(conv_initializer())
+                .init(device),
+            norm2_folded: false,
+        }
+    }
+
+    /// `[B, C_in, H, W] -> [B, growth_rate, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.conv1.forward(relu(self.norm1.forward(x))); // [B, bn_size*k, H, W]
+        let x = if self.norm2_folded {
+            x
+        } else {
+            self.norm2.forward(x)
+        };
+        self.conv2.forward(relu(x)) // [B, k, H, W]
+    }
+}
+
+/// A dense block: each layer sees the concatenation of the block input and all earlier outputs.
+#[derive(Module, Debug)]
+pub struct DenseBlock {
+    /// Layers in order; torchvision's `denselayer1..N` (remapped to indices `0..N-1`).
+    pub denselayer: Vec<DenseLayer>,
+}
+
+impl DenseBlock {
+    /// `num_layers` layers on `in_channels` input channels.
+    pub fn new(
+        num_layers: usize,
+        in_channels: usize,
+        growth_rate: usize,
+        bn_size: usize,
+        device: &Device,
+    ) -> Self {
+        let denselayer = (0..num_layers)
+            .map(|i| DenseLayer::new(in_channels + i * growth_rate, growth_rate, bn_size, device))
+            .collect();
+        Self { denselayer }
+    }
+
+    /// Channels this block adds to its input.
+    pub fn added_channels(&self) -> usize {
+        self.denselayer
+            .iter()
+            .map(|l| l.conv2.weight.shape().dims::<4>()[0])
+            .sum()
+    }
+
+    /// `[B, C, H, W] -> [B, C + L*k, H, W]`.
+    ///
+    /// On a device without autodiff, every layer writes its `k` channels into one buffer
+    /// allocated once for the whole block (the memory-efficient DenseNet trick,
+    /// arXiv:1707.06990) instead of re-concatenating a growing tensor `L` times. With
+    /// autodiff the plain concatenation is kept, since in-place writes would break the graph.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if x.is_autodiff() {
+            return self.forward_concat(x);
+        }
+        self.forward_buffer(x)
+    }
+
+    /// torchvision's formulation: `cat([x, f1(x), f2(cat(x, f1)), ...])`.
+    pub fn forward_concat(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut features = x; // [B, C, H, W]
+        for layer in &self.denselayer {
+            let new = layer.forward(features.clone()); // [B, k, H, W]
+            features = Tensor::cat(vec![features, new], 1); // [B, C + k, H, W]
+        }
+        features
+    }
+
+    /// Preallocated-buffer formulation (same values, `O(L)` instead of `O(L^2)` copies).
+    pub fn forward_buffer(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c0, h, w] = x.dims();
+        let total = c0 + self.added_channels();
+        let mut buffer = Tensor::<4>::empty([b, total, h, w], &x.device()); // [B, C+L*k, H, W]
+        buffer = buffer.slice_assign([0..b, 0..c0, 0..h, 0..w], x);
+        let mut c = c0;
+        for layer in &self.denselayer {
+            let new = layer.forward(buffer.clone().narrow(1, 0, c)); // [B, k, H, W]
+            let k = new.dims()[1];
+            buffer = buffer.slice_assign([0..b, c..c + k, 0..h, 0..w], new);
+            c += k;
+        }
+        buffer
+    }
+}
+
+/// Between blocks: `norm -> relu -> conv (1x1, compression) -> avg pool 2x2`.
+#[derive(Module, Debug)]
+pub struct Transition {
+    /// BatchNorm over the block output.
+    pub norm: BatchNorm,
+    /// 1x1 conv, `C -> floor(C * compression)`.
+    pub conv: Conv2d,
+    /// 2x2 average pool, stride 2.
+    pub pool: AvgPool2d,
+}
+
+impl Transition {
+    /// `in_channels -> out_channels`, halving the spatial size.
+    pub fn new(in_channels: usize, out_channels: usize, device: &Device) -> Self {
+        Self {
+            norm: BatchNormConfig::new(in_channels).init(device),
+            conv: Conv2dConfig::new([in_channels, out_channels], [1, 1])
+                .with_bias(false)
+                .with_initializer(conv_initializer())
+                .init(device),
+            pool: AvgPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+        }
+    }
+
+    /// `[B, C, H, W] -> [B, floor(C*compression), H/2, W/2]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.conv.forward(relu(self.norm.forward(x)));
+        self.pool.forward(x)
+    }
+}

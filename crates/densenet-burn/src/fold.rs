@@ -1,0 +1,63 @@
+//! Inference-time BatchNorm folding (eval mode only).
+//!
+//! Input: a [`DenseNet`] with loaded weights. Output: the same network with every BatchNorm
+//! that directly follows a convolution (`conv0 -> norm0`, and `conv1 -> norm2` in each dense
+//! layer) merged into that convolution's weight and bias, so the forward skips those passes.
+//! `norm1`, transition `norm` and `norm5` come after a concatenation or precede their conv,
+//! so they stay.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::Conv2d;
+use burn::nn::BatchNorm;
+use burn::tensor::Tensor;
+
+use crate::DenseNet;
+
+/// `bn(conv(x)) = conv'(x)` with `w' = w * s`, `b' = (b - mean) * s + beta`,
+/// `s = gamma / sqrt(var + eps)` per output channel.
+fn fold_into(conv: Conv2d, bn: &BatchNorm) -> Conv2d {
+    let gamma = bn.gamma.val();
+    let beta = bn.beta.val();
+    let mean = bn.running_mean.value();
+    let var = bn.running_var.value();
+    let scale: Tensor<1> = gamma.div(var.add_scalar(bn.epsilon).sqrt()); // [C_out]
+    let [c_out] = scale.dims();
+    let weight = conv
+        .weight
+        .val()
+        .mul(scale.clone().reshape([c_out, 1, 1, 1])); // [C_out, C_in, kh, kw]
+    let bias = match &conv.bias {
+        Some(b) => b.val().sub(mean).mul(scale).add(beta),
+        None => mean.neg().mul(scale).add(beta),
+    };
+    Conv2d {
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
+        ..conv
+    }
+}
+
+impl DenseNet {
+    /// Eval-mode copy with BatchNorms folded into their preceding convolutions.
+    ///
+    /// The result is for inference only: it is a [`Module::valid`] snapshot, its `conv0` and
+    /// `conv1` carry biases that torchvision's layout does not have, and `norm0`/`norm2`
+    /// are kept but skipped. Do not train it or save it as weights; keep the original.
+    pub fn fold_batchnorm(&self) -> DenseNet {
+        let mut model = self.valid();
+        let f = &mut model.features;
+        if !f.norm0_folded {
+            f.conv0 = fold_into(f.conv0.clone(), &f.norm0);
+            f.norm0_folded = true;
+        }
+        for block in &mut f.denseblock {
+            for layer in &mut block.denselayer {
+                if !layer.norm2_folded {
+                    layer.conv1 = fold_into(layer.conv1.clone(), &layer.norm2);
+                    layer.norm2_folded = true;
+                }
+            }
+        }
+        model
+    }
+}
