@@ -29,7 +29,11 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { min_side: 16, max_side: 16_384, max_pixels: 64 * 1024 * 1024 }
+        Self {
+            min_side: 16,
+            max_side: 16_384,
+            max_pixels: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -37,15 +41,28 @@ impl Default for DecodeLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("{path}: cannot read file: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: empty file (0 bytes)")]
     Empty { path: PathBuf },
     #[error("{path}: not a recognised image format")]
     UnknownFormat { path: PathBuf },
     #[error("{path}: image is {width}x{height}, larger than the limit of {limit}")]
-    TooLarge { path: PathBuf, width: u32, height: u32, limit: String },
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        limit: String,
+    },
     #[error("{path}: image is {width}x{height}, smaller than the minimum side of {min_side} px")]
-    TooSmall { path: PathBuf, width: u32, height: u32, min_side: u32 },
+    TooSmall {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        min_side: u32,
+    },
     #[error("{path}: corrupt or truncated image: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -67,19 +84,28 @@ impl DecodeError {
     pub fn reason(&self) -> String {
         let full = self.to_string();
         let prefix = format!("{}: ", self.path().display());
-        full.strip_prefix(&prefix).map(str::to_owned).unwrap_or(full)
+        full.strip_prefix(&prefix)
+            .map(str::to_owned)
+            .unwrap_or(full)
     }
 }
 
 /// Reads and decodes a file. See [`decode_bytes`].
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     decode_bytes(&bytes, path, limits)
 }
 
 /// Decodes in-memory bytes (`path` only names the source in errors) into 8-bit RGB, applying
 /// EXIF orientation and the conversions listed in the module docs.
-pub fn decode_bytes(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+pub fn decode_bytes(
+    bytes: &[u8],
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<RgbImage, DecodeError> {
     let p = || path.to_owned();
     if bytes.is_empty() {
         return Err(DecodeError::Empty { path: p() });
@@ -96,26 +122,46 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<
     // Generous allocation bound: the decoded image itself plus decoder scratch (16-bit RGBA).
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
     reader.limits(lim);
-    let mut decoder = reader.into_decoder().map_err(|e| classify(e, path, limits))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| classify(e, path, limits))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height, path, limits)?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, path, limits))?;
     img.apply_orientation(orientation);
     Ok(to_rgb_on_white(img))
 }
 
-fn check_size(width: u32, height: u32, path: &Path, limits: &DecodeLimits) -> Result<(), DecodeError> {
-    if width > limits.max_side || height > limits.max_side || (width as u64) * (height as u64) > limits.max_pixels {
+fn check_size(
+    width: u32,
+    height: u32,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<(), DecodeError> {
+    if width > limits.max_side
+        || height > limits.max_side
+        || (width as u64) * (height as u64) > limits.max_pixels
+    {
         return Err(DecodeError::TooLarge {
             path: path.to_owned(),
             width,
             height,
-            limit: format!("{} px per side / {} pixels", limits.max_side, limits.max_pixels),
+            limit: format!(
+                "{} px per side / {} pixels",
+                limits.max_side, limits.max_pixels
+            ),
         });
     }
     if width < limits.min_side || height < limits.min_side {
-        return Err(DecodeError::TooSmall { path: path.to_owned(), width, height, min_side: limits.min_side });
+        return Err(DecodeError::TooSmall {
+            path: path.to_owned(),
+            width,
+            height,
+            min_side: limits.min_side,
+        });
     }
     Ok(())
 }
@@ -137,9 +183,18 @@ fn classify(e: image::ImageError, path: &Path, limits: &DecodeLimits) -> DecodeE
                 limit: format!("memory limit ({l})"),
             },
         },
-        ImageError::Unsupported(u) => DecodeError::Corrupt { path: path.to_owned(), reason: format!("unsupported: {u}") },
-        ImageError::IoError(io) => DecodeError::Corrupt { path: path.to_owned(), reason: io.to_string() },
-        other => DecodeError::Corrupt { path: path.to_owned(), reason: other.to_string() },
+        ImageError::Unsupported(u) => DecodeError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("unsupported: {u}"),
+        },
+        ImageError::IoError(io) => DecodeError::Corrupt {
+            path: path.to_owned(),
+            reason: io.to_string(),
+        },
+        other => DecodeError::Corrupt {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -185,7 +240,11 @@ mod tests {
 
     #[test]
     fn sixteen_bit_is_scaled() {
-        let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(20, 20, image::Rgb([65535u16, 0, 32896]));
+        let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
+            20,
+            20,
+            image::Rgb([65535u16, 0, 32896]),
+        );
         let bytes = encode(&DynamicImage::ImageRgb16(img), ImageFormat::Png);
         let rgb = decode_bytes(&bytes, Path::new("a.png"), &DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(3, 3).0, [255, 0, 128]);
@@ -194,13 +253,19 @@ mod tests {
     #[test]
     fn bad_inputs_are_typed_errors() {
         let lim = DecodeLimits::default();
-        assert!(matches!(decode_bytes(b"", Path::new("z.jpg"), &lim), Err(DecodeError::Empty { .. })));
+        assert!(matches!(
+            decode_bytes(b"", Path::new("z.jpg"), &lim),
+            Err(DecodeError::Empty { .. })
+        ));
         assert!(matches!(
             decode_bytes(b"hello, I am text", Path::new("t.jpg"), &lim),
             Err(DecodeError::UnknownFormat { .. })
         ));
         let tiny = encode(&DynamicImage::new_rgb8(1, 1), ImageFormat::Png);
-        assert!(matches!(decode_bytes(&tiny, Path::new("t.png"), &lim), Err(DecodeError::TooSmall { .. })));
+        assert!(matches!(
+            decode_bytes(&tiny, Path::new("t.png"), &lim),
+            Err(DecodeError::TooSmall { .. })
+        ));
         let good = encode(&DynamicImage::new_rgb8(64, 64), ImageFormat::Jpeg);
         let cut = &good[..good.len() / 2];
         let err = decode_bytes(cut, Path::new("cut.jpg"), &lim);
@@ -234,7 +299,11 @@ mod tests {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

@@ -1,8 +1,154 @@
 //! Stage 2 of the pipeline: a raw smear field (any image file) -> decoded RGB, HSV masks,
 //! nucleus masks, ROI crops and normalised tensors as plain `Vec<f32>`.
 //!
-//! No Burn here: this crate builds in seconds and is testable alone.
+//! No Burn here: this crate builds in seconds and is testable alone. Modules in data-flow
+//! order: [`decode`] -> [`hsv`] (the authors' recipe) / [`nucleus`] (the robust finder) ->
+//! [`crop`] -> [`stain`] -> [`normalize`]; [`config`] holds the one settings tree.
 
+pub mod config;
+pub mod crop;
 pub mod decode;
+pub mod hsv;
+pub mod normalize;
+pub mod nucleus;
+pub mod sheet;
+pub mod stain;
 
-pub use decode::{decode_file, decode_bytes, DecodeError, DecodeLimits};
+pub use config::{NucleusConfig, PreprocessConfig, RoiConfig, RoiViews, SegmentMode};
+pub use crop::{largest_nucleus_crop, resize_field, roi_crops, CropRegion, RoiCrop};
+pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
+pub use hsv::{apply_mask, aria_hsv_mask, opencv_rgb2hsv};
+pub use normalize::{to_chw_normalized, Normalization};
+pub use nucleus::{find_nuclei, BBox, Nucleus, NucleusResult};
+pub use sheet::contact_sheet;
+pub use stain::{reinhard_normalize, StainNormalization, StainStats};
+
+use image::RgbImage;
+
+/// Why a field could not be turned into model input.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    /// The file could not be decoded (the error names the file).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// `nucleus` mode found no nucleus and `roi.fallback_to_field` is off.
+    #[error("no nucleus found in a {width}x{height} field")]
+    NoNucleus { width: u32, height: u32 },
+    /// A setting that cannot work (e.g. an input size of 0).
+    #[error("invalid preprocessing setting: {0}")]
+    InvalidConfig(String),
+}
+
+/// The model input view(s) of a decoded field, before normalisation:
+/// - `aria-hsv`: the authors' segmented field (mask applied), resized to `input_size`;
+/// - `nucleus`: the crop around the largest nucleus (or one per nucleus with `roi.views =
+///   all`), at `input_size`; with no nucleus, the whole field resized (or an error when
+///   `roi.fallback_to_field` is off).
+///
+/// Stain normalisation, when set, is applied to the field before cropping, after
+/// segmentation: the mask is computed on the raw colours the recipe was designed for.
+pub fn prepare_input(
+    img: &RgbImage,
+    cfg: &PreprocessConfig,
+) -> Result<Vec<RgbImage>, PreprocessError> {
+    if cfg.input_size == 0 {
+        return Err(PreprocessError::InvalidConfig(
+            "input_size must be > 0".into(),
+        ));
+    }
+    let size = cfg.input_size;
+    let stained = |field: &RgbImage| match &cfg.stain {
+        Some(s) => s.apply(field),
+        None => field.clone(),
+    };
+    match cfg.mode {
+        SegmentMode::AriaHsv => {
+            let mask = aria_hsv_mask(img);
+            let segmented = apply_mask(&stained(img), &mask);
+            Ok(vec![resize_field(&segmented, size)])
+        }
+        SegmentMode::Nucleus => {
+            let found = find_nuclei(img, &cfg.nucleus);
+            let field = stained(img);
+            let roi = RoiConfig {
+                output_size: size,
+                ..cfg.roi.clone()
+            };
+            let crops: Vec<RgbImage> = match roi.views {
+                RoiViews::Largest => largest_nucleus_crop(&field, &found, &roi)
+                    .into_iter()
+                    .map(|c| c.image)
+                    .collect(),
+                RoiViews::All => roi_crops(&field, &found, &roi)
+                    .into_iter()
+                    .map(|c| c.image)
+                    .collect(),
+            };
+            if !crops.is_empty() {
+                Ok(crops)
+            } else if roi.fallback_to_field {
+                Ok(vec![resize_field(&field, size)])
+            } else {
+                Err(PreprocessError::NoNucleus {
+                    width: img.width(),
+                    height: img.height(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let cfg = PreprocessConfig {
+            mode: SegmentMode::AriaHsv,
+            stain: Some(StainNormalization::Reinhard {
+                target: StainStats {
+                    mean: [1.0, 2.0, 3.0],
+                    std: [0.1, 0.2, 0.3],
+                },
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains("\"aria-hsv\""), "{json}");
+        let back: PreprocessConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cfg);
+        // Missing fields take their defaults, so older bundles still load.
+        let partial: PreprocessConfig = serde_json::from_str(r#"{"mode":"nucleus"}"#).unwrap();
+        assert_eq!(partial, PreprocessConfig::default());
+    }
+
+    #[test]
+    fn prepare_input_sizes_and_fallback() {
+        let field = RgbImage::from_pixel(100, 80, image::Rgb([235, 230, 240]));
+        let cfg = PreprocessConfig::default();
+        let views = prepare_input(&field, &cfg).unwrap();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].dimensions(), (224, 224));
+        let strict = PreprocessConfig {
+            roi: RoiConfig {
+                fallback_to_field: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(matches!(
+            prepare_input(&field, &strict),
+            Err(PreprocessError::NoNucleus { .. })
+        ));
+        let hsv = PreprocessConfig {
+            mode: SegmentMode::AriaHsv,
+            input_size: 64,
+            ..Default::default()
+        };
+        assert_eq!(
+            prepare_input(&field, &hsv).unwrap()[0].dimensions(),
+            (64, 64)
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! Preprocessing settings: one serialisable tree (`PreprocessConfig`) that goes into the model
+//! bundle, so inference repeats training's preprocessing exactly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::DecodeLimits;
+use crate::normalize::Normalization;
+use crate::stain::StainNormalization;
+
+/// How a field is segmented before the model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SegmentMode {
+    /// The Aria authors' OpenCV HSV recipe, bit for bit: the field with non-pink pixels
+    /// blacked out, resized whole. Reproduces the seed; fails on bluish stains.
+    AriaHsv,
+    /// The stain-robust nucleus finder ([`crate::find_nuclei`]); the model sees square crops
+    /// around nuclei. The default.
+    #[default]
+    Nucleus,
+}
+
+impl std::fmt::Display for SegmentMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SegmentMode::AriaHsv => "aria-hsv",
+            SegmentMode::Nucleus => "nucleus",
+        })
+    }
+}
+
+/// Which crops [`crate::prepare_input`] returns in `nucleus` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoiViews {
+    /// One crop around the largest nucleus: the seed's single-ROI mode.
+    #[default]
+    Largest,
+    /// One crop per nucleus, largest first (up to `RoiConfig::max_crops`).
+    All,
+}
+
+/// Square crops around nuclei.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoiConfig {
+    /// Context added on each side of the nucleus box, as a fraction of the box's longer side
+    /// (0.5 doubles the side): the cytoplasm rim matters for lymphoblast vs. hematogone.
+    pub margin: f32,
+    /// Smallest crop side in field pixels, so a tiny nucleus still gets context.
+    pub min_side: u32,
+    /// Side of the output crop in pixels (crops are resized to it).
+    pub output_size: u32,
+    /// Largest number of crops per field (largest nuclei first).
+    pub max_crops: usize,
+    /// Which crops the model input uses.
+    pub views: RoiViews,
+    /// When no nucleus is found, use the whole field resized instead of failing. Aria fields
+    /// always contain a leukocyte, so a miss is the finder's fault, not the field's.
+    pub fallback_to_field: bool,
+    /// Colour used where a square crop extends beyond the field: white, like slide glass.
+    pub pad_rgb: [u8; 3],
+}
+
+impl Default for RoiConfig {
+    fn default() -> Self {
+        Self {
+            margin: 0.25,
+            min_side: 48,
+            output_size: 224,
+            max_crops: 16,
+            views: RoiViews::Largest,
+            fallback_to_field: true,
+            pad_rgb: [255, 255, 255],
+        }
+    }
+}
+
+/// Settings of the nucleus finder. Lengths are in pixels of a 224-pixel field and scale with
+/// the field's shorter side; areas are fractions of the field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NucleusConfig {
+    /// Gain on the purple channel `(R + B) / 2 - G` before it is clamped to 0..255.
+    pub channel_gain: f32,
+    /// Gaussian smoothing of the channel, sigma in pixels (0 = none).
+    pub smoothing_sigma: f32,
+    /// Lower floor for the Otsu threshold on the gained channel: a field without any purple
+    /// must not have its noise thresholded into "nuclei".
+    pub min_threshold: u8,
+    /// Radius of the binary opening that removes specks and thin bridges.
+    pub opening_radius: u8,
+    /// Radius of the binary closing that joins a granular chromatin texture.
+    pub closing_radius: u8,
+    /// Fill holes inside nuclei (pale nucleoli).
+    pub fill_holes: bool,
+    /// Split touching nuclei along the distance-transform valleys when a component holds
+    /// several well-separated cores.
+    pub split_touching: bool,
+    /// Smallest nucleus area as a fraction of the field (0.004 = 200 px at 224x224).
+    pub min_area_fraction: f32,
+    /// Largest nucleus area as a fraction of the field.
+    pub max_area_fraction: f32,
+    /// Largest ratio of bounding-box sides (drops stain streaks and the scale bar).
+    pub max_aspect: f32,
+    /// Smallest fill of the bounding box (area / box area): drops ragged filaments.
+    pub min_extent: f32,
+}
+
+impl Default for NucleusConfig {
+    fn default() -> Self {
+        Self {
+            channel_gain: 3.0,
+            smoothing_sigma: 1.0,
+            min_threshold: 30,
+            opening_radius: 2,
+            closing_radius: 2,
+            fill_holes: true,
+            split_touching: true,
+            min_area_fraction: 0.004,
+            max_area_fraction: 0.5,
+            max_aspect: 4.0,
+            min_extent: 0.3,
+        }
+    }
+}
+
+/// All preprocessing settings of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PreprocessConfig {
+    /// Segmentation mode.
+    pub mode: SegmentMode,
+    /// Side of the square model input in pixels (DenseNet: 224).
+    pub input_size: u32,
+    /// Crops around nuclei (`nucleus` mode).
+    pub roi: RoiConfig,
+    /// Nucleus finder settings (`nucleus` mode).
+    pub nucleus: NucleusConfig,
+    /// Per-channel mean/std normalisation of the model input (ImageNet by default, because
+    /// the backbone was pretrained with it).
+    pub normalization: Normalization,
+    /// Optional stain normalisation applied to the field before cropping (none by default).
+    pub stain: Option<StainNormalization>,
+    /// Decoding limits (smallest and largest accepted images).
+    pub decode: DecodeLimits,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self {
+            mode: SegmentMode::default(),
+            input_size: 224,
+            roi: RoiConfig::default(),
+            nucleus: NucleusConfig::default(),
+            normalization: Normalization::default(),
+            stain: None,
+            decode: DecodeLimits::default(),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The Aria authors' HSV segmentation, bit for bit: decoded RGB field -> 8-bit mask (255 = kept)
+//! -> the field with everything outside the mask set to black (their `Segmented/` images).
+//!
+//! The authors ran, in OpenCV:
+//! ```text
+//! img  = cv2.imread(path)                                  # BGR order
+//! hsv  = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)              # channels read as R, G, B
+//! mask = cv2.inRange(hsv, (168, 50, 50), (182, 255, 255))  # inclusive bounds
+//! out  = cv2.bitwise_and(img, img, mask=mask)
+//! ```
+//! Each quirk of that recipe is reproduced where it happens below:
+//! 1. **Red and blue are swapped** before the hue is computed ([`aria_hsv_mask`]): OpenCV's
+//!    channel 0 is blue after `imread`, and `COLOR_RGB2HSV` calls it red. Purple nuclei thus
+//!    land near hue 170 (pink), which is why the authors' window sits there.
+//! 2. **OpenCV's 8-bit fixed-point arithmetic** ([`opencv_rgb2hsv`]): S and H are computed with
+//!    12-bit fixed-point reciprocal tables that OpenCV rounds once, then rounded again with
+//!    `+2048 >> 12`; a float HSV formula disagrees with it on ~1% of colours.
+//! 3. **Hue in 0..180** (degrees halved) and the hue never reaches 180 with these tables, so
+//!    the upper hue bound 182 is vacuous: the window is really 168..=179.
+//! 4. **Greys** (max == min) get H = 0 and S = 0; ties between maxima go to "R" (OpenCV's
+//!    channel 0, blue here) before G.
+//! 5. **`inRange` is inclusive** on both ends, per channel, all three must hold.
+//!
+//! Checked against OpenCV (4.10 and 5.0 agree) on all 2^24 colours by the fixture test in
+//! `tests/opencv_parity.rs`; the fixture is written by `scripts/opencv_hsv.py fixture`.
+
+use image::{GrayImage, Luma, RgbImage};
+
+/// The authors' lower `inRange` bound, OpenCV scales (H 0..180, S and V 0..255).
+pub const ARIA_HSV_LOWER: [u8; 3] = [168, 50, 50];
+/// The authors' upper `inRange` bound. H = 182 is never reached (see the module docs).
+pub const ARIA_HSV_UPPER: [u8; 3] = [182, 255, 255];
+
+/// OpenCV's `hsv_shift`: the tables below hold reciprocals scaled by 2^12.
+const HSV_SHIFT: u32 = 12;
+
+/// `sdiv_table[i] = cvRound((255 << 12) / i)`. No quotient is exactly x.5 (2^13 * 255 has no
+/// odd divisor pattern that allows it for i < 256), so integer round-half-up equals OpenCV's
+/// round-half-even here; the all-colour fixture test confirms it.
+const SDIV: [i32; 256] = {
+    let mut t = [0i32; 256];
+    let mut i = 1;
+    while i < 256 {
+        t[i] = ((2 * (255 << HSV_SHIFT) + i) / (2 * i)) as i32;
+        i += 1;
+    }
+    t
+};
+
+/// `hdiv_table180[i] = cvRound((180 << 12) / (6 * i))`, i.e. round(122880 / i).
+const HDIV180: [i32; 256] = {
+    let mut t = [0i32; 256];
+    let mut i = 1;
+    while i < 256 {
+        t[i] = ((2 * 122_880 + i) / (2 * i)) as i32;
+        i += 1;
+    }
+    t
+};
+
+/// OpenCV's `RGB2HSV_b` for one pixel, channels in the order OpenCV *believes* them to be
+/// (`c0` = "R", `c2` = "B"); returns `[H (0..180), S, V]` exactly as `cvtColor` would.
+#[inline]
+pub fn opencv_rgb2hsv(c0: u8, c1: u8, c2: u8) -> [u8; 3] {
+    let (r, g, b) = (c0 as i32, c1 as i32, c2 as i32);
+    let v = r.max(g).max(b);
+    let vmin = r.min(g).min(b);
+    let diff = v - vmin;
+    let s = (diff * SDIV[v as usize] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT;
+    // Quirk 4: the max is tested against "R" first, then "G"; greys fall in the first branch
+    // with diff = 0 and get H = 0.
+    let h = if v == r {
+        g - b
+    } else if v == g {
+        b - r + 2 * diff
+    } else {
+        r - g + 4 * diff
+    };
+    // Arithmetic shift of a negative product rounds toward -inf, as in OpenCV's C++.
+    let mut h = (h * HDIV180[diff as usize] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT;
+    if h < 0 {
+        h += 180;
+    }
+    [h.clamp(0, 255) as u8, s as u8, v as u8]
+}
+
+/// Whether OpenCV's `inRange` with the authors' bounds keeps an HSV triple (inclusive).
+#[inline]
+pub fn aria_in_range(hsv: [u8; 3]) -> bool {
+    (0..3).all(|c| hsv[c] >= ARIA_HSV_LOWER[c] && hsv[c] <= ARIA_HSV_UPPER[c])
+}
+
+/// Whether the authors' recipe keeps a pixel given in true RGB order.
+#[inline]
+pub fn aria_hsv_keeps(rgb: [u8; 3]) -> bool {
+    let [r, g, b] = rgb;
+    // Cheap rejections first: V and S lower bounds (V = max channel whatever the order).
+    if r.max(g).max(b) < ARIA_HSV_LOWER[2] {
+        return false;
+    }
+    // Quirk 1: the authors' image was BGR in memory and converted as if RGB, so OpenCV's
+    // "R" is our blue and its "B" is our red.
+    aria_in_range(opencv_rgb2hsv(b, g, r))
+}
+
+/// The authors' `Segmented/` mask for a field in true RGB order: 255 where their OpenCV recipe
+/// keeps the pixel, 0 elsewhere. Why: the seed trained on these masks, so `aria-hsv` mode must
+/// see exactly the pixels it saw.
+pub fn aria_hsv_mask(img: &RgbImage) -> GrayImage {
+    let (w, h) = img.dimensions();
+    let mut mask = GrayImage::new(w, h);
+    for (m, px) in mask.as_mut().iter_mut().zip(img.as_raw().chunks_exact(3)) {
+        *m = if aria_hsv_keeps([px[0], px[1], px[2]]) {
+            255
+        } else {
+            0
+        };
+    }
+    mask
+}
+
+/// `bitwise_and(img, img, mask=mask)`: pixels where the mask is non-zero are kept, the rest
+/// become black, as in the authors' `Segmented/`. A mask of another size keeps nothing outside
+/// the common area (never panics).
+pub fn apply_mask(img: &RgbImage, mask: &GrayImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if mask.dimensions() == (w, h) {
+        let mut out = img.clone();
+        for (px, m) in out.as_mut().chunks_exact_mut(3).zip(mask.as_raw()) {
+            if *m == 0 {
+                px.fill(0);
+            }
+        }
+        return out;
+    }
+    RgbImage::from_fn(w, h, |x, y| {
+        let keep = x < mask.width() && y < mask.height() && mask.get_pixel(x, y)[0] != 0;
+        if keep {
+            *img.get_pixel(x, y)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// Fraction of non-zero pixels in a mask (0 for an empty image).
+pub fn mask_fraction(mask: &GrayImage) -> f64 {
+    let n = mask.as_raw().len();
+    if n == 0 {
+        return 0.0;
+    }
+    mask.as_raw().iter().filter(|&&m| m != 0).count() as f64 / n as f64
+}
+
+/// A mask from any per-pixel predicate (used by tests and the contact sheet).
+pub fn mask_from_fn(w: u32, h: u32, f: impl Fn(u32, u32) -> bool) -> GrayImage {
+    GrayImage::from_fn(w, h, |x, y| Luma([if f(x, y) { 255 } else { 0 }]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greys_have_zero_hue_and_saturation() {
+        for v in [0u8, 1, 50, 128, 255] {
+            assert_eq!(opencv_rgb2hsv(v, v, v), [0, 0, v]);
+        }
+    }
+
+    #[test]
+    fn pure_hues_match_opencv_scales() {
+        // Values from cv2.cvtColor on single pixels (OpenCV 4.10).
+        assert_eq!(opencv_rgb2hsv(255, 0, 0), [0, 255, 255]);
+        assert_eq!(opencv_rgb2hsv(0, 255, 0), [60, 255, 255]);
+        assert_eq!(opencv_rgb2hsv(0, 0, 255), [120, 255, 255]);
+        // A slightly negative hue: the fixed-point product is floored, then wrapped by +180.
+        assert_eq!(opencv_rgb2hsv(255, 0, 20), [178, 255, 255]);
+    }
+
+    #[test]
+    fn purple_nucleus_is_kept_only_because_of_the_swap() {
+        // A typical violet nucleus (true RGB). Its true hue is ~262 deg (131 in OpenCV units),
+        // outside 168..182; with red and blue swapped it becomes ~338 deg (169): kept.
+        let violet = [100u8, 60, 170];
+        assert!(!aria_in_range(opencv_rgb2hsv(
+            violet[0], violet[1], violet[2]
+        )));
+        assert!(aria_hsv_keeps(violet));
+        let img = RgbImage::from_pixel(4, 4, image::Rgb(violet));
+        assert!(aria_hsv_mask(&img).pixels().all(|p| p[0] == 255));
+    }
+
+    #[test]
+    fn apply_mask_blackens_outside() {
+        let img = RgbImage::from_pixel(3, 2, image::Rgb([10, 20, 30]));
+        let mask = mask_from_fn(3, 2, |x, _| x == 1);
+        let out = apply_mask(&img, &mask);
+        assert_eq!(out.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(out.get_pixel(1, 1).0, [10, 20, 30]);
+        // A mismatched mask never panics.
+        let small = mask_from_fn(1, 1, |_, _| true);
+        let out = apply_mask(&img, &small);
+        assert_eq!(out.get_pixel(0, 0).0, [10, 20, 30]);
+        assert_eq!(out.get_pixel(2, 1).0, [0, 0, 0]);
+    }
+}
