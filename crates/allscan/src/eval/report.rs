@@ -1,0 +1,770 @@
+//! Evaluation stage, report: figures with intervals, curves, training history and example
+//! images in; `metrics.json`, a printable summary table and one self-contained HTML page
+//! (plots inlined as SVG, images as base64 PNG) out.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::calibration::reliability_bins;
+use super::metrics::{pr_curve, roc_curve, BinaryEstimates, MulticlassEstimates, ThresholdChoice};
+use super::plots::{self, NamedCurve};
+use super::{write_atomic, Estimate, EvalError};
+
+/// One epoch of training history. `stage` names the stage ("head", "finetune"); `epoch`
+/// counts from 1 within it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub stage: String,
+    pub epoch: usize,
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_metric: Option<f64>,
+}
+
+/// One misclassified image for the gallery: the image, optionally a Grad-CAM overlay, and a
+/// caption ("true ALL, p(leukemia) = 0.02, patient P17").
+#[derive(Debug, Clone, PartialEq)]
+pub struct GalleryItem {
+    pub png_bytes: Vec<u8>,
+    pub overlay_png: Option<Vec<u8>>,
+    pub caption: String,
+}
+
+/// Scores and figures of one classifier on the test part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEvaluation {
+    pub name: String,
+    pub y_leukemia: Vec<bool>,
+    pub p_leukemia: Vec<f64>,
+    pub binary: BinaryEstimates,
+    pub subtype: Option<MulticlassEstimates>,
+}
+
+/// Everything the HTML report shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportInput {
+    pub title: String,
+    /// Rows of the dataset table: ("images", "10,661"), ("patients", "118"), ...
+    pub dataset_summary: Vec<(String, String)>,
+    /// How the parts were drawn, in a sentence or two.
+    pub split_protocol: String,
+    pub model: ModelEvaluation,
+    /// The colour-histogram baseline on the same test part.
+    pub shortcut: Option<ModelEvaluation>,
+    pub curves: Vec<EpochRow>,
+    /// Name of `EpochRow::val_metric` ("accuracy", "balanced accuracy").
+    pub curve_metric: String,
+    /// How the threshold was chosen on the validation part.
+    pub threshold_choice: Option<ThresholdChoice>,
+    pub gallery: Vec<GalleryItem>,
+    pub warnings: Vec<String>,
+}
+
+/// The layout of `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsFile {
+    pub n: usize,
+    /// Which part of which split ("test part of split.json, seed 42").
+    pub split: String,
+    pub threshold: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_choice: Option<ThresholdChoice>,
+    pub binary: BinaryEstimates,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<MulticlassEstimates>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortcut: Option<ShortcutFigures>,
+    pub warnings: Vec<String>,
+}
+
+/// The baseline's figures in `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShortcutFigures {
+    pub binary: BinaryEstimates,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<MulticlassEstimates>,
+}
+
+impl MetricsFile {
+    /// Builds the file from the report input.
+    pub fn from_report(input: &ReportInput, split: impl Into<String>) -> Self {
+        MetricsFile {
+            n: input.model.binary.report.n,
+            split: split.into(),
+            threshold: input.model.binary.report.threshold,
+            threshold_choice: input.threshold_choice.clone(),
+            binary: input.model.binary.clone(),
+            subtype: input.model.subtype.clone(),
+            shortcut: input.shortcut.as_ref().map(|s| ShortcutFigures {
+                binary: s.binary.clone(),
+                subtype: s.subtype.clone(),
+            }),
+            warnings: input.warnings.clone(),
+        }
+    }
+}
+
+/// Writes `dir/metrics.json` and `dir/report.html`, each atomically.
+pub fn write_report(dir: &Path, input: &ReportInput, split: &str) -> Result<(), EvalError> {
+    let metrics = MetricsFile::from_report(input, split);
+    let json = serde_json::to_string_pretty(&metrics).map_err(|e| EvalError::Invalid {
+        what: "metrics.json",
+        reason: e.to_string(),
+    })?;
+    write_atomic(&dir.join("metrics.json"), json.as_bytes())?;
+    write_atomic(&dir.join("report.html"), render_report(input).as_bytes())
+}
+
+/// Indices of the `k` most confident errors at `threshold`: false positives by descending
+/// `p`, false negatives by descending `1 - p`, merged by that confidence.
+pub fn most_confident_errors(y: &[bool], p: &[f64], threshold: f64, k: usize) -> Vec<usize> {
+    let mut errors: Vec<(f64, usize)> = y
+        .iter()
+        .zip(p)
+        .enumerate()
+        .filter(|(_, (t, s))| (**s >= threshold) != **t)
+        .map(|(i, (t, s))| (if *t { 1.0 - s } else { *s }, i))
+        .collect();
+    errors.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    errors.into_iter().take(k).map(|(_, i)| i).collect()
+}
+
+/// Human names of the binary figures, in [`super::metrics::BINARY_FIGURES`] order.
+const FIGURE_LABELS: [&str; 11] = [
+    "Accuracy",
+    "Balanced accuracy",
+    "Sensitivity (recall)",
+    "Specificity",
+    "Precision (PPV)",
+    "NPV",
+    "F1",
+    "ROC-AUC",
+    "PR-AUC (average precision)",
+    "Brier score (lower is better)",
+    "ECE, 10 bins (lower is better)",
+];
+
+/// A plain-text table of the binary figures, model beside shortcut, for the terminal.
+pub fn summary_table(model: &BinaryEstimates, shortcut: Option<&BinaryEstimates>) -> String {
+    let mut out = String::new();
+    let head_s = if shortcut.is_some() {
+        "colour-only shortcut"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "{:<32} {:<26} {}", "", "model", head_s);
+    for (i, (_, e)) in model.report.figures().iter().enumerate() {
+        let s = shortcut.map_or(String::new(), |s| s.report.figures()[i].1.display(3));
+        let _ = writeln!(out, "{:<32} {:<26} {}", FIGURE_LABELS[i], e.display(3), s);
+    }
+    let c = model.report.confusion_matrix;
+    let _ = writeln!(
+        out,
+        "n = {} ({} leukemia, {} healthy); threshold {:.4}; TP {} FP {} TN {} FN {}; 95% CI from {} resamples of {}",
+        model.report.n,
+        model.report.n_leukemia,
+        model.report.n_healthy,
+        model.report.threshold,
+        c.tp,
+        c.fp,
+        c.tn,
+        c.fn_,
+        model.bootstrap.n_boot,
+        model.bootstrap.unit
+    );
+    out
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn cell(e: &Estimate) -> String {
+    match (e.value, e.ci95, &e.undefined) {
+        (Some(v), Some([lo, hi]), _) => {
+            format!("<b>{v:.3}</b> <span class=ci>[{lo:.3}, {hi:.3}]</span>")
+        }
+        (Some(v), None, _) => format!("<b>{v:.3}</b>"),
+        (None, _, Some(r)) => format!("<span class=undef>undefined: {}</span>", html_escape(r)),
+        (None, _, None) => "<span class=undef>undefined</span>".to_string(),
+    }
+}
+
+fn plot_or_note(r: Result<String, EvalError>) -> String {
+    match r {
+        Ok(svg) => format!("<div class=plot>{svg}</div>"),
+        Err(e) => format!("<p class=undef>{}</p>", html_escape(&e.to_string())),
+    }
+}
+
+fn png_data_uri(bytes: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+const CSS: &str = r#"
+body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#222;background:#f6f7f9}
+main{max-width:1060px;margin:0 auto;padding:16px 28px 40px;background:#fff}
+h1{font-size:26px;margin:8px 0 4px}h2{font-size:20px;border-bottom:2px solid #e3e6ea;padding-bottom:4px;margin-top:30px}
+.notice{background:#fff4d6;border:1px solid #e0b84a;padding:8px 12px;border-radius:4px;font-weight:600}
+.warnings{background:#fdecea;border:1px solid #d9534f;padding:8px 14px;border-radius:4px}
+.warnings li{margin:3px 0}
+.shortcut-alert{background:#fdecea;border-left:5px solid #d9534f;padding:8px 12px;margin:10px 0}
+.shortcut-ok{background:#eaf5ea;border-left:5px solid #4a9a4a;padding:8px 12px;margin:10px 0}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d5d9de;padding:4px 10px;text-align:left;font-size:14px}
+th{background:#f0f2f5}.ci{color:#666;font-size:12px}.undef{color:#a33;font-style:italic;font-size:13px}
+.row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+.plot svg{max-width:100%;height:auto}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px}
+.gallery figure{margin:0;border:1px solid #d5d9de;padding:6px;border-radius:4px;background:#fafbfc}
+.gallery img{width:160px;height:160px;object-fit:contain;display:block;background:#fff}
+.pair{display:flex;gap:6px}
+figcaption{font-size:12px;color:#444;margin-top:4px}
+.small{font-size:13px;color:#555}
+"#;
+
+/// The self-contained HTML report.
+pub fn render_report(input: &ReportInput) -> String {
+    let m = &input.model;
+    let b = &m.binary.report;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{}</title><style>{CSS}</style></head><body><main>",
+        html_escape(&input.title)
+    );
+    let _ = write!(h, "<h1>{}</h1>", html_escape(&input.title));
+    h.push_str(
+        "<p class=notice>Research use only, not a diagnostic device. These figures describe \
+         one test set; they are not a clinical validation.</p>",
+    );
+
+    // Warnings first: they qualify everything below.
+    if !input.warnings.is_empty() {
+        h.push_str("<div class=warnings><b>Warnings</b><ul>");
+        for w in &input.warnings {
+            let _ = write!(h, "<li>{}</li>", html_escape(w));
+        }
+        h.push_str("</ul></div>");
+    }
+
+    // Dataset and split.
+    h.push_str("<h2>Dataset</h2><table>");
+    for (k, v) in &input.dataset_summary {
+        let _ = write!(
+            h,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            html_escape(k),
+            html_escape(v)
+        );
+    }
+    let _ = write!(
+        h,
+        "<tr><th>test images</th><td>{} ({} leukemia, {} healthy)</td></tr></table>",
+        b.n, b.n_leukemia, b.n_healthy
+    );
+    let _ = write!(
+        h,
+        "<h2>Split protocol</h2><p>{}</p>",
+        html_escape(&input.split_protocol)
+    );
+
+    // Headline: model against colour alone.
+    h.push_str("<h2>Model against a colour-only shortcut</h2>");
+    match &input.shortcut {
+        Some(s) => {
+            let sb = &s.binary.report;
+            let acc = |e: &Estimate| e.value;
+            let text = format!(
+                "A classifier that sees only colour histograms (HSV histograms + logistic \
+                 regression, trained on the same training part) reaches {} accuracy and {} \
+                 ROC-AUC on this test part; the model reaches {} and {}. This is what colour \
+                 alone explains.",
+                sb.accuracy.display(3),
+                sb.roc_auc.display(3),
+                b.accuracy.display(3),
+                b.roc_auc.display(3)
+            );
+            let close = match (acc(&sb.balanced_accuracy), acc(&b.balanced_accuracy)) {
+                (Some(sv), Some(mv)) => mv - sv < 0.05,
+                _ => false,
+            };
+            if close {
+                let _ = write!(
+                    h,
+                    "<p class=shortcut-alert>{} The shortcut comes within 5 points of the model's \
+                     balanced accuracy: this test set cannot show that the model reads cell \
+                     morphology rather than stain or scanner colour.</p>",
+                    html_escape(&text)
+                );
+            } else {
+                let _ = write!(h, "<p class=shortcut-ok>{}</p>", html_escape(&text));
+            }
+        }
+        None => h.push_str("<p class=undef>No shortcut baseline was run.</p>"),
+    }
+
+    // Figures table.
+    let _ = write!(
+        h,
+        "<h2>Binary figures (leukemia vs healthy)</h2><p class=small>Threshold {:.4}: an image \
+         is called leukemia when p(leukemia) &ge; threshold. 95% percentile bootstrap intervals \
+         from {} resamples of {} ({}).</p><table><tr><th>figure</th><th>{}</th>",
+        b.threshold,
+        m.binary.bootstrap.n_boot,
+        html_escape(&m.binary.bootstrap.unit),
+        m.binary.bootstrap.n_units,
+        html_escape(&m.name)
+    );
+    if let Some(s) = &input.shortcut {
+        let _ = write!(h, "<th>{}</th>", html_escape(&s.name));
+    }
+    h.push_str("</tr>");
+    for (i, (_, e)) in b.figures().iter().enumerate() {
+        let _ = write!(h, "<tr><td>{}</td><td>{}</td>", FIGURE_LABELS[i], cell(e));
+        if let Some(s) = &input.shortcut {
+            let _ = write!(h, "<td>{}</td>", cell(s.binary.report.figures()[i].1));
+        }
+        h.push_str("</tr>");
+    }
+    let c = b.confusion_matrix;
+    let _ = write!(
+        h,
+        "<tr><td>Confusion (TP / FP / TN / FN)</td><td>{} / {} / {} / {}</td>",
+        c.tp, c.fp, c.tn, c.fn_
+    );
+    if let Some(s) = &input.shortcut {
+        let c = s.binary.report.confusion_matrix;
+        let _ = write!(h, "<td>{} / {} / {} / {}</td>", c.tp, c.fp, c.tn, c.fn_);
+    }
+    h.push_str("</tr></table>");
+    let notes: Vec<&String> = m.binary.bootstrap.notes.iter().collect();
+    if !notes.is_empty() {
+        h.push_str("<ul class=small>");
+        for n in notes {
+            let _ = write!(h, "<li>{}</li>", html_escape(n));
+        }
+        h.push_str("</ul>");
+    }
+
+    // Operating point.
+    h.push_str("<h2>Operating point</h2>");
+    match &input.threshold_choice {
+        Some(t) => {
+            let pct = |v: Option<f64>| v.map_or("undefined".to_string(), |v| format!("{v:.3}"));
+            let _ = write!(
+                h,
+                "<p>Threshold {:.4}, chosen on the validation part ({} leukemia, {} healthy \
+                 images) as the largest threshold with sensitivity &ge; {:.3}; there it reached \
+                 sensitivity {} and specificity {}. On this test part: sensitivity {}, \
+                 specificity {}.</p>",
+                t.threshold,
+                t.n_leukemia,
+                t.n_healthy,
+                t.target_sensitivity,
+                pct(t.sensitivity),
+                pct(t.specificity),
+                b.sensitivity.display(3),
+                b.specificity.display(3)
+            );
+            if let Some(w) = &t.warning {
+                let _ = write!(h, "<p class=undef>{}</p>", html_escape(w));
+            }
+        }
+        None => {
+            let _ = write!(
+                h,
+                "<p>Threshold {:.4} (not tuned on a validation part).</p>",
+                b.threshold
+            );
+        }
+    }
+
+    // Subtypes.
+    if let Some(sub) = &m.subtype {
+        let r = &sub.report;
+        let _ = write!(
+            h,
+            "<h2>Subtypes</h2><p>Accuracy {}; macro-F1 {}.</p><table><tr><th>class</th>\
+             <th>images</th><th>precision</th><th>recall</th><th>F1</th></tr>",
+            cell(&r.accuracy),
+            cell(&r.macro_f1)
+        );
+        for c in &r.per_class {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html_escape(&c.class),
+                c.support,
+                cell(&c.precision),
+                cell(&c.recall),
+                cell(&c.f1)
+            );
+        }
+        h.push_str("</table>");
+        h.push_str(&plot_or_note(plots::confusion_svg(
+            &r.confusion_matrix,
+            &r.class_names,
+        )));
+    }
+
+    // Training history.
+    h.push_str("<h2>Training curves</h2>");
+    if input.curves.is_empty() {
+        h.push_str("<p class=undef>No training history in this run.</p>");
+    } else {
+        h.push_str(&plot_or_note(plots::training_curves_svg(
+            &input.curves,
+            &input.curve_metric,
+        )));
+    }
+
+    // ROC and PR.
+    h.push_str("<h2>ROC and precision-recall</h2><div class=row>");
+    let roc_m = roc_curve(&m.y_leukemia, &m.p_leukemia);
+    let pr_m = pr_curve(&m.y_leukemia, &m.p_leukemia);
+    let (roc_s, pr_s) = match &input.shortcut {
+        Some(s) => (
+            roc_curve(&s.y_leukemia, &s.p_leukemia),
+            pr_curve(&s.y_leukemia, &s.p_leukemia),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let shortcut_name = input.shortcut.as_ref().map_or("", |s| s.name.as_str());
+    let mut roc_curves = vec![NamedCurve {
+        name: &m.name,
+        points: &roc_m,
+        shortcut: false,
+    }];
+    let mut pr_curves = vec![NamedCurve {
+        name: &m.name,
+        points: &pr_m,
+        shortcut: false,
+    }];
+    if !roc_s.is_empty() {
+        roc_curves.push(NamedCurve {
+            name: shortcut_name,
+            points: &roc_s,
+            shortcut: true,
+        });
+    }
+    if !pr_s.is_empty() {
+        pr_curves.push(NamedCurve {
+            name: shortcut_name,
+            points: &pr_s,
+            shortcut: true,
+        });
+    }
+    let fpr = b.specificity.value.map(|s| 1.0 - s);
+    let roc_op = fpr.zip(b.sensitivity.value);
+    let pr_op = b.sensitivity.value.zip(b.precision.value);
+    if roc_m.is_empty() {
+        h.push_str(
+            "<p class=undef>ROC curve undefined: needs both leukemia and healthy images.</p>",
+        );
+    } else {
+        h.push_str(&plot_or_note(plots::roc_svg(&roc_curves, roc_op)));
+    }
+    if pr_m.is_empty() {
+        h.push_str("<p class=undef>Precision-recall curve undefined: no leukemia images.</p>");
+    } else {
+        let prevalence = (b.n > 0).then(|| b.n_leukemia as f64 / b.n as f64);
+        h.push_str(&plot_or_note(plots::pr_svg(&pr_curves, prevalence, pr_op)));
+    }
+    h.push_str("</div>");
+
+    // Confusion and calibration.
+    h.push_str("<h2>Confusion matrix and calibration</h2><div class=row>");
+    let cm = vec![vec![c.tn, c.fp], vec![c.fn_, c.tp]];
+    h.push_str(&plot_or_note(plots::confusion_svg(
+        &cm,
+        &["healthy".to_string(), "leukemia".to_string()],
+    )));
+    match reliability_bins(&m.y_leukemia, &m.p_leukemia) {
+        Ok(bins) => h.push_str(&plot_or_note(plots::reliability_svg(&bins))),
+        Err(e) => {
+            let _ = write!(h, "<p class=undef>{}</p>", html_escape(&e.to_string()));
+        }
+    }
+    h.push_str("</div>");
+
+    // Gallery.
+    let _ = write!(
+        h,
+        "<h2>Most confident errors</h2><p class=small>{} images the model got wrong with the \
+         highest confidence{}.</p>",
+        input.gallery.len(),
+        if input.gallery.iter().any(|g| g.overlay_png.is_some()) {
+            ", each beside its Grad-CAM overlay"
+        } else {
+            ""
+        }
+    );
+    if input.gallery.is_empty() {
+        h.push_str("<p class=undef>No errors to show.</p>");
+    } else {
+        h.push_str("<div class=gallery>");
+        for g in &input.gallery {
+            let cap = html_escape(&g.caption);
+            match &g.overlay_png {
+                Some(o) => {
+                    let _ = write!(
+                        h,
+                        "<figure><div class=pair><img alt=\"{cap}\" src=\"{}\"><img alt=\"Grad-CAM: {cap}\" src=\"{}\"></div><figcaption>{cap}</figcaption></figure>",
+                        png_data_uri(&g.png_bytes),
+                        png_data_uri(o)
+                    );
+                }
+                None => {
+                    let _ = write!(
+                        h,
+                        "<figure><img alt=\"{cap}\" src=\"{}\"><figcaption>{cap}</figcaption></figure>",
+                        png_data_uri(&g.png_bytes)
+                    );
+                }
+            }
+        }
+        h.push_str("</div>");
+    }
+
+    h.push_str(
+        "<h2>Definitions</h2><ul class=small>\
+         <li>Sensitivity TP/(TP+FN); specificity TN/(TN+FP); PPV TP/(TP+FP); NPV TN/(TN+FN); \
+         F1 2TP/(2TP+FP+FN); balanced accuracy the mean of sensitivity and specificity.</li>\
+         <li>ROC-AUC: Mann-Whitney statistic, ties counted one half. PR-AUC: average precision \
+         (step-wise, no interpolation, as scikit-learn).</li>\
+         <li>Brier score: mean squared difference between p(leukemia) and the label. ECE: 10 \
+         equal-width bins of p(leukemia), count-weighted mean |fraction leukemia - mean p|.</li>\
+         <li>Intervals: 95% percentile bootstrap; whole patients are resampled when patient ids \
+         exist. A figure with a zero denominator is reported as undefined with the reason.</li>\
+         </ul>",
+    );
+    let _ = writeln!(
+        h,
+        "<p class=small>allscan {} &middot; research use only, not a diagnostic device.</p></main></body></html>",
+        env!("CARGO_PKG_VERSION")
+    );
+    h
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::eval::metrics::{bootstrap_binary, bootstrap_multiclass, threshold_for_sensitivity};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn scores(seed: u64, n: usize, sep: f64) -> (Vec<bool>, Vec<f64>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let y: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.6)).collect();
+        let p = y
+            .iter()
+            .map(|&t| {
+                let z: f64 = rng.gen_range(-1.0..1.0) + if t { sep } else { -sep };
+                1.0 / (1.0 + (-3.0 * z).exp())
+            })
+            .collect();
+        (y, p)
+    }
+
+    fn png(seed: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            let d = ((x as i32 - 32).pow(2) + (y as i32 - 32).pow(2)) as f32;
+            if d < 300.0 {
+                image::Rgb([110, 50, 160u8.saturating_sub(seed)])
+            } else {
+                image::Rgb([235, 215, 220])
+            }
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        let _ = img.write_to(&mut out, image::ImageFormat::Png);
+        out.into_inner()
+    }
+
+    /// A full report from synthetic inputs.
+    pub(crate) fn sample_input() -> ReportInput {
+        let (yv, pv) = scores(1, 300, 0.8);
+        let choice = threshold_for_sensitivity(&yv, &pv, 0.95).unwrap();
+        let (y, p) = scores(2, 400, 0.8);
+        let (_, ps) = scores(3, 400, 0.6);
+        let patients: Vec<String> = (0..400).map(|i| format!("P{}", i / 4)).collect();
+        let binary =
+            bootstrap_binary(&y, &p, choice.threshold, Some(patients.as_slice()), 300, 5).unwrap();
+        let shortcut = bootstrap_binary(&y, &ps, 0.5, Some(patients.as_slice()), 300, 5).unwrap();
+        let names: Vec<String> = ["healthy", "B-ALL early", "B-ALL pre", "B-ALL pro"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let ysub: Vec<usize> = y
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if t { 1 + i % 3 } else { 0 })
+            .collect();
+        let probs: Vec<Vec<f64>> = ysub
+            .iter()
+            .zip(&p)
+            .enumerate()
+            .map(|(i, (&c, &pl))| {
+                let mut row = [(1.0 - pl), pl / 3.0, pl / 3.0, pl / 3.0];
+                let bump = if i % 5 == 0 { (c + 1) % 4 } else { c };
+                row[bump] += 0.4;
+                let s: f64 = row.iter().sum();
+                row.iter().map(|v| v / s).collect()
+            })
+            .collect();
+        let subtype =
+            bootstrap_multiclass(&ysub, &probs, &names, Some(patients.as_slice()), 200, 5).unwrap();
+        let mut curves = Vec::new();
+        for e in 1..=5 {
+            curves.push(EpochRow {
+                stage: "head".into(),
+                epoch: e,
+                train_loss: Some(0.7 / e as f64 + 0.2),
+                val_loss: Some(0.75 / e as f64 + 0.25),
+                val_metric: Some(0.7 + 0.03 * e as f64),
+            });
+        }
+        for e in 1..=8 {
+            curves.push(EpochRow {
+                stage: "finetune".into(),
+                epoch: e,
+                train_loss: Some(0.3 / e as f64 + 0.05),
+                val_loss: Some(0.3 / e as f64 + 0.12),
+                val_metric: Some(0.86 + 0.01 * e as f64),
+            });
+        }
+        let errs = most_confident_errors(&y, &p, choice.threshold, 6);
+        let gallery = errs
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| GalleryItem {
+                png_bytes: png(k as u8 * 20),
+                overlay_png: (k % 2 == 0).then(|| png(100)),
+                caption: format!(
+                    "#{i}: true {}, p(leukemia) = {:.3}, patient {}",
+                    if y[i] { "leukemia" } else { "healthy" },
+                    p[i],
+                    patients[i]
+                ),
+            })
+            .collect();
+        ReportInput {
+            title: "allscan evaluation: synthetic <sample>".into(),
+            dataset_summary: vec![
+                ("dataset".into(), "synthetic smears".into()),
+                ("images".into(), "1,000".into()),
+                ("patients".into(), "250".into()),
+            ],
+            split_protocol: "Patient-level split 70/15/15 (seed 42), stratified by class; the \
+                             threshold is chosen on validation, every figure is on test."
+                .into(),
+            model: ModelEvaluation {
+                name: "DenseNet-201".into(),
+                y_leukemia: y.clone(),
+                p_leukemia: p,
+                binary,
+                subtype: Some(subtype),
+            },
+            shortcut: Some(ModelEvaluation {
+                name: "colour-only shortcut".into(),
+                y_leukemia: y,
+                p_leukemia: ps,
+                binary: shortcut,
+                subtype: None,
+            }),
+            curves,
+            curve_metric: "accuracy".into(),
+            threshold_choice: Some(choice),
+            gallery,
+            warnings: vec![
+                "2 test images are near-copies of training images (e.g. a.png ~ b.png)".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn report_is_self_contained_and_escaped() {
+        let input = sample_input();
+        let html = render_report(&input);
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert!(html.contains("synthetic &lt;sample&gt;"));
+        assert!(!html.contains("<sample>"));
+        assert!(html.contains("Research use only, not a diagnostic device"));
+        assert!(html.contains("data:image/png;base64,"));
+        assert_eq!(html.matches("<svg").count(), 6, "six plots");
+        assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+        assert!(!html.contains("NaN"));
+        assert!(html.contains("near-copies"));
+    }
+
+    #[test]
+    fn metrics_json_layout() {
+        let input = sample_input();
+        let file = MetricsFile::from_report(&input, "test part of split.json");
+        let v: serde_json::Value = serde_json::to_value(&file).unwrap();
+        assert_eq!(v["n"], 400);
+        assert!(v["binary"]["accuracy"]["value"].is_f64());
+        assert_eq!(v["binary"]["accuracy"]["ci95"].as_array().unwrap().len(), 2);
+        assert!(v["subtype"]["macro_f1"]["ci95"].is_array());
+        assert!(v["threshold"].is_f64());
+        assert!(v["warnings"].is_array());
+        assert!(v["shortcut"]["binary"]["roc_auc"]["value"].is_f64());
+        let dir = tempfile::tempdir().unwrap();
+        write_report(dir.path(), &input, "test").unwrap();
+        let back: MetricsFile =
+            serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap())
+                .unwrap();
+        // serde_json may round the last bit of a float on the way back.
+        assert_eq!(
+            back.binary.report.confusion_matrix,
+            file.binary.report.confusion_matrix
+        );
+        let (a, b) = (back.binary.report.roc_auc, file.binary.report.roc_auc);
+        assert!((a.value.unwrap() - b.value.unwrap()).abs() < 1e-12);
+        assert!(dir.path().join("report.html").exists());
+    }
+
+    #[test]
+    fn confident_errors_are_ordered() {
+        let y = [true, false, true, false];
+        let p = [0.1, 0.95, 0.4, 0.6];
+        assert_eq!(most_confident_errors(&y, &p, 0.5, 3), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn table_prints_both_columns() {
+        let input = sample_input();
+        let t = summary_table(
+            &input.model.binary,
+            input.shortcut.as_ref().map(|s| &s.binary),
+        );
+        assert!(t.contains("colour-only shortcut") && t.contains("ROC-AUC"));
+        assert_eq!(t.lines().count(), 13);
+    }
+
+    /// Writes target/report-sample/report.html for a look in a browser:
+    /// `cargo test -p allscan --lib eval::report -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_sample_report() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/report-sample");
+        write_report(&dir, &sample_input(), "synthetic").unwrap();
+    }
+}
