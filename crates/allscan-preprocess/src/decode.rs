@@ -29,11 +29,7 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self {
-            min_side: 16,
-            max_side: 16_384,
-            max_pixels: 64 * 1024 * 1024,
-        }
+        Self { min_side: 16, max_side: 16_384, max_pixels: 64 * 1024 * 1024 }
     }
 }
 
@@ -41,28 +37,15 @@ impl Default for DecodeLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("{path}: cannot read file: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: empty file (0 bytes)")]
     Empty { path: PathBuf },
     #[error("{path}: not a recognised image format")]
     UnknownFormat { path: PathBuf },
     #[error("{path}: image is {width}x{height}, larger than the limit of {limit}")]
-    TooLarge {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-        limit: String,
-    },
+    TooLarge { path: PathBuf, width: u32, height: u32, limit: String },
     #[error("{path}: image is {width}x{height}, smaller than the minimum side of {min_side} px")]
-    TooSmall {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-        min_side: u32,
-    },
+    TooSmall { path: PathBuf, width: u32, height: u32, min_side: u32 },
     #[error("{path}: corrupt or truncated image: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -84,28 +67,19 @@ impl DecodeError {
     pub fn reason(&self) -> String {
         let full = self.to_string();
         let prefix = format!("{}: ", self.path().display());
-        full.strip_prefix(&prefix)
-            .map(str::to_owned)
-            .unwrap_or(full)
+        full.strip_prefix(&prefix).map(str::to_owned).unwrap_or(full)
     }
 }
 
 /// Reads and decodes a file. See [`decode_bytes`].
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io { path: path.to_owned(), source })?;
     decode_bytes(&bytes, path, limits)
 }
 
 /// Decodes in-memory bytes (`path` only names the source in errors) into 8-bit RGB, applying
 /// EXIF orientation and the conversions listed in the module docs.
-pub fn decode_bytes(
-    bytes: &[u8],
-    path: &Path,
-    limits: &DecodeLimits,
-) -> Result<RgbImage, DecodeError> {
+pub fn decode_bytes(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
     let p = || path.to_owned();
     if bytes.is_empty() {
         return Err(DecodeError::Empty { path: p() });
@@ -116,52 +90,52 @@ pub fn decode_bytes(
     if reader.format().is_none() {
         return Err(DecodeError::UnknownFormat { path: p() });
     }
+    // Read the header alone first (no pixel allocation), so the size error names the real size.
+    if let Ok((width, height)) = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|source| DecodeError::Io { path: p(), source })?
+        .into_dimensions()
+    {
+        check_size(width, height, path, limits)?;
+    }
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !has_jpeg_end(bytes) {
+        // zune-jpeg pads a cut scan with grey and reports success; a field that is partly grey
+        // must not reach training, so a missing end-of-image marker is an error.
+        return Err(DecodeError::Corrupt { path: p(), reason: "truncated JPEG (no end-of-image marker)".into() });
+    }
     let mut lim = Limits::default();
     lim.max_image_width = Some(limits.max_side);
     lim.max_image_height = Some(limits.max_side);
     // Generous allocation bound: the decoded image itself plus decoder scratch (16-bit RGBA).
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
     reader.limits(lim);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| classify(e, path, limits))?;
+    let mut decoder = reader.into_decoder().map_err(|e| classify(e, path, limits))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height, path, limits)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, path, limits))?;
     img.apply_orientation(orientation);
     Ok(to_rgb_on_white(img))
 }
 
-fn check_size(
-    width: u32,
-    height: u32,
-    path: &Path,
-    limits: &DecodeLimits,
-) -> Result<(), DecodeError> {
-    if width > limits.max_side
-        || height > limits.max_side
-        || (width as u64) * (height as u64) > limits.max_pixels
-    {
+/// Whether a JPEG's end-of-image marker (FF D9) is in its last 4 KiB (cameras may append a
+/// little data after it).
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+fn check_size(width: u32, height: u32, path: &Path, limits: &DecodeLimits) -> Result<(), DecodeError> {
+    if width > limits.max_side || height > limits.max_side || (width as u64) * (height as u64) > limits.max_pixels {
         return Err(DecodeError::TooLarge {
             path: path.to_owned(),
             width,
             height,
-            limit: format!(
-                "{} px per side / {} pixels",
-                limits.max_side, limits.max_pixels
-            ),
+            limit: format!("{} px per side / {} pixels", limits.max_side, limits.max_pixels),
         });
     }
     if width < limits.min_side || height < limits.min_side {
-        return Err(DecodeError::TooSmall {
-            path: path.to_owned(),
-            width,
-            height,
-            min_side: limits.min_side,
-        });
+        return Err(DecodeError::TooSmall { path: path.to_owned(), width, height, min_side: limits.min_side });
     }
     Ok(())
 }
@@ -183,18 +157,11 @@ fn classify(e: image::ImageError, path: &Path, limits: &DecodeLimits) -> DecodeE
                 limit: format!("memory limit ({l})"),
             },
         },
-        ImageError::Unsupported(u) => DecodeError::Corrupt {
-            path: path.to_owned(),
-            reason: format!("unsupported: {u}"),
-        },
-        ImageError::IoError(io) => DecodeError::Corrupt {
-            path: path.to_owned(),
-            reason: io.to_string(),
-        },
-        other => DecodeError::Corrupt {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
+        ImageError::Unsupported(u) => {
+            DecodeError::Corrupt { path: path.to_owned(), reason: format!("unsupported: {u}") }
+        }
+        ImageError::IoError(io) => DecodeError::Corrupt { path: path.to_owned(), reason: io.to_string() },
+        other => DecodeError::Corrupt { path: path.to_owned(), reason: other.to_string() },
     }
 }
 
@@ -240,11 +207,7 @@ mod tests {
 
     #[test]
     fn sixteen_bit_is_scaled() {
-        let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
-            20,
-            20,
-            image::Rgb([65535u16, 0, 32896]),
-        );
+        let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(20, 20, image::Rgb([65535u16, 0, 32896]));
         let bytes = encode(&DynamicImage::ImageRgb16(img), ImageFormat::Png);
         let rgb = decode_bytes(&bytes, Path::new("a.png"), &DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(3, 3).0, [255, 0, 128]);
@@ -253,27 +216,18 @@ mod tests {
     #[test]
     fn bad_inputs_are_typed_errors() {
         let lim = DecodeLimits::default();
-        assert!(matches!(
-            decode_bytes(b"", Path::new("z.jpg"), &lim),
-            Err(DecodeError::Empty { .. })
-        ));
+        assert!(matches!(decode_bytes(b"", Path::new("z.jpg"), &lim), Err(DecodeError::Empty { .. })));
         assert!(matches!(
             decode_bytes(b"hello, I am text", Path::new("t.jpg"), &lim),
             Err(DecodeError::UnknownFormat { .. })
         ));
         let tiny = encode(&DynamicImage::new_rgb8(1, 1), ImageFormat::Png);
-        assert!(matches!(
-            decode_bytes(&tiny, Path::new("t.png"), &lim),
-            Err(DecodeError::TooSmall { .. })
-        ));
+        assert!(matches!(decode_bytes(&tiny, Path::new("t.png"), &lim), Err(DecodeError::TooSmall { .. })));
         let good = encode(&DynamicImage::new_rgb8(64, 64), ImageFormat::Jpeg);
         let cut = &good[..good.len() / 2];
-        let err = decode_bytes(cut, Path::new("cut.jpg"), &lim);
-        // zune-jpeg may pad a truncated scan with grey instead of failing; either is acceptable
-        // for the decoder, but it must never panic.
-        if let Err(e) = err {
-            assert!(e.to_string().contains("cut.jpg"));
-        }
+        let err = decode_bytes(cut, Path::new("cut.jpg"), &lim).unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("cut.jpg"));
     }
 
     #[test]
@@ -299,11 +253,7 @@ mod tests {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
             }
         }
         !crc

@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod fsutil;
 pub mod model;
 pub mod synth;
 pub mod weights;
