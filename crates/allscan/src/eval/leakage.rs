@@ -34,6 +34,14 @@ pub struct LeakageInput {
     pub test: Vec<LeakageItem>,
 }
 
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn examples<'a>(items: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<&str> = items.take(EXAMPLES).collect();
     v.join(", ")
@@ -80,9 +88,8 @@ pub fn leakage_warnings(input: &LeakageInput, max_distance: u32) -> Vec<String> 
                 .filter(|i| i.patient.as_deref().is_some_and(|p| shared.contains(p)))
                 .count();
             out.push(format!(
-                "{} patients ({n_images} test images) appear in both training and test parts \
-                 (e.g. {})",
-                shared.len(),
+                "{} ({n_images} test images) appear in both training and test parts (e.g. {})",
+                plural(shared.len(), "patient"),
                 examples(shared.iter().copied())
             ));
         }
@@ -184,7 +191,7 @@ mod tests {
         let w = leakage_warnings(&input, 4);
         assert_eq!(w.len(), 4, "{w:#?}");
         assert!(w[0].starts_with("1 of 4 images have no patient id"));
-        assert!(w[1].starts_with("1 patients (1 test images)"));
+        assert!(w[1].starts_with("1 patient (1 test images)"));
         assert!(w[2].contains("byte-identical") && w[2].contains("c.png"));
         assert!(w[3].contains("near-copies") && w[3].contains("d.png ~ a.png"));
     }

@@ -1168,6 +1168,68 @@ mod tests {
             .any(|n| n.starts_with("specificity")));
     }
 
+    /// The weighted core on multiplicities must equal the plain figures on the data with each
+    /// image repeated that many times: the bootstrap relies on it.
+    #[test]
+    fn weights_equal_repetition() {
+        let y: Vec<bool> = (0..40).map(|i| i % 3 != 1).collect();
+        let p: Vec<f64> = (0..40).map(|i| ((i * 7) % 10) as f64 / 10.0).collect();
+        let order = order_desc(&p);
+        let mut sampler = Resampler::new(y.len(), None, 99);
+        let mut w = vec![0.0; y.len()];
+        for _ in 0..20 {
+            sampler.draw(&mut w);
+            let core = binary_core(&y, &p, &order, &w, 0.5);
+            let (mut ye, mut pe) = (Vec::new(), Vec::new());
+            for i in 0..y.len() {
+                for _ in 0..w[i] as usize {
+                    ye.push(y[i]);
+                    pe.push(p[i]);
+                }
+            }
+            let plain = binary_metrics(&ye, &pe, 0.5).unwrap();
+            for (k, (name, e)) in plain.figures().iter().enumerate() {
+                match (&core.figures[k], e.value) {
+                    (Ok(a), Some(b)) => assert!((a - b).abs() < 1e-12, "{name}: {a} vs {b}"),
+                    (Err(_), None) => {}
+                    (a, b) => panic!("{name}: {a:?} vs {b:?}"),
+                }
+            }
+        }
+    }
+
+    /// Coverage: over many simulated test sets with a known accuracy of 0.8, the 95% interval
+    /// should contain 0.8 about 95% of the time (percentile bootstrap runs a little short for
+    /// proportions at n = 150, hence the band).
+    #[test]
+    fn bootstrap_interval_covers_true_accuracy() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2026);
+        let (n, trials) = (150, 200);
+        let mut covered = 0;
+        for t in 0..trials {
+            let y: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.5)).collect();
+            // correct with probability 0.8, whatever the class
+            let p: Vec<f64> = y
+                .iter()
+                .map(|&yi| {
+                    let right = rng.gen_bool(0.8);
+                    if yi == right {
+                        0.9
+                    } else {
+                        0.1
+                    }
+                })
+                .collect();
+            let b = bootstrap_binary(&y, &p, 0.5, None, 400, t).unwrap();
+            let [lo, hi] = b.report.accuracy.ci95.unwrap();
+            if lo <= 0.8 && 0.8 <= hi {
+                covered += 1;
+            }
+        }
+        let rate = covered as f64 / trials as f64;
+        assert!((0.89..=0.99).contains(&rate), "coverage {rate}");
+    }
+
     #[test]
     fn hand_worked_multiclass() {
         // true:  0 0 1 1 2 2
