@@ -6,9 +6,14 @@
 //!
 //! Research use only, not a diagnostic device.
 
+pub mod bundle;
 pub mod data;
+pub mod device;
 pub mod eval;
+pub mod explain;
 pub mod fsutil;
+pub mod infer;
 pub mod model;
 pub mod synth;
+pub mod train;
 pub mod weights;

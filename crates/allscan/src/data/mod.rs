@@ -1,6 +1,8 @@
 //! Stage 1 of the pipeline: image files -> a dataset index (layout, classes, labels, patients,
 //! duplicates, unreadable files) -> leakage-safe splits.
 
+pub mod augment;
+pub mod batcher;
 pub mod index;
 pub mod layout;
 pub mod phash;

@@ -1,0 +1,1 @@
+//! Run bundle (stub).

@@ -1,0 +1,1 @@
+//! Backend choice, in one place (stub).
