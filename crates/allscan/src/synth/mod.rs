@@ -672,6 +672,44 @@ mod tests {
         }
     }
 
+    /// The same question asked with the evaluation stage's own colour baseline (HSV
+    /// histograms + L2 logistic regression, `eval::shortcut`), which `allscan demo` reports
+    /// beside the CNN: it must stay near chance too.
+    #[test]
+    fn the_evaluation_colour_baseline_stays_near_chance() {
+        use crate::eval::ColourShortcut;
+        let (size, per_class) = (96u32, 60usize);
+        let (mut xtr, mut ytr, mut xte, mut yte) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for index in 0..per_class {
+            for class in 0..4 {
+                let f = ColourShortcut::features(&field(31, class, index, size).image);
+                if index % 2 == 0 {
+                    xtr.push(f);
+                    ytr.push(class);
+                } else {
+                    xte.push(f);
+                    yte.push(class);
+                }
+            }
+        }
+        let argmax = |p: &[f64]| (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+        let model = ColourShortcut::fit(&xtr, &ytr, 4, 0).unwrap();
+        let pred: Vec<usize> = xte.iter().map(|x| argmax(&model.predict_proba(x).unwrap())).collect();
+        let acc4 = pred.iter().zip(&yte).filter(|(p, y)| p == y).count() as f64 / yte.len() as f64;
+        let bin = |ys: &[usize]| ys.iter().map(|&y| usize::from(y != 0)).collect::<Vec<_>>();
+        let model2 = ColourShortcut::fit(&xtr, &bin(&ytr), 2, 0).unwrap();
+        let pred2: Vec<usize> = xte.iter().map(|x| argmax(&model2.predict_proba(x).unwrap())).collect();
+        let yte2 = bin(&yte);
+        let recall = |c: usize| {
+            let n = yte2.iter().filter(|&&y| y == c).count() as f64;
+            pred2.iter().zip(&yte2).filter(|(p, y)| **y == c && **p == c).count() as f64 / n
+        };
+        let bal2 = 0.5 * (recall(0) + recall(1));
+        println!("eval colour baseline (logistic regression) at {size} px, {per_class}/class: 4-class accuracy {acc4:.3}, Benign-vs-rest balanced accuracy {bal2:.3}");
+        assert!(acc4 <= 0.40, "colour baseline separates the classes: accuracy {acc4:.3}");
+        assert!(bal2 <= 0.62, "colour baseline separates Benign: balanced accuracy {bal2:.3}");
+    }
+
     /// ...while morphology does: the ground-truth N:C ratio alone separates hematogones from
     /// blasts, and the nuclear outline separates Pro-B/Pre-B from the round nuclei.
     #[test]
