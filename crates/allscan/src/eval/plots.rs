@@ -17,12 +17,8 @@ const MODEL: RGBColor = RGBColor(31, 119, 180);
 const SHORTCUT: RGBColor = RGBColor(230, 120, 20);
 const POINT: RGBColor = RGBColor(200, 30, 30);
 const GREY: RGBColor = RGBColor(150, 150, 150);
-const STAGE_COLOURS: [RGBColor; 4] = [
-    RGBColor(31, 119, 180),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
+const STAGE_COLOURS: [RGBColor; 4] =
+    [RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
 const FONT: &str = "sans-serif";
 
 fn err(plot: &'static str) -> impl Fn(String) -> EvalError {
@@ -61,10 +57,7 @@ pub struct NamedCurve<'a, P> {
 
 /// ROC curves (model and, if given, the shortcut) with the chance line and the operating point
 /// `(1 - specificity, sensitivity)` at the chosen threshold.
-pub fn roc_svg(
-    curves: &[NamedCurve<'_, RocPoint>],
-    operating: Option<(f64, f64)>,
-) -> Result<String, EvalError> {
+pub fn roc_svg(curves: &[NamedCurve<'_, RocPoint>], operating: Option<(f64, f64)>) -> Result<String, EvalError> {
     svg("roc", (460, 420), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("ROC curve", (FONT, 18))
@@ -82,21 +75,11 @@ pub fn roc_svg(
             .axis_desc_style((FONT, 15))
             .draw()
             .map_err(s)?;
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(0.0, 0.0), (1.0, 1.0)],
-                4,
-                4,
-                GREY.into(),
-            ))
-            .map_err(s)?;
+        chart.draw_series(DashedLineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], 4, 4, GREY.into())).map_err(s)?;
         for c in curves {
             let colour = if c.shortcut { SHORTCUT } else { MODEL };
             chart
-                .draw_series(LineSeries::new(
-                    c.points.iter().map(|p| (p.fpr, p.tpr)),
-                    colour.stroke_width(2),
-                ))
+                .draw_series(LineSeries::new(c.points.iter().map(|p| (p.fpr, p.tpr)), colour.stroke_width(2)))
                 .map_err(s)?
                 .label(c.name)
                 .legend(legend_line(colour));
@@ -144,14 +127,7 @@ pub fn pr_svg(
             .draw()
             .map_err(s)?;
         if let Some(p) = prevalence {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(0.0, p), (1.0, p)],
-                    4,
-                    4,
-                    GREY.into(),
-                ))
-                .map_err(s)?;
+            chart.draw_series(DashedLineSeries::new(vec![(0.0, p), (1.0, p)], 4, 4, GREY.into())).map_err(s)?;
         }
         for c in curves {
             let colour = if c.shortcut { SHORTCUT } else { MODEL };
@@ -201,12 +177,8 @@ pub fn confusion_svg(matrix: &[Vec<u64>], labels: &[String]) -> Result<String, E
             t(17).pos(Pos::new(HPos::Center, VPos::Center)),
         ))
         .map_err(s)?;
-        root.draw(&Text::new(
-            "true",
-            (left - 8, top - 14),
-            t(17).pos(Pos::new(HPos::Right, VPos::Center)),
-        ))
-        .map_err(s)?;
+        root.draw(&Text::new("true", (left - 8, top - 14), t(17).pos(Pos::new(HPos::Right, VPos::Center))))
+            .map_err(s)?;
         for (i, row) in matrix.iter().enumerate() {
             let total: u64 = row.iter().sum();
             let name = labels.get(i).map_or("?", String::as_str);
@@ -217,46 +189,27 @@ pub fn confusion_svg(matrix: &[Vec<u64>], labels: &[String]) -> Result<String, E
             ))
             .map_err(s)?;
             for (j, &count) in row.iter().enumerate() {
-                let frac = if total > 0 {
-                    count as f64 / total as f64
-                } else {
-                    0.0
-                };
+                let frac = if total > 0 { count as f64 / total as f64 } else { 0.0 };
                 let x0 = left + j as i32 * cell as i32;
                 let y0 = top + i as i32 * cell as i32;
                 // White to blue; correct cells blue, errors red.
-                let (r, g, b) = if i == j {
-                    (31, 119, 180)
-                } else {
-                    (214, 39, 40)
-                };
+                let (r, g, b) = if i == j { (31, 119, 180) } else { (214, 39, 40) };
                 let mix = |c: u8| (255.0 - (255.0 - f64::from(c)) * frac).round() as u8;
                 root.draw(&Rectangle::new(
                     [(x0, y0), (x0 + cell as i32, y0 + cell as i32)],
                     RGBColor(mix(r), mix(g), mix(b)).filled(),
                 ))
                 .map_err(s)?;
-                root.draw(&Rectangle::new(
-                    [(x0, y0), (x0 + cell as i32, y0 + cell as i32)],
-                    BLACK.stroke_width(1),
-                ))
-                .map_err(s)?;
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cell as i32, y0 + cell as i32)], BLACK.stroke_width(1)))
+                    .map_err(s)?;
                 let colour = if frac > 0.6 { WHITE } else { BLACK };
                 let centred = |size: i32| {
-                    TextStyle::from((FONT, size).into_font())
-                        .color(&colour)
-                        .pos(Pos::new(HPos::Center, VPos::Center))
+                    TextStyle::from((FONT, size).into_font()).color(&colour).pos(Pos::new(HPos::Center, VPos::Center))
                 };
                 let cx = x0 + cell as i32 / 2;
                 let cy = y0 + cell as i32 / 2;
-                root.draw(&Text::new(format!("{count}"), (cx, cy - 9), centred(22)))
-                    .map_err(s)?;
-                root.draw(&Text::new(
-                    format!("{:.0}% of row", frac * 100.0),
-                    (cx, cy + 14),
-                    centred(15),
-                ))
-                .map_err(s)?;
+                root.draw(&Text::new(format!("{count}"), (cx, cy - 9), centred(22))).map_err(s)?;
+                root.draw(&Text::new(format!("{:.0}% of row", frac * 100.0), (cx, cy + 14), centred(15))).map_err(s)?;
             }
         }
         for (j, name) in labels.iter().enumerate().take(k) {
@@ -291,24 +244,10 @@ pub fn reliability_svg(bins: &[ReliabilityBin]) -> Result<String, EvalError> {
             .axis_desc_style((FONT, 15))
             .draw()
             .map_err(s)?;
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(0.0, 0.0), (1.0, 1.0)],
-                4,
-                4,
-                GREY.into(),
-            ))
-            .map_err(s)?;
-        let pts: Vec<(f64, f64)> = bins
-            .iter()
-            .filter_map(|b| Some((b.mean_p?, b.frac_leukemia?)))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), MODEL.stroke_width(2)))
-            .map_err(s)?;
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, MODEL.filled())))
-            .map_err(s)?;
+        chart.draw_series(DashedLineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], 4, 4, GREY.into())).map_err(s)?;
+        let pts: Vec<(f64, f64)> = bins.iter().filter_map(|b| Some((b.mean_p?, b.frac_leukemia?))).collect();
+        chart.draw_series(LineSeries::new(pts.clone(), MODEL.stroke_width(2))).map_err(s)?;
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, MODEL.filled()))).map_err(s)?;
 
         let max_n = bins.iter().map(|b| b.n).max().unwrap_or(0).max(1) as f64;
         let mut hist = ChartBuilder::on(&lower)
@@ -329,12 +268,10 @@ pub fn reliability_svg(bins: &[ReliabilityBin]) -> Result<String, EvalError> {
             .axis_desc_style((FONT, 15))
             .draw()
             .map_err(s)?;
-        hist.draw_series(bins.iter().map(|b| {
-            Rectangle::new(
-                [(b.lo + 0.005, 0.0), (b.hi - 0.005, b.n as f64)],
-                GREY.mix(0.7).filled(),
-            )
-        }))
+        hist.draw_series(
+            bins.iter()
+                .map(|b| Rectangle::new([(b.lo + 0.005, 0.0), (b.hi - 0.005, b.n as f64)], GREY.mix(0.7).filled())),
+        )
         .map_err(s)?;
         Ok(())
     })
@@ -362,7 +299,8 @@ pub fn training_curves_svg(rows: &[EpochRow], metric_name: &str) -> Result<Strin
         }
         offset += max_epoch as f64;
     }
-    let x_max = offset.max(1.0);
+    // Half an epoch of room so the last points are not cut by the frame.
+    let x_max = offset.max(1.0) + 0.5;
     let loss_max = rows
         .iter()
         .flat_map(|r| [r.train_loss, r.val_loss])
@@ -414,48 +352,26 @@ pub fn training_curves_svg(rows: &[EpochRow], metric_name: &str) -> Result<Strin
                     .filter_map(|(_, r, x)| f(r).filter(|v| v.is_finite()).map(|v| (*x, v)))
                     .collect()
             };
-            loss.draw_series(LineSeries::new(
-                pick(|r| r.train_loss),
-                colour.stroke_width(2),
-            ))
-            .map_err(s)?
-            .label(format!("{st}: train"))
-            .legend(legend_line(colour));
-            loss.draw_series(DashedLineSeries::new(
-                pick(|r| r.val_loss),
-                6,
-                3,
-                colour.stroke_width(2),
-            ))
-            .map_err(s)?
-            .label(format!("{st}: validation (dashed)"))
-            .legend(legend_line(colour));
+            loss.draw_series(LineSeries::new(pick(|r| r.train_loss), colour.stroke_width(2)))
+                .map_err(s)?
+                .label(format!("{st}: train"))
+                .legend(legend_line(colour));
+            loss.draw_series(DashedLineSeries::new(pick(|r| r.val_loss), 6, 3, colour.stroke_width(2)))
+                .map_err(s)?
+                .label(format!("{st}: validation (dashed)"))
+                .legend(legend_line(colour));
             let m = pick(|r| r.val_metric);
             metric
                 .draw_series(LineSeries::new(m.clone(), colour.stroke_width(2)))
                 .map_err(s)?
                 .label(st.to_string())
                 .legend(legend_line(colour));
-            metric
-                .draw_series(m.iter().map(|&p| Circle::new(p, 3, colour.filled())))
-                .map_err(s)?;
+            metric.draw_series(m.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(s)?;
         }
         for &x in starts.iter().skip(1) {
-            loss.draw_series(DashedLineSeries::new(
-                vec![(x, 0.0), (x, loss_max * 1.05)],
-                3,
-                3,
-                GREY.into(),
-            ))
-            .map_err(s)?;
-            metric
-                .draw_series(DashedLineSeries::new(
-                    vec![(x, 0.0), (x, 1.02)],
-                    3,
-                    3,
-                    GREY.into(),
-                ))
+            loss.draw_series(DashedLineSeries::new(vec![(x, 0.0), (x, loss_max * 1.05)], 3, 3, GREY.into()))
                 .map_err(s)?;
+            metric.draw_series(DashedLineSeries::new(vec![(x, 0.0), (x, 1.02)], 3, 3, GREY.into())).map_err(s)?;
         }
         loss.configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -485,34 +401,13 @@ mod tests {
         let y = [true, false, true, false, true];
         let p = [0.9, 0.4, 0.6, 0.1, 0.3];
         let roc = roc_curve(&y, &p);
-        let doc = roc_svg(
-            &[NamedCurve {
-                name: "model",
-                points: &roc,
-                shortcut: false,
-            }],
-            Some((0.0, 0.67)),
-        )
-        .unwrap();
+        let doc = roc_svg(&[NamedCurve { name: "model", points: &roc, shortcut: false }], Some((0.0, 0.67))).unwrap();
         assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
         assert!(doc.contains("operating point"));
         let pr = pr_curve(&y, &p);
-        let doc = pr_svg(
-            &[NamedCurve {
-                name: "model",
-                points: &pr,
-                shortcut: false,
-            }],
-            Some(0.6),
-            None,
-        )
-        .unwrap();
+        let doc = pr_svg(&[NamedCurve { name: "model", points: &pr, shortcut: false }], Some(0.6), None).unwrap();
         assert!(doc.contains("<polyline") || doc.contains("<path"));
-        let cm = confusion_svg(
-            &[vec![3, 1], vec![0, 4]],
-            &["healthy".into(), "leukemia".into()],
-        )
-        .unwrap();
+        let cm = confusion_svg(&[vec![3, 1], vec![0, 4]], &["healthy".into(), "leukemia".into()]).unwrap();
         assert!(cm.contains("\nleukemia\n") && cm.contains("\n75% of row\n"));
     }
 

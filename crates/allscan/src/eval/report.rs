@@ -98,10 +98,10 @@ impl MetricsFile {
             threshold_choice: input.threshold_choice.clone(),
             binary: input.model.binary.clone(),
             subtype: input.model.subtype.clone(),
-            shortcut: input.shortcut.as_ref().map(|s| ShortcutFigures {
-                binary: s.binary.clone(),
-                subtype: s.subtype.clone(),
-            }),
+            shortcut: input
+                .shortcut
+                .as_ref()
+                .map(|s| ShortcutFigures { binary: s.binary.clone(), subtype: s.subtype.clone() }),
             warnings: input.warnings.clone(),
         }
     }
@@ -110,10 +110,8 @@ impl MetricsFile {
 /// Writes `dir/metrics.json` and `dir/report.html`, each atomically.
 pub fn write_report(dir: &Path, input: &ReportInput, split: &str) -> Result<(), EvalError> {
     let metrics = MetricsFile::from_report(input, split);
-    let json = serde_json::to_string_pretty(&metrics).map_err(|e| EvalError::Invalid {
-        what: "metrics.json",
-        reason: e.to_string(),
-    })?;
+    let json = serde_json::to_string_pretty(&metrics)
+        .map_err(|e| EvalError::Invalid { what: "metrics.json", reason: e.to_string() })?;
     write_atomic(&dir.join("metrics.json"), json.as_bytes())?;
     write_atomic(&dir.join("report.html"), render_report(input).as_bytes())
 }
@@ -150,11 +148,7 @@ const FIGURE_LABELS: [&str; 11] = [
 /// A plain-text table of the binary figures, model beside shortcut, for the terminal.
 pub fn summary_table(model: &BinaryEstimates, shortcut: Option<&BinaryEstimates>) -> String {
     let mut out = String::new();
-    let head_s = if shortcut.is_some() {
-        "colour-only shortcut"
-    } else {
-        ""
-    };
+    let head_s = if shortcut.is_some() { "colour-only shortcut" } else { "" };
     let _ = writeln!(out, "{:<32} {:<26} {}", "", "model", head_s);
     for (i, (_, e)) in model.report.figures().iter().enumerate() {
         let s = shortcut.map_or(String::new(), |s| s.report.figures()[i].1.display(3));
@@ -213,10 +207,7 @@ fn plot_or_note(r: Result<String, EvalError>) -> String {
 }
 
 fn png_data_uri(bytes: &[u8]) -> String {
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 const CSS: &str = r#"
@@ -268,23 +259,14 @@ pub fn render_report(input: &ReportInput) -> String {
     // Dataset and split.
     h.push_str("<h2>Dataset</h2><table>");
     for (k, v) in &input.dataset_summary {
-        let _ = write!(
-            h,
-            "<tr><th>{}</th><td>{}</td></tr>",
-            html_escape(k),
-            html_escape(v)
-        );
+        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", html_escape(k), html_escape(v));
     }
     let _ = write!(
         h,
         "<tr><th>test images</th><td>{} ({} leukemia, {} healthy)</td></tr></table>",
         b.n, b.n_leukemia, b.n_healthy
     );
-    let _ = write!(
-        h,
-        "<h2>Split protocol</h2><p>{}</p>",
-        html_escape(&input.split_protocol)
-    );
+    let _ = write!(h, "<h2>Split protocol</h2><p>{}</p>", html_escape(&input.split_protocol));
 
     // Headline: model against colour alone.
     h.push_str("<h2>Model against a colour-only shortcut</h2>");
@@ -345,11 +327,7 @@ pub fn render_report(input: &ReportInput) -> String {
         h.push_str("</tr>");
     }
     let c = b.confusion_matrix;
-    let _ = write!(
-        h,
-        "<tr><td>Confusion (TP / FP / TN / FN)</td><td>{} / {} / {} / {}</td>",
-        c.tp, c.fp, c.tn, c.fn_
-    );
+    let _ = write!(h, "<tr><td>Confusion (TP / FP / TN / FN)</td><td>{} / {} / {} / {}</td>", c.tp, c.fp, c.tn, c.fn_);
     if let Some(s) = &input.shortcut {
         let c = s.binary.report.confusion_matrix;
         let _ = write!(h, "<td>{} / {} / {} / {}</td>", c.tp, c.fp, c.tn, c.fn_);
@@ -389,11 +367,7 @@ pub fn render_report(input: &ReportInput) -> String {
             }
         }
         None => {
-            let _ = write!(
-                h,
-                "<p>Threshold {:.4} (not tuned on a validation part).</p>",
-                b.threshold
-            );
+            let _ = write!(h, "<p>Threshold {:.4} (not tuned on a validation part).</p>", b.threshold);
         }
     }
 
@@ -419,10 +393,7 @@ pub fn render_report(input: &ReportInput) -> String {
             );
         }
         h.push_str("</table>");
-        h.push_str(&plot_or_note(plots::confusion_svg(
-            &r.confusion_matrix,
-            &r.class_names,
-        )));
+        h.push_str(&plot_or_note(plots::confusion_svg(&r.confusion_matrix, &r.class_names)));
     }
 
     // Training history.
@@ -430,10 +401,7 @@ pub fn render_report(input: &ReportInput) -> String {
     if input.curves.is_empty() {
         h.push_str("<p class=undef>No training history in this run.</p>");
     } else {
-        h.push_str(&plot_or_note(plots::training_curves_svg(
-            &input.curves,
-            &input.curve_metric,
-        )));
+        h.push_str(&plot_or_note(plots::training_curves_svg(&input.curves, &input.curve_metric)));
     }
 
     // ROC and PR.
@@ -441,44 +409,23 @@ pub fn render_report(input: &ReportInput) -> String {
     let roc_m = roc_curve(&m.y_leukemia, &m.p_leukemia);
     let pr_m = pr_curve(&m.y_leukemia, &m.p_leukemia);
     let (roc_s, pr_s) = match &input.shortcut {
-        Some(s) => (
-            roc_curve(&s.y_leukemia, &s.p_leukemia),
-            pr_curve(&s.y_leukemia, &s.p_leukemia),
-        ),
+        Some(s) => (roc_curve(&s.y_leukemia, &s.p_leukemia), pr_curve(&s.y_leukemia, &s.p_leukemia)),
         None => (Vec::new(), Vec::new()),
     };
     let shortcut_name = input.shortcut.as_ref().map_or("", |s| s.name.as_str());
-    let mut roc_curves = vec![NamedCurve {
-        name: &m.name,
-        points: &roc_m,
-        shortcut: false,
-    }];
-    let mut pr_curves = vec![NamedCurve {
-        name: &m.name,
-        points: &pr_m,
-        shortcut: false,
-    }];
+    let mut roc_curves = vec![NamedCurve { name: &m.name, points: &roc_m, shortcut: false }];
+    let mut pr_curves = vec![NamedCurve { name: &m.name, points: &pr_m, shortcut: false }];
     if !roc_s.is_empty() {
-        roc_curves.push(NamedCurve {
-            name: shortcut_name,
-            points: &roc_s,
-            shortcut: true,
-        });
+        roc_curves.push(NamedCurve { name: shortcut_name, points: &roc_s, shortcut: true });
     }
     if !pr_s.is_empty() {
-        pr_curves.push(NamedCurve {
-            name: shortcut_name,
-            points: &pr_s,
-            shortcut: true,
-        });
+        pr_curves.push(NamedCurve { name: shortcut_name, points: &pr_s, shortcut: true });
     }
     let fpr = b.specificity.value.map(|s| 1.0 - s);
     let roc_op = fpr.zip(b.sensitivity.value);
     let pr_op = b.sensitivity.value.zip(b.precision.value);
     if roc_m.is_empty() {
-        h.push_str(
-            "<p class=undef>ROC curve undefined: needs both leukemia and healthy images.</p>",
-        );
+        h.push_str("<p class=undef>ROC curve undefined: needs both leukemia and healthy images.</p>");
     } else {
         h.push_str(&plot_or_note(plots::roc_svg(&roc_curves, roc_op)));
     }
@@ -493,10 +440,7 @@ pub fn render_report(input: &ReportInput) -> String {
     // Confusion and calibration.
     h.push_str("<h2>Confusion matrix and calibration</h2><div class=row>");
     let cm = vec![vec![c.tn, c.fp], vec![c.fn_, c.tp]];
-    h.push_str(&plot_or_note(plots::confusion_svg(
-        &cm,
-        &["healthy".to_string(), "leukemia".to_string()],
-    )));
+    h.push_str(&plot_or_note(plots::confusion_svg(&cm, &["healthy".to_string(), "leukemia".to_string()])));
     match reliability_bins(&m.y_leukemia, &m.p_leukemia) {
         Ok(bins) => h.push_str(&plot_or_note(plots::reliability_svg(&bins))),
         Err(e) => {
@@ -511,11 +455,7 @@ pub fn render_report(input: &ReportInput) -> String {
         "<h2>Most confident errors</h2><p class=small>{} images the model got wrong with the \
          highest confidence{}.</p>",
         input.gallery.len(),
-        if input.gallery.iter().any(|g| g.overlay_png.is_some()) {
-            ", each beside its Grad-CAM overlay"
-        } else {
-            ""
-        }
+        if input.gallery.iter().any(|g| g.overlay_png.is_some()) { ", each beside its Grad-CAM overlay" } else { "" }
     );
     if input.gallery.is_empty() {
         h.push_str("<p class=undef>No errors to show.</p>");
@@ -605,18 +545,11 @@ pub(crate) mod tests {
         let (y, p) = scores(2, 400, 0.8);
         let (_, ps) = scores(3, 400, 0.6);
         let patients: Vec<String> = (0..400).map(|i| format!("P{}", i / 4)).collect();
-        let binary =
-            bootstrap_binary(&y, &p, choice.threshold, Some(patients.as_slice()), 300, 5).unwrap();
+        let binary = bootstrap_binary(&y, &p, choice.threshold, Some(patients.as_slice()), 300, 5).unwrap();
         let shortcut = bootstrap_binary(&y, &ps, 0.5, Some(patients.as_slice()), 300, 5).unwrap();
-        let names: Vec<String> = ["healthy", "B-ALL early", "B-ALL pre", "B-ALL pro"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let ysub: Vec<usize> = y
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| if t { 1 + i % 3 } else { 0 })
-            .collect();
+        let names: Vec<String> =
+            ["healthy", "B-ALL early", "B-ALL pre", "B-ALL pro"].iter().map(|s| s.to_string()).collect();
+        let ysub: Vec<usize> = y.iter().enumerate().map(|(i, &t)| if t { 1 + i % 3 } else { 0 }).collect();
         let probs: Vec<Vec<f64>> = ysub
             .iter()
             .zip(&p)
@@ -629,8 +562,7 @@ pub(crate) mod tests {
                 row.iter().map(|v| v / s).collect()
             })
             .collect();
-        let subtype =
-            bootstrap_multiclass(&ysub, &probs, &names, Some(patients.as_slice()), 200, 5).unwrap();
+        let subtype = bootstrap_multiclass(&ysub, &probs, &names, Some(patients.as_slice()), 200, 5).unwrap();
         let mut curves = Vec::new();
         for e in 1..=5 {
             curves.push(EpochRow {
@@ -693,9 +625,7 @@ pub(crate) mod tests {
             curve_metric: "accuracy".into(),
             threshold_choice: Some(choice),
             gallery,
-            warnings: vec![
-                "2 test images are near-copies of training images (e.g. a.png ~ b.png)".into(),
-            ],
+            warnings: vec!["2 test images are near-copies of training images (e.g. a.png ~ b.png)".into()],
         }
     }
 
@@ -729,16 +659,40 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_report(dir.path(), &input, "test").unwrap();
         let back: MetricsFile =
-            serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap()).unwrap();
         // serde_json may round the last bit of a float on the way back.
-        assert_eq!(
-            back.binary.report.confusion_matrix,
-            file.binary.report.confusion_matrix
-        );
+        assert_eq!(back.binary.report.confusion_matrix, file.binary.report.confusion_matrix);
         let (a, b) = (back.binary.report.roc_auc, file.binary.report.roc_auc);
         assert!((a.value.unwrap() - b.value.unwrap()).abs() < 1e-12);
         assert!(dir.path().join("report.html").exists());
+    }
+
+    /// Healthy images only, no shortcut, no history, no errors: undefined figures say why,
+    /// curves that cannot exist are explained instead of drawn, and nothing is NaN.
+    #[test]
+    fn degenerate_report_renders() {
+        let y = vec![false; 5];
+        let p = vec![0.1, 0.2, 0.2, 0.3, 0.05];
+        let binary = bootstrap_binary(&y, &p, 0.5, None, 100, 1).unwrap();
+        let input = ReportInput {
+            title: "one class".into(),
+            dataset_summary: Vec::new(),
+            split_protocol: "image-level split".into(),
+            model: ModelEvaluation { name: "model".into(), y_leukemia: y, p_leukemia: p, binary, subtype: None },
+            shortcut: None,
+            curves: Vec::new(),
+            curve_metric: "accuracy".into(),
+            threshold_choice: None,
+            gallery: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let html = render_report(&input);
+        assert!(html.contains("undefined: no leukemia images"));
+        assert!(html.contains("ROC curve undefined"));
+        assert!(html.contains("No errors to show"));
+        assert!(!html.contains("NaN"));
+        let json = serde_json::to_string(&MetricsFile::from_report(&input, "test")).unwrap();
+        assert!(json.contains(r#""sensitivity":{"value":null,"ci95":null,"undefined":"no leukemia images"}"#));
     }
 
     #[test]
@@ -751,10 +705,7 @@ pub(crate) mod tests {
     #[test]
     fn table_prints_both_columns() {
         let input = sample_input();
-        let t = summary_table(
-            &input.model.binary,
-            input.shortcut.as_ref().map(|s| &s.binary),
-        );
+        let t = summary_table(&input.model.binary, input.shortcut.as_ref().map(|s| &s.binary));
         assert!(t.contains("colour-only shortcut") && t.contains("ROC-AUC"));
         assert_eq!(t.lines().count(), 13);
     }
