@@ -71,20 +71,12 @@ pub(crate) fn ece_weighted(y: &[bool], p: &[f64], w: &[f64], bins: usize) -> Res
     if n == 0.0 {
         return Err(reason::NO_IMAGES.to_string());
     }
-    Ok(acc
-        .iter()
-        .filter(|b| b.0 > 0.0)
-        .map(|&(nb, sp, sy)| nb / n * (sy / nb - sp / nb).abs())
-        .sum())
+    Ok(acc.iter().filter(|b| b.0 > 0.0).map(|&(nb, sp, sy)| nb / n * (sy / nb - sp / nb).abs()).sum())
 }
 
 fn check(what: &'static str, y: &[bool], p: &[f64]) -> Result<(), EvalError> {
     if y.len() != p.len() {
-        return Err(EvalError::LengthMismatch {
-            what,
-            left: y.len(),
-            right: p.len(),
-        });
+        return Err(EvalError::LengthMismatch { what, left: y.len(), right: p.len() });
     }
     check_probabilities(what, p)
 }
@@ -156,10 +148,7 @@ mod tests {
         let y = [true, false, true, false];
         let p = [0.5, 0.5, 0.5, 0.5];
         assert!(expected_calibration_error(&y, &p).unwrap().unwrap().abs() < 1e-12);
-        assert_eq!(
-            expected_calibration_error(&[], &[]).unwrap(),
-            Err(reason::NO_IMAGES.to_string())
-        );
+        assert_eq!(expected_calibration_error(&[], &[]).unwrap(), Err(reason::NO_IMAGES.to_string()));
         assert!(brier_score(&[true], &[1.5]).is_err());
     }
 }

@@ -70,23 +70,12 @@ pub fn leakage_warnings(input: &LeakageInput, max_distance: u32) -> Vec<String> 
                 n_all - n_with_patient
             ));
         }
-        let train_patients: BTreeSet<&str> = input
-            .train
-            .iter()
-            .filter_map(|i| i.patient.as_deref())
-            .collect();
-        let shared: BTreeSet<&str> = input
-            .test
-            .iter()
-            .filter_map(|i| i.patient.as_deref())
-            .filter(|p| train_patients.contains(p))
-            .collect();
+        let train_patients: BTreeSet<&str> = input.train.iter().filter_map(|i| i.patient.as_deref()).collect();
+        let shared: BTreeSet<&str> =
+            input.test.iter().filter_map(|i| i.patient.as_deref()).filter(|p| train_patients.contains(p)).collect();
         if !shared.is_empty() {
-            let n_images = input
-                .test
-                .iter()
-                .filter(|i| i.patient.as_deref().is_some_and(|p| shared.contains(p)))
-                .count();
+            let n_images =
+                input.test.iter().filter(|i| i.patient.as_deref().is_some_and(|p| shared.contains(p))).count();
             out.push(format!(
                 "{} ({n_images} test images) appear in both training and test parts (e.g. {})",
                 plural(shared.len(), "patient"),
@@ -96,11 +85,8 @@ pub fn leakage_warnings(input: &LeakageInput, max_distance: u32) -> Vec<String> 
     }
 
     // Byte-identical files.
-    let train_by_hash: HashMap<&str, &str> = input
-        .train
-        .iter()
-        .filter_map(|i| i.content_hash.as_deref().map(|h| (h, i.id.as_str())))
-        .collect();
+    let train_by_hash: HashMap<&str, &str> =
+        input.train.iter().filter_map(|i| i.content_hash.as_deref().map(|h| (h, i.id.as_str()))).collect();
     let exact: Vec<(&str, &str)> = input
         .test
         .iter()
@@ -119,21 +105,15 @@ pub fn leakage_warnings(input: &LeakageInput, max_distance: u32) -> Vec<String> 
     let exact_ids: BTreeSet<&str> = exact.iter().map(|(a, _)| *a).collect();
 
     // Near-copies (not already counted as exact).
-    let train_hashes: Vec<(u64, &str)> = input
-        .train
-        .iter()
-        .filter_map(|i| i.near_hash.map(|h| (h, i.id.as_str())))
-        .collect();
+    let train_hashes: Vec<(u64, &str)> =
+        input.train.iter().filter_map(|i| i.near_hash.map(|h| (h, i.id.as_str()))).collect();
     let mut near = Vec::new();
     for item in &input.test {
         let Some(h) = item.near_hash else { continue };
         if exact_ids.contains(item.id.as_str()) {
             continue;
         }
-        if let Some((_, t)) = train_hashes
-            .iter()
-            .find(|(th, _)| (th ^ h).count_ones() <= max_distance)
-        {
+        if let Some((_, t)) = train_hashes.iter().find(|(th, _)| (th ^ h).count_ones() <= max_distance) {
             near.push(format!("{} ~ {}", item.id, t));
         }
     }
@@ -153,12 +133,7 @@ pub fn leakage_warnings(input: &LeakageInput, max_distance: u32) -> Vec<String> 
 mod tests {
     use super::*;
 
-    fn item(
-        id: &str,
-        patient: Option<&str>,
-        hash: Option<&str>,
-        near_hash: Option<u64>,
-    ) -> LeakageItem {
+    fn item(id: &str, patient: Option<&str>, hash: Option<&str>, near_hash: Option<u64>) -> LeakageItem {
         LeakageItem {
             id: id.to_string(),
             patient: patient.map(str::to_string),
@@ -198,10 +173,8 @@ mod tests {
 
     #[test]
     fn no_patient_ids_at_all() {
-        let input = LeakageInput {
-            train: vec![item("a.png", None, None, None)],
-            test: vec![item("b.png", None, None, None)],
-        };
+        let input =
+            LeakageInput { train: vec![item("a.png", None, None, None)], test: vec![item("b.png", None, None, None)] };
         let w = leakage_warnings(&input, 4);
         assert_eq!(w.len(), 1);
         assert!(w[0].starts_with("no patient ids"));

@@ -236,21 +236,13 @@ pub struct PrPoint {
 
 fn check_binary(what: &'static str, y: &[bool], p: &[f64]) -> Result<(), EvalError> {
     if y.len() != p.len() {
-        return Err(EvalError::LengthMismatch {
-            what,
-            left: y.len(),
-            right: p.len(),
-        });
+        return Err(EvalError::LengthMismatch { what, left: y.len(), right: p.len() });
     }
     check_probabilities(what, p)
 }
 
 pub(crate) fn check_probabilities(what: &'static str, p: &[f64]) -> Result<(), EvalError> {
-    match p
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !(v.is_finite() && (0.0..=1.0).contains(*v)))
-    {
+    match p.iter().enumerate().find(|(_, v)| !(v.is_finite() && (0.0..=1.0).contains(*v))) {
         Some((index, &value)) => Err(EvalError::BadProbability { what, index, value }),
         None => Ok(()),
     }
@@ -260,10 +252,7 @@ fn check_threshold(what: &'static str, threshold: f64) -> Result<(), EvalError> 
     if threshold.is_finite() {
         Ok(())
     } else {
-        Err(EvalError::Invalid {
-            what,
-            reason: format!("threshold is {threshold}"),
-        })
+        Err(EvalError::Invalid { what, reason: format!("threshold is {threshold}") })
     }
 }
 
@@ -275,35 +264,18 @@ fn check_multiclass(
 ) -> Result<Vec<usize>, EvalError> {
     let k = class_names.len();
     if k == 0 {
-        return Err(EvalError::Invalid {
-            what,
-            reason: "no class names".to_string(),
-        });
+        return Err(EvalError::Invalid { what, reason: "no class names".to_string() });
     }
     if y.len() != probs.len() {
-        return Err(EvalError::LengthMismatch {
-            what,
-            left: y.len(),
-            right: probs.len(),
-        });
+        return Err(EvalError::LengthMismatch { what, left: y.len(), right: probs.len() });
     }
     let mut pred = Vec::with_capacity(y.len());
     for (index, (&label, row)) in y.iter().zip(probs).enumerate() {
         if label >= k {
-            return Err(EvalError::BadLabel {
-                what,
-                index,
-                label,
-                n_classes: k,
-            });
+            return Err(EvalError::BadLabel { what, index, label, n_classes: k });
         }
         if row.len() != k {
-            return Err(EvalError::BadRow {
-                what,
-                index,
-                got: row.len(),
-                expected: k,
-            });
+            return Err(EvalError::BadRow { what, index, got: row.len(), expected: k });
         }
         if let Some(&value) = row.iter().find(|v| !v.is_finite()) {
             return Err(EvalError::BadProbability { what, index, value });
@@ -422,21 +394,9 @@ fn binary_core(y: &[bool], p: &[f64], order: &[usize], w: &[f64], threshold: f64
     };
     let precision = ratio(ctp, ctp + cfp, &one_class(reason::NONE_CALLED_LEUKEMIA));
     let npv = ratio(ctn, ctn + cfn, &one_class(reason::NONE_CALLED_HEALTHY));
-    let f1 = ratio(
-        2.0 * ctp,
-        2.0 * ctp + cfp + cfn,
-        &one_class(reason::F1_EMPTY),
-    );
-    let roc_auc = if pos > 0.0 && neg > 0.0 {
-        Ok(auc_num / (pos * neg))
-    } else {
-        Err(one_class(reason::ONE_CLASS))
-    };
-    let pr_auc = if pos > 0.0 {
-        Ok(ap)
-    } else {
-        Err(one_class(reason::NO_LEUKEMIA))
-    };
+    let f1 = ratio(2.0 * ctp, 2.0 * ctp + cfp + cfn, &one_class(reason::F1_EMPTY));
+    let roc_auc = if pos > 0.0 && neg > 0.0 { Ok(auc_num / (pos * neg)) } else { Err(one_class(reason::ONE_CLASS)) };
+    let pr_auc = if pos > 0.0 { Ok(ap) } else { Err(one_class(reason::NO_LEUKEMIA)) };
     let brier = calibration::brier_weighted(y, p, w);
     let ece = calibration::ece_weighted(y, p, w, calibration::ECE_BINS);
     BinaryCore {
@@ -444,19 +404,7 @@ fn binary_core(y: &[bool], p: &[f64], order: &[usize], w: &[f64], threshold: f64
         fp: cfp,
         tn: ctn,
         fn_: cfn,
-        figures: [
-            accuracy,
-            balanced,
-            sensitivity,
-            specificity,
-            precision,
-            npv,
-            f1,
-            roc_auc,
-            pr_auc,
-            brier,
-            ece,
-        ],
+        figures: [accuracy, balanced, sensitivity, specificity, precision, npv, f1, roc_auc, pr_auc, brier, ece],
     }
 }
 
@@ -490,26 +438,16 @@ fn multiclass_core(y: &[usize], pred: &[usize], w: &[f64], k: usize) -> Multicla
         };
         per_class.push(ratio(tp, called, &why("no image called this class")));
         per_class.push(ratio(tp, actual, &why("no image of this class")));
-        let f1 = ratio(
-            2.0 * tp,
-            actual + called,
-            &why("no image of this class and none called it"),
-        );
+        let f1 = ratio(2.0 * tp, actual + called, &why("no image of this class and none called it"));
         if let Ok(v) = f1 {
             f1_sum += v;
             f1_count += 1;
         }
         per_class.push(f1);
     }
-    let mut figures = vec![
-        ratio(correct, n, reason::NO_IMAGES),
-        ratio(f1_sum, f1_count as f64, reason::NO_IMAGES),
-    ];
+    let mut figures = vec![ratio(correct, n, reason::NO_IMAGES), ratio(f1_sum, f1_count as f64, reason::NO_IMAGES)];
     figures.extend(per_class);
-    MulticlassCore {
-        confusion: cm,
-        figures,
-    }
+    MulticlassCore { confusion: cm, figures }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,11 +457,7 @@ fn multiclass_core(y: &[usize], pred: &[usize], w: &[f64], k: usize) -> Multicla
 ///
 /// Errors on mismatched lengths, a score outside [0, 1] or a non-finite threshold. Empty input
 /// is not an error: every figure is then undefined ("no images").
-pub fn binary_metrics(
-    y_leukemia: &[bool],
-    p_leukemia: &[f64],
-    threshold: f64,
-) -> Result<BinaryReport, EvalError> {
+pub fn binary_metrics(y_leukemia: &[bool], p_leukemia: &[f64], threshold: f64) -> Result<BinaryReport, EvalError> {
     check_binary("binary metrics", y_leukemia, p_leukemia)?;
     check_threshold("binary metrics", threshold)?;
     let order = order_desc(p_leukemia);
@@ -572,11 +506,7 @@ pub fn multiclass_metrics(
     Ok(multiclass_report_from(y, class_names, &core))
 }
 
-fn multiclass_report_from(
-    y: &[usize],
-    class_names: &[String],
-    core: &MulticlassCore,
-) -> MulticlassReport {
+fn multiclass_report_from(y: &[usize], class_names: &[String], core: &MulticlassCore) -> MulticlassReport {
     let e = |i: usize| Estimate::from_result(&core.figures[i]);
     let per_class = class_names
         .iter()
@@ -595,11 +525,7 @@ fn multiclass_report_from(
         accuracy: e(0),
         macro_f1: e(1),
         per_class,
-        confusion_matrix: core
-            .confusion
-            .iter()
-            .map(|r| r.iter().map(|v| v.round() as u64).collect())
-            .collect(),
+        confusion_matrix: core.confusion.iter().map(|r| r.iter().map(|v| v.round() as u64).collect()).collect(),
     }
 }
 
@@ -631,12 +557,7 @@ impl Resampler {
             }
             None => ((0..n).collect(), n),
         };
-        Resampler {
-            unit_of,
-            n_units,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            counts: vec![0; n_units],
-        }
+        Resampler { unit_of, n_units, rng: ChaCha8Rng::seed_from_u64(seed), counts: vec![0; n_units] }
     }
 
     fn draw(&mut self, w: &mut [f64]) {
@@ -655,11 +576,7 @@ impl Resampler {
 
 fn check_groups(what: &'static str, n: usize, groups: Option<&[String]>) -> Result<(), EvalError> {
     match groups {
-        Some(g) if g.len() != n => Err(EvalError::LengthMismatch {
-            what,
-            left: n,
-            right: g.len(),
-        }),
+        Some(g) if g.len() != n => Err(EvalError::LengthMismatch { what, left: n, right: g.len() }),
         _ => Ok(()),
     }
 }
@@ -684,9 +601,7 @@ fn fill_interval(
         // Fewer than half the resamples defined: the interval would describe a different
         // population than the point value, so none is given.
         if samples.len() * 2 < n_boot {
-            notes.push(format!(
-                "{name}: {n_undefined} of {n_boot} resamples undefined ({why}); no interval"
-            ));
+            notes.push(format!("{name}: {n_undefined} of {n_boot} resamples undefined ({why}); no interval"));
             return;
         }
         notes.push(format!(
@@ -745,12 +660,7 @@ pub fn bootstrap_binary(
         report,
         bootstrap: BootstrapInfo {
             n_boot,
-            unit: if groups.is_some() {
-                "patients"
-            } else {
-                "images"
-            }
-            .to_string(),
+            unit: if groups.is_some() { "patients" } else { "images" }.to_string(),
             n_units: sampler.n_units,
             seed,
             notes,
@@ -796,12 +706,7 @@ pub fn bootstrap_multiclass(
         report,
         bootstrap: BootstrapInfo {
             n_boot,
-            unit: if groups.is_some() {
-                "patients"
-            } else {
-                "images"
-            }
-            .to_string(),
+            unit: if groups.is_some() { "patients" } else { "images" }.to_string(),
             n_units: sampler.n_units,
             seed,
             notes,
@@ -809,13 +714,15 @@ pub fn bootstrap_multiclass(
     })
 }
 
+/// Leukemia labels of a subtype model's classes: every class but the healthy one is leukemia.
+pub fn leukemia_labels(y: &[usize], healthy_class: usize) -> Vec<bool> {
+    y.iter().map(|&c| c != healthy_class).collect()
+}
+
 /// Leukemia probability of a subtype model: one minus the probability of the healthy class,
 /// so the binary figures of a subtype model come from the same code as a binary model's.
 pub fn leukemia_probability(probs: &[Vec<f64>], healthy_class: usize) -> Vec<f64> {
-    probs
-        .iter()
-        .map(|row| (1.0 - row.get(healthy_class).copied().unwrap_or(0.0)).clamp(0.0, 1.0))
-        .collect()
+    probs.iter().map(|row| (1.0 - row.get(healthy_class).copied().unwrap_or(0.0)).clamp(0.0, 1.0)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -831,11 +738,7 @@ pub fn leukemia_probability(probs: &[Vec<f64>], healthy_class: usize) -> Vec<f64
 ///
 /// Without leukemia images the threshold cannot be tuned: 0.5 is returned with a warning.
 /// `target` must lie in (0, 1].
-pub fn threshold_for_sensitivity(
-    y: &[bool],
-    p: &[f64],
-    target: f64,
-) -> Result<ThresholdChoice, EvalError> {
+pub fn threshold_for_sensitivity(y: &[bool], p: &[f64], target: f64) -> Result<ThresholdChoice, EvalError> {
     check_binary("threshold choice", y, p)?;
     if !(target > 0.0 && target <= 1.0) {
         return Err(EvalError::Invalid {
@@ -843,12 +746,7 @@ pub fn threshold_for_sensitivity(
             reason: format!("target sensitivity {target} is not in (0, 1]"),
         });
     }
-    let mut pos: Vec<f64> = y
-        .iter()
-        .zip(p)
-        .filter(|(t, _)| **t)
-        .map(|(_, s)| *s)
-        .collect();
+    let mut pos: Vec<f64> = y.iter().zip(p).filter(|(t, _)| **t).map(|(_, s)| *s).collect();
     let n_leukemia = pos.len();
     let n_healthy = y.len() - n_leukemia;
     if pos.is_empty() {
@@ -860,10 +758,7 @@ pub fn threshold_for_sensitivity(
             specificity: report.specificity.value,
             n_leukemia,
             n_healthy,
-            warning: Some(
-                "no leukemia images in the validation part: threshold not tuned, using 0.5"
-                    .to_string(),
-            ),
+            warning: Some("no leukemia images in the validation part: threshold not tuned, using 0.5".to_string()),
         });
     }
     pos.sort_by(|a, b| b.total_cmp(a));
@@ -919,20 +814,12 @@ pub fn roc_curve(y: &[bool], p: &[f64]) -> Vec<RocPoint> {
     if pos == 0.0 || neg == 0.0 {
         return Vec::new();
     }
-    let mut pts = vec![RocPoint {
-        threshold: f64::INFINITY,
-        fpr: 0.0,
-        tpr: 0.0,
-    }];
+    let mut pts = vec![RocPoint { threshold: f64::INFINITY, fpr: 0.0, tpr: 0.0 }];
     let (mut tp, mut fp) = (0.0, 0.0);
     for (s, bp, bn) in tie_blocks(y, p) {
         tp += bp;
         fp += bn;
-        pts.push(RocPoint {
-            threshold: s,
-            fpr: fp / neg,
-            tpr: tp / pos,
-        });
+        pts.push(RocPoint { threshold: s, fpr: fp / neg, tpr: tp / pos });
     }
     pts
 }
@@ -947,20 +834,12 @@ pub fn pr_curve(y: &[bool], p: &[f64]) -> Vec<PrPoint> {
     if pos == 0.0 {
         return Vec::new();
     }
-    let mut pts = vec![PrPoint {
-        threshold: f64::INFINITY,
-        recall: 0.0,
-        precision: 1.0,
-    }];
+    let mut pts = vec![PrPoint { threshold: f64::INFINITY, recall: 0.0, precision: 1.0 }];
     let (mut tp, mut fp) = (0.0, 0.0);
     for (s, bp, bn) in tie_blocks(y, p) {
         tp += bp;
         fp += bn;
-        pts.push(PrPoint {
-            threshold: s,
-            recall: tp / pos,
-            precision: tp / (tp + fp),
-        });
+        pts.push(PrPoint { threshold: s, recall: tp / pos, precision: tp / (tp + fp) });
     }
     pts
 }
@@ -983,15 +862,7 @@ mod tests {
         let y = [true, false, true, true, false, true, false, false];
         let p = [0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1];
         let r = binary_metrics(&y, &p, 0.5).unwrap();
-        assert_eq!(
-            r.confusion_matrix,
-            Confusion {
-                tp: 3,
-                fp: 1,
-                tn: 3,
-                fn_: 1
-            }
-        );
+        assert_eq!(r.confusion_matrix, Confusion { tp: 3, fp: 1, tn: 3, fn_: 1 });
         assert!(close(r.accuracy.value, 0.75));
         assert!(close(r.sensitivity.value, 0.75));
         assert!(close(r.specificity.value, 0.75));
@@ -1047,14 +918,8 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        assert!(matches!(
-            binary_metrics(&[true], &[0.1, 0.2], 0.5),
-            Err(EvalError::LengthMismatch { .. })
-        ));
-        assert!(matches!(
-            binary_metrics(&[true], &[f64::NAN], 0.5),
-            Err(EvalError::BadProbability { index: 0, .. })
-        ));
+        assert!(matches!(binary_metrics(&[true], &[0.1, 0.2], 0.5), Err(EvalError::LengthMismatch { .. })));
+        assert!(matches!(binary_metrics(&[true], &[f64::NAN], 0.5), Err(EvalError::BadProbability { index: 0, .. })));
         assert!(matches!(
             multiclass_metrics(&[2], &[vec![0.5, 0.5]], &["a".into(), "b".into()]),
             Err(EvalError::BadLabel { label: 2, .. })
@@ -1065,10 +930,7 @@ mod tests {
     #[test]
     fn no_called_positives_leaves_precision_undefined() {
         let r = binary_metrics(&[true, false], &[0.1, 0.2], 0.9).unwrap();
-        assert_eq!(
-            r.precision.undefined.as_deref(),
-            Some(reason::NONE_CALLED_LEUKEMIA)
-        );
+        assert_eq!(r.precision.undefined.as_deref(), Some(reason::NONE_CALLED_LEUKEMIA));
         assert!(close(r.f1.value, 0.0));
     }
 
@@ -1085,10 +947,7 @@ mod tests {
         let above = binary_metrics(&y, &p, 0.6 + 1e-9).unwrap();
         assert!(above.sensitivity.value.unwrap() < 0.75);
         // 0.99 of 4 -> all 4 -> the lowest leukemia score.
-        assert_eq!(
-            threshold_for_sensitivity(&y, &p, 0.99).unwrap().threshold,
-            0.3
-        );
+        assert_eq!(threshold_for_sensitivity(&y, &p, 0.99).unwrap().threshold, 0.3);
         // Ties: three leukemia at 0.5, target 1/3 -> 0.5, reached sensitivity 1.
         let t = threshold_for_sensitivity(&[true, true, true], &[0.5, 0.5, 0.5], 0.3).unwrap();
         assert_eq!(t.threshold, 0.5);
@@ -1096,10 +955,7 @@ mod tests {
         // 0.99 * 100 rounds below 99 in floating point; still needs 99 positives.
         let y = vec![true; 100];
         let p: Vec<f64> = (0..100).map(|i| i as f64 / 100.0).collect();
-        assert_eq!(
-            threshold_for_sensitivity(&y, &p, 0.99).unwrap().threshold,
-            0.01
-        );
+        assert_eq!(threshold_for_sensitivity(&y, &p, 0.99).unwrap().threshold, 0.01);
     }
 
     #[test]
@@ -1161,11 +1017,7 @@ mod tests {
         y.push(false);
         let p: Vec<f64> = (0..30).map(|i| i as f64 / 30.0).collect();
         let b = bootstrap_binary(&y, &p, 0.5, None, 200, 11).unwrap();
-        assert!(b
-            .bootstrap
-            .notes
-            .iter()
-            .any(|n| n.starts_with("specificity")));
+        assert!(b.bootstrap.notes.iter().any(|n| n.starts_with("specificity")));
     }
 
     /// The weighted core on multiplicities must equal the plain figures on the data with each
@@ -1243,15 +1095,9 @@ mod tests {
             vec![0.1, 0.1, 0.8],
             vec![0.5, 0.2, 0.3],
         ];
-        let names: Vec<String> = ["B", "early", "pre"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let names: Vec<String> = ["B", "early", "pre"].iter().map(|s| s.to_string()).collect();
         let r = multiclass_metrics(&y, &probs, &names).unwrap();
-        assert_eq!(
-            r.confusion_matrix,
-            vec![vec![1, 1, 0], vec![1, 1, 0], vec![1, 0, 1]]
-        );
+        assert_eq!(r.confusion_matrix, vec![vec![1, 1, 0], vec![1, 1, 0], vec![1, 0, 1]]);
         assert!(close(r.accuracy.value, 0.5));
         assert!(close(r.per_class[0].precision.value, 1.0 / 3.0));
         assert!(close(r.per_class[0].recall.value, 0.5));

@@ -27,14 +27,13 @@ use serde::{Deserialize, Serialize};
 pub use calibration::{brier_score, expected_calibration_error, reliability_bins, ReliabilityBin};
 pub use leakage::{leakage_warnings, LeakageInput, LeakageItem};
 pub use metrics::{
-    binary_metrics, bootstrap_binary, bootstrap_multiclass, leukemia_probability,
-    multiclass_metrics, pr_curve, roc_curve, threshold_for_sensitivity, BinaryEstimates,
-    BinaryReport, BootstrapInfo, ClassFigures, Confusion, MulticlassEstimates, MulticlassReport,
-    PrPoint, RocPoint, ThresholdChoice,
+    binary_metrics, bootstrap_binary, bootstrap_multiclass, leukemia_labels, leukemia_probability, multiclass_metrics,
+    pr_curve, roc_curve, threshold_for_sensitivity, BinaryEstimates, BinaryReport, BootstrapInfo, ClassFigures,
+    Confusion, MulticlassEstimates, MulticlassReport, PrPoint, RocPoint, ThresholdChoice,
 };
 pub use report::{
-    most_confident_errors, render_report, summary_table, write_report, EpochRow, GalleryItem,
-    MetricsFile, ModelEvaluation, ReportInput, ShortcutFigures,
+    most_confident_errors, render_report, summary_table, write_report, EpochRow, GalleryItem, MetricsFile,
+    ModelEvaluation, ReportInput, ShortcutFigures,
 };
 pub use shortcut::ColourShortcut;
 
@@ -42,40 +41,19 @@ pub use shortcut::ColourShortcut;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("{what}: {left} labels but {right} scores")]
-    LengthMismatch {
-        what: &'static str,
-        left: usize,
-        right: usize,
-    },
+    LengthMismatch { what: &'static str, left: usize, right: usize },
     #[error("{what}: score #{index} is {value}, expected a probability in [0, 1]")]
-    BadProbability {
-        what: &'static str,
-        index: usize,
-        value: f64,
-    },
+    BadProbability { what: &'static str, index: usize, value: f64 },
     #[error("{what}: row #{index} has {got} probabilities, expected {expected} (one per class)")]
-    BadRow {
-        what: &'static str,
-        index: usize,
-        got: usize,
-        expected: usize,
-    },
+    BadRow { what: &'static str, index: usize, got: usize, expected: usize },
     #[error("{what}: label #{index} is class {label}, but there are only {n_classes} classes")]
-    BadLabel {
-        what: &'static str,
-        index: usize,
-        label: usize,
-        n_classes: usize,
-    },
+    BadLabel { what: &'static str, index: usize, label: usize, n_classes: usize },
     #[error("{what}: {reason}")]
     Invalid { what: &'static str, reason: String },
     #[error("plot {plot}: {reason}")]
     Plot { plot: &'static str, reason: String },
     #[error("writing {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// One figure with its 95% bootstrap confidence interval.
@@ -94,20 +72,12 @@ pub struct Estimate {
 impl Estimate {
     /// A defined figure without an interval (yet).
     pub fn point(value: f64) -> Self {
-        Estimate {
-            value: Some(value),
-            ci95: None,
-            undefined: None,
-        }
+        Estimate { value: Some(value), ci95: None, undefined: None }
     }
 
     /// An undefined figure and why.
     pub fn undefined(reason: impl Into<String>) -> Self {
-        Estimate {
-            value: None,
-            ci95: None,
-            undefined: Some(reason.into()),
-        }
+        Estimate { value: None, ci95: None, undefined: Some(reason.into()) }
     }
 
     /// From a point computation: `Ok(x)` is defined, `Err(reason)` is not.
@@ -132,19 +102,13 @@ impl Estimate {
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// crash never leaves a half-written `metrics.json` or `report.html` behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
-    let io = |source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| EvalError::Io { path: path.to_path_buf(), source };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".to_string());
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".to_string());
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(|e| {
@@ -161,15 +125,9 @@ mod tests {
     fn estimate_serialises_as_documented() {
         let mut e = Estimate::point(0.5);
         e.ci95 = Some([0.25, 0.75]);
-        assert_eq!(
-            serde_json::to_string(&e).unwrap(),
-            r#"{"value":0.5,"ci95":[0.25,0.75]}"#
-        );
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"value":0.5,"ci95":[0.25,0.75]}"#);
         let u = Estimate::undefined("no healthy images");
-        assert_eq!(
-            serde_json::to_string(&u).unwrap(),
-            r#"{"value":null,"ci95":null,"undefined":"no healthy images"}"#
-        );
+        assert_eq!(serde_json::to_string(&u).unwrap(), r#"{"value":null,"ci95":null,"undefined":"no healthy images"}"#);
     }
 
     #[test]
@@ -179,9 +137,6 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1
-        );
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 }

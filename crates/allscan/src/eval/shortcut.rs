@@ -55,11 +55,7 @@ pub struct ColourShortcut {
 
 /// HSV of an 8-bit RGB pixel: hue in [0, 360), saturation and value in [0, 1].
 pub fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (f32, f32, f32) {
-    let (r, g, b) = (
-        f32::from(r) / 255.0,
-        f32::from(g) / 255.0,
-        f32::from(b) / 255.0,
-    );
+    let (r, g, b) = (f32::from(r) / 255.0, f32::from(g) / 255.0, f32::from(b) / 255.0);
     let max = r.max(g).max(b);
     let min = r.min(g).min(b);
     let d = max - min;
@@ -107,11 +103,8 @@ impl ColourShortcut {
         let mut val = [0u64; VAL_BINS];
         let (mut n, mut chroma) = (0u64, 0u64);
         let total = u64::from(w) * u64::from(h);
-        let stride = if total > MAX_PIXELS {
-            ((total as f64 / MAX_PIXELS as f64).sqrt().ceil() as u32).max(1)
-        } else {
-            1
-        };
+        let stride =
+            if total > MAX_PIXELS { ((total as f64 / MAX_PIXELS as f64).sqrt().ceil() as u32).max(1) } else { 1 };
         for y in (0..h).step_by(stride as usize) {
             for x in (0..w).step_by(stride as usize) {
                 let [r, g, b] = img.get_pixel(x, y).0;
@@ -135,72 +128,35 @@ impl ColourShortcut {
     }
 
     /// Fits the baseline with the default penalty [`Self::LAMBDA`].
-    pub fn fit(
-        x: &[Vec<f32>],
-        y: &[usize],
-        n_classes: usize,
-        seed: u64,
-    ) -> Result<Self, EvalError> {
+    pub fn fit(x: &[Vec<f32>], y: &[usize], n_classes: usize, seed: u64) -> Result<Self, EvalError> {
         Self::fit_with(x, y, n_classes, Self::LAMBDA, seed)
     }
 
     /// Fits the baseline with L2 strength `lambda`.
-    pub fn fit_with(
-        x: &[Vec<f32>],
-        y: &[usize],
-        n_classes: usize,
-        lambda: f64,
-        seed: u64,
-    ) -> Result<Self, EvalError> {
+    pub fn fit_with(x: &[Vec<f32>], y: &[usize], n_classes: usize, lambda: f64, seed: u64) -> Result<Self, EvalError> {
         const WHAT: &str = "colour shortcut";
         if x.len() != y.len() {
-            return Err(EvalError::LengthMismatch {
-                what: WHAT,
-                left: y.len(),
-                right: x.len(),
-            });
+            return Err(EvalError::LengthMismatch { what: WHAT, left: y.len(), right: x.len() });
         }
         if x.is_empty() {
-            return Err(EvalError::Invalid {
-                what: WHAT,
-                reason: "no training images".to_string(),
-            });
+            return Err(EvalError::Invalid { what: WHAT, reason: "no training images".to_string() });
         }
         if n_classes < 2 {
-            return Err(EvalError::Invalid {
-                what: WHAT,
-                reason: format!("{n_classes} classes; need at least 2"),
-            });
+            return Err(EvalError::Invalid { what: WHAT, reason: format!("{n_classes} classes; need at least 2") });
         }
         if !(lambda.is_finite() && lambda > 0.0) {
-            return Err(EvalError::Invalid {
-                what: WHAT,
-                reason: format!("L2 strength {lambda} must be positive"),
-            });
+            return Err(EvalError::Invalid { what: WHAT, reason: format!("L2 strength {lambda} must be positive") });
         }
         let d = x[0].len();
         for (index, (row, &label)) in x.iter().zip(y).enumerate() {
             if row.len() != d {
-                return Err(EvalError::BadRow {
-                    what: WHAT,
-                    index,
-                    got: row.len(),
-                    expected: d,
-                });
+                return Err(EvalError::BadRow { what: WHAT, index, got: row.len(), expected: d });
             }
             if label >= n_classes {
-                return Err(EvalError::BadLabel {
-                    what: WHAT,
-                    index,
-                    label,
-                    n_classes,
-                });
+                return Err(EvalError::BadLabel { what: WHAT, index, label, n_classes });
             }
             if let Some(v) = row.iter().find(|v| !v.is_finite()) {
-                return Err(EvalError::Invalid {
-                    what: WHAT,
-                    reason: format!("feature row #{index} holds {v}"),
-                });
+                return Err(EvalError::Invalid { what: WHAT, reason: format!("feature row #{index} holds {v}") });
             }
         }
 
@@ -227,9 +183,7 @@ impl ColourShortcut {
         let xs: Vec<Vec<f64>> = x
             .iter()
             .map(|row| {
-                let mut r: Vec<f64> = (0..d)
-                    .map(|j| (f64::from(row[j]) - mean[j]) / std[j])
-                    .collect();
+                let mut r: Vec<f64> = (0..d).map(|j| (f64::from(row[j]) - mean[j]) / std[j]).collect();
                 r.push(1.0);
                 r
             })
@@ -291,15 +245,7 @@ impl ColourShortcut {
             t = t_next;
         }
         let final_gradient_norm = grad_of(&w, &mut g);
-        Ok(ColourShortcut {
-            n_classes,
-            mean,
-            std,
-            weights: w,
-            lambda,
-            iterations,
-            final_gradient_norm,
-        })
+        Ok(ColourShortcut { n_classes, mean, std, weights: w, lambda, iterations, final_gradient_norm })
     }
 
     /// Upper bound on the curvature of the penalised softmax loss: `0.5 * lambda_max(X'X/n) +
@@ -326,10 +272,7 @@ impl ColourShortcut {
         let mut v: Vec<f64> = (0..p).map(|_| rng.gen_range(0.5..1.5)).collect();
         let mut eig = 1.0;
         for _ in 0..100 {
-            let mv: Vec<f64> = gram
-                .iter()
-                .map(|r| r.iter().zip(&v).map(|(a, b)| a * b).sum())
-                .collect();
+            let mv: Vec<f64> = gram.iter().map(|r| r.iter().zip(&v).map(|(a, b)| a * b).sum()).collect();
             let norm = mv.iter().map(|x| x * x).sum::<f64>().sqrt();
             if norm <= 0.0 {
                 break;
@@ -345,12 +288,7 @@ impl ColourShortcut {
     pub fn predict_proba(&self, x: &[f32]) -> Result<Vec<f64>, EvalError> {
         let d = self.mean.len();
         if x.len() != d {
-            return Err(EvalError::BadRow {
-                what: "colour shortcut prediction",
-                index: 0,
-                got: x.len(),
-                expected: d,
-            });
+            return Err(EvalError::BadRow { what: "colour shortcut prediction", index: 0, got: x.len(), expected: d });
         }
         let mut z: Vec<f64> = self
             .weights
@@ -402,9 +340,7 @@ mod tests {
         assert!((hue_sum - 1.0).abs() < 1e-6);
         assert!((f[HUE_BINS - 4] - 1.0).abs() < 1e-6); // 280..300 degrees
         assert!((f[N_FEATURES - 1] - 0.5).abs() < 1e-6);
-        assert!(ColourShortcut::features(&RgbImage::new(0, 0))
-            .iter()
-            .all(|v| *v == 0.0));
+        assert!(ColourShortcut::features(&RgbImage::new(0, 0)).iter().all(|v| *v == 0.0));
     }
 
     fn smear(seed: u64, purple: bool) -> RgbImage {
@@ -434,11 +370,7 @@ mod tests {
             y.push((i % 2) as usize);
         }
         let m = ColourShortcut::fit(&x, &y, 2, 1).unwrap();
-        assert!(
-            m.final_gradient_norm < 1e-5,
-            "gradient {}",
-            m.final_gradient_norm
-        );
+        assert!(m.final_gradient_norm < 1e-5, "gradient {}", m.final_gradient_norm);
         let mut correct = 0;
         for i in 100..140 {
             let pr = m.predict_image(&smear(i, i % 2 == 0)).unwrap();
@@ -457,18 +389,13 @@ mod tests {
     #[test]
     fn multinomial_fit_matches_class_frequencies_without_signal() {
         let x: Vec<Vec<f32>> = (0..90).map(|_| vec![0.5, 0.25]).collect();
-        let y: Vec<usize> = (0..90)
-            .map(|i| if i < 45 { 0 } else { 1 + i % 2 })
-            .collect();
+        let y: Vec<usize> = (0..90).map(|i| if i < 45 { 0 } else { 1 + i % 2 }).collect();
         let m = ColourShortcut::fit(&x, &y, 3, 0).unwrap();
         let p = m.predict_proba(&[0.5, 0.25]).unwrap();
         // Constant features carry nothing: probabilities are the class frequencies
         // (45, 22 and 23 of 90).
         let freq = [0.5, 22.0 / 90.0, 23.0 / 90.0];
-        assert!(
-            p.iter().zip(freq).all(|(a, b)| (a - b).abs() < 1e-6),
-            "{p:?}"
-        );
+        assert!(p.iter().zip(freq).all(|(a, b)| (a - b).abs() < 1e-6), "{p:?}");
         assert!(m.predict_proba(&[0.5]).is_err());
     }
 
