@@ -1,0 +1,422 @@
+//! Training settings: the `train` part of a run's config tree ([`TrainConfig`]) and the two
+//! profiles that fill the whole tree ([`Profile`]): `paper` (the seed: DenseNet201 at 224 px,
+//! ImageNet weights, head then fine-tune) and `cpu` (a slim DenseNet on nucleus crops, from
+//! scratch, sized for 2 CPU cores).
+
+use allscan_preprocess::{Normalization, PreprocessConfig, RoiConfig, SegmentMode};
+use densenet_burn::{DenseNetConfig, DenseNetVariant};
+use serde::{Deserialize, Serialize};
+
+use crate::data::augment::AugmentConfig;
+use crate::model::{BackboneConfig, ClassifierConfig, Task};
+
+use super::TrainError;
+
+/// A named set of defaults for the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// What reaches the quality goals on 2 CPU cores without pretrained weights.
+    Cpu,
+    /// The seed: DenseNet201, 224 px, ImageNet weights, both stages.
+    Paper,
+}
+
+impl Profile {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Paper => "paper",
+        }
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "paper" => Ok(Self::Paper),
+            other => Err(TrainError::Config(format!("unknown profile `{other}` (cpu or paper)"))),
+        }
+    }
+}
+
+/// Which head the run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Leukemia vs healthy (one sigmoid output, BCE).
+    Binary,
+    /// The dataset's classes (softmax, cross-entropy).
+    Subtype,
+}
+
+impl TaskKind {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Binary => "binary",
+            Self::Subtype => "subtype",
+        }
+    }
+
+    /// The model's task for a dataset with `num_classes` classes.
+    pub fn task(self, num_classes: usize) -> Task {
+        match self {
+            Self::Binary => Task::Binary,
+            Self::Subtype => Task::Subtype { num_classes },
+        }
+    }
+}
+
+impl std::str::FromStr for TaskKind {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "binary" => Ok(Self::Binary),
+            "subtype" | "subtypes" => Ok(Self::Subtype),
+            other => Err(TrainError::Config(format!("unknown task `{other}` (binary or subtype)"))),
+        }
+    }
+}
+
+/// Where the backbone's starting weights come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "path", rename_all = "lowercase")]
+pub enum WeightsSource {
+    /// torchvision ImageNet weights from the weights cache (`allscan weights fetch`).
+    Imagenet,
+    /// Random initialisation (from the run's seed).
+    None,
+    /// A torchvision `.pth` or Burn `.bpk` backbone file.
+    Path(String),
+}
+
+impl std::str::FromStr for WeightsSource {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "imagenet" => Self::Imagenet,
+            "none" | "scratch" => Self::None,
+            path => Self::Path(path.to_string()),
+        })
+    }
+}
+
+/// How the class imbalance is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Loss weights inversely proportional to the class frequency in the training part.
+    ClassWeights,
+    /// Every epoch draws classes equally often (with replacement within a class).
+    Sampler,
+    /// Neither.
+    None,
+}
+
+/// Learning-rate schedule within a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// The same rate every step.
+    Constant,
+    /// Linear warm-up over the first `warmup_epochs`, then cosine decay to `min_lr`.
+    Cosine,
+}
+
+/// Which validation figure picks the best epoch and drives early stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectOn {
+    /// Lowest validation loss.
+    ValLoss,
+    /// Highest validation AUC of p(leukemia) (ties: lower loss).
+    ValAuc,
+}
+
+/// One training stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageConfig {
+    /// Number of epochs (0 skips the stage).
+    pub epochs: usize,
+    /// Peak learning rate (Adam).
+    pub lr: f64,
+    /// Floor of the cosine schedule.
+    pub min_lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Linear warm-up length in epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    /// Decoupled weight decay (AdamW); 0 = plain Adam.
+    pub weight_decay: f64,
+    /// Whether this stage sees augmented views. `false` in a stage with a frozen prefix lets
+    /// the frozen part's output be computed once and cached.
+    pub augment: bool,
+    /// Stop after this many epochs without a better validation figure (`None`: never).
+    pub patience: Option<usize>,
+    /// Stage 2: which parts of the backbone train (`denseblock4`, `norm5`, ... or `all`);
+    /// everything before the first one named stays frozen. Stage 1 ignores it: it trains the
+    /// head only.
+    #[serde(default)]
+    pub unfreeze: Vec<String>,
+}
+
+/// The `train` part of the config tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Images per optimiser step.
+    pub batch_size: usize,
+    /// Images per forward pass when evaluating or filling a cache.
+    pub eval_batch_size: usize,
+    /// Head only, backbone frozen.
+    pub stage1: StageConfig,
+    /// The unfrozen blocks + head, lower learning rate, early stopping.
+    pub stage2: StageConfig,
+    /// Augmentation used by stages with `augment: true`.
+    pub augment: AugmentConfig,
+    /// Class-imbalance handling.
+    pub balance: Balance,
+    /// Label smoothing of the targets (0 = none).
+    pub label_smoothing: f64,
+    /// Best-epoch and early-stopping figure.
+    pub select_on: SelectOn,
+    /// The decision threshold is the largest whose validation sensitivity reaches this.
+    pub target_sensitivity: f64,
+    /// Gradient-norm clipping (`None`: off).
+    pub clip_grad_norm: Option<f64>,
+}
+
+/// The profile-specific parts of a run: model, preprocessing, training.
+#[derive(Debug, Clone)]
+pub struct ProfileDefaults {
+    /// Classifier structure.
+    pub model: ClassifierConfig,
+    /// Preprocessing tree.
+    pub preprocess: PreprocessConfig,
+    /// Training tree.
+    pub train: TrainConfig,
+    /// Default starting weights.
+    pub weights: WeightsSource,
+}
+
+impl Profile {
+    /// The defaults of this profile for `task` on a dataset with `num_classes` classes.
+    pub fn defaults(self, task: TaskKind, num_classes: usize) -> ProfileDefaults {
+        let task = task.task(num_classes);
+        match self {
+            Self::Paper => paper(task),
+            Self::Cpu => cpu(task),
+        }
+    }
+}
+
+/// The seed: DenseNet201 on the authors' HSV-segmented field at 224 px, ImageNet weights and
+/// normalisation; stage 1 trains the head on cached features, stage 2 fine-tunes
+/// `denseblock4` + `norm5` at a 100x lower rate with early stopping.
+fn paper(task: Task) -> ProfileDefaults {
+    let model = ClassifierConfig {
+        backbone: BackboneConfig::Torchvision { variant: DenseNetVariant::DenseNet201 },
+        task,
+        hidden: 256,
+        dropout: 0.5,
+    };
+    let preprocess = PreprocessConfig {
+        mode: SegmentMode::AriaHsv,
+        input_size: 224,
+        normalization: Normalization::IMAGENET,
+        ..PreprocessConfig::default()
+    };
+    let train = TrainConfig {
+        batch_size: 32,
+        eval_batch_size: 32,
+        stage1: StageConfig {
+            epochs: 10,
+            lr: 1e-3,
+            min_lr: 1e-3,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0.0,
+            weight_decay: 0.0,
+            augment: false,
+            patience: None,
+            unfreeze: Vec::new(),
+        },
+        stage2: StageConfig {
+            epochs: 10,
+            lr: 1e-5,
+            min_lr: 1e-5,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0.0,
+            weight_decay: 0.0,
+            augment: true,
+            patience: Some(3),
+            unfreeze: vec!["denseblock4".into(), "norm5".into()],
+        },
+        augment: AugmentConfig::strong(),
+        balance: Balance::ClassWeights,
+        label_smoothing: 0.0,
+        select_on: SelectOn::ValLoss,
+        target_sensitivity: 0.99,
+        clip_grad_norm: None,
+    };
+    ProfileDefaults { model, preprocess, train, weights: WeightsSource::Imagenet }
+}
+
+/// Slim DenseNet on the crop around the largest nucleus, from scratch. Stage 1 is a one-epoch
+/// head warm-up on cached features of the (random) frozen backbone; stage 2 trains the whole
+/// network with strong augmentation, AdamW and a cosine schedule.
+fn cpu(task: Task) -> ProfileDefaults {
+    let densenet = DenseNetConfig::custom(12, vec![3, 6, 8, 6], 24, None);
+    let model = ClassifierConfig {
+        backbone: BackboneConfig::Custom(densenet.features_only()),
+        task,
+        hidden: 128,
+        dropout: 0.2,
+    };
+    let preprocess = PreprocessConfig {
+        mode: SegmentMode::Nucleus,
+        input_size: 64,
+        roi: RoiConfig { margin: 0.5, min_side: 64, ..RoiConfig::default() },
+        // From scratch: the input statistics are ours to choose; centre on mid-grey.
+        normalization: Normalization { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
+        ..PreprocessConfig::default()
+    };
+    let train = TrainConfig {
+        batch_size: 32,
+        eval_batch_size: 128,
+        stage1: StageConfig {
+            epochs: 1,
+            lr: 3e-3,
+            min_lr: 3e-3,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0.0,
+            weight_decay: 0.0,
+            augment: false,
+            patience: None,
+            unfreeze: Vec::new(),
+        },
+        stage2: StageConfig {
+            epochs: 30,
+            lr: 2e-3,
+            min_lr: 2e-5,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 1.0,
+            weight_decay: 1e-4,
+            augment: true,
+            patience: None,
+            unfreeze: vec!["all".into()],
+        },
+        augment: AugmentConfig::strong(),
+        balance: Balance::ClassWeights,
+        label_smoothing: 0.05,
+        select_on: SelectOn::ValLoss,
+        target_sensitivity: 0.99,
+        clip_grad_norm: Some(5.0),
+    };
+    ProfileDefaults { model, preprocess, train, weights: WeightsSource::None }
+}
+
+/// The trainable part of the backbone in stage 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfrozen {
+    /// The whole network, stem included.
+    All,
+    /// Dense blocks `block..` (0-based), their transitions, `norm5`; the stem and earlier
+    /// blocks stay frozen. `block == num_blocks` leaves only `norm5`... and the head.
+    From(usize),
+}
+
+/// Parses an `--unfreeze` list (`denseblock4,norm5`, `transition3,denseblock4,norm5`, `all`)
+/// for a backbone with `num_blocks` dense blocks. The frozen part must be a prefix: everything
+/// from the first named part on trains.
+pub fn parse_unfreeze(names: &[String], num_blocks: usize) -> Result<Unfrozen, TrainError> {
+    let bad = |reason: String| Err(TrainError::Config(format!("--unfreeze {}: {reason}", names.join(","))));
+    if names.is_empty() {
+        return bad("name at least one part (e.g. denseblock4,norm5 or all)".into());
+    }
+    let mut first = usize::MAX;
+    for name in names {
+        let name = name.trim();
+        let number = |prefix: &str| name.strip_prefix(prefix).and_then(|d| d.parse::<usize>().ok());
+        if name == "all" || name == "features" || name == "conv0" || name == "norm0" {
+            return Ok(Unfrozen::All);
+        } else if let Some(k) = number("denseblock") {
+            if k == 0 || k > num_blocks {
+                return bad(format!("the backbone has denseblock1..denseblock{num_blocks}"));
+            }
+            first = first.min(k - 1);
+        } else if let Some(k) = number("transition") {
+            if k == 0 || k >= num_blocks {
+                return bad(format!("the backbone has transition1..transition{}", num_blocks - 1));
+            }
+            // transitionK follows denseblockK; it trains with the blocks after it.
+            first = first.min(k);
+        } else if name == "norm5" {
+            first = first.min(num_blocks);
+        } else {
+            return bad(format!("unknown part `{name}` (denseblockN, transitionN, norm5 or all)"));
+        }
+    }
+    Ok(Unfrozen::From(first))
+}
+
+impl TrainConfig {
+    /// Rejects settings that cannot train.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |s: String| Err(TrainError::Config(s));
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return bad("batch sizes must be > 0".into());
+        }
+        for (name, s) in [("stage1", &self.stage1), ("stage2", &self.stage2)] {
+            if !(s.lr.is_finite() && s.lr > 0.0) || !(s.min_lr.is_finite() && s.min_lr >= 0.0) {
+                return bad(format!("{name}: learning rates must be positive, got {} / {}", s.lr, s.min_lr));
+            }
+            if !(s.weight_decay >= 0.0) || !(s.warmup_epochs >= 0.0) {
+                return bad(format!("{name}: weight decay and warm-up must be >= 0"));
+            }
+        }
+        if self.stage1.epochs + self.stage2.epochs == 0 {
+            return bad("both stages have 0 epochs: nothing to train".into());
+        }
+        if !(self.target_sensitivity > 0.0 && self.target_sensitivity <= 1.0) {
+            return bad(format!("target sensitivity {} is not in (0, 1]", self.target_sensitivity));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return bad(format!("label smoothing {} is not in [0, 0.5)", self.label_smoothing));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfreeze_lists_parse_to_a_frozen_prefix() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse_unfreeze(&s(&["denseblock4", "norm5"]), 4).unwrap(), Unfrozen::From(3));
+        assert_eq!(parse_unfreeze(&s(&["transition2", "norm5"]), 4).unwrap(), Unfrozen::From(2));
+        assert_eq!(parse_unfreeze(&s(&["norm5"]), 4).unwrap(), Unfrozen::From(4));
+        assert_eq!(parse_unfreeze(&s(&["all"]), 4).unwrap(), Unfrozen::All);
+        assert!(parse_unfreeze(&s(&["denseblock5"]), 4).is_err());
+        assert!(parse_unfreeze(&s(&["head"]), 4).is_err());
+        assert!(parse_unfreeze(&[], 4).is_err());
+    }
+
+    #[test]
+    fn profiles_are_valid_and_round_trip_as_json() {
+        for p in [Profile::Cpu, Profile::Paper] {
+            for t in [TaskKind::Binary, TaskKind::Subtype] {
+                let d = p.defaults(t, 4);
+                d.train.validate().unwrap();
+                d.model.validate().unwrap();
+                let json = serde_json::to_string(&d.train).unwrap();
+                assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), d.train);
+            }
+        }
+        assert_eq!(Profile::Paper.defaults(TaskKind::Binary, 4).preprocess.input_size, 224);
+    }
+}
