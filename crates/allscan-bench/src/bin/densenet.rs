@@ -1,0 +1,109 @@
+//! Benchmark: DenseNet eval-mode forward speed and peak memory in allscan (Burn Flex), to be
+//! compared with PyTorch by `scripts/bench-densenet.sh`, which runs both sides the same way
+//! (one process per side and batch size, peak RSS from /proc/self/status VmHWM).
+//!
+//! Input: variant, batch size, image size, iterations. Output: one JSON line
+//! `{"side":"burn", "images_per_s":..., "ms_per_batch":..., "peak_rss_mib":...}` on stdout.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::Parser;
+use densenet_burn::{DenseNet, DenseNetVariant};
+
+/// Time DenseNet eval-mode forward passes in Burn (random weights; speed does not depend on them).
+#[derive(Debug, Parser)]
+struct Args {
+    /// densenet121, densenet169 or densenet201.
+    #[arg(long, default_value = "densenet201")]
+    variant: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Timed iterations (after one warm-up pass).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Model path to time: `folded` (BatchNorm folded, preallocated block buffers; what
+    /// `predict` uses), `plain` (eval mode, buffers), or `concat` (eval mode, torchvision's
+    /// re-concatenation).
+    #[arg(long, default_value = "folded")]
+    mode: String,
+}
+
+/// Peak resident set size of this process in MiB (Linux VmHWM), if available.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn forward(model: &DenseNet, x: Tensor<4>, concat: bool) -> Tensor<2> {
+    if !concat {
+        return model.forward(x);
+    }
+    let mut h = model.forward_stem(x);
+    let f = &model.features;
+    for (i, block) in f.denseblock.iter().enumerate() {
+        h = block.forward_concat(h);
+        if let Some(t) = f.transition.get(i) {
+            h = t.forward(h);
+        }
+    }
+    let h = burn::tensor::activation::relu(f.norm5.forward(h));
+    let pooled = DenseNet::pool(h);
+    match &model.classifier {
+        Some(l) => l.forward(pooled),
+        None => pooled,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let variant = DenseNetVariant::from_name(&args.variant)
+        .with_context(|| format!("unknown variant {}", args.variant))?;
+    let device = Device::flex();
+    let model = DenseNet::new(&variant.config(), &device)?.valid();
+    let (model, concat) = match args.mode.as_str() {
+        "folded" => (model.fold_batchnorm(), false),
+        "plain" => (model, false),
+        "concat" => (model, true),
+        other => anyhow::bail!("unknown mode {other}: use folded, plain or concat"),
+    };
+    let x = Tensor::<4>::random(
+        [args.batch, 3, args.size, args.size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    // Warm-up: first-touch allocations and kernel selection.
+    let _ = forward(&model, x.clone(), concat).into_data();
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters.max(1) {
+        let t0 = Instant::now();
+        let out = forward(&model, x.clone(), concat).into_data();
+        times.push(t0.elapsed().as_secs_f64());
+        std::hint::black_box(out);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "side": "burn",
+            "mode": args.mode,
+            "variant": variant.name(),
+            "batch": args.batch,
+            "size": args.size,
+            "iters": times.len(),
+            "ms_per_batch": median * 1e3,
+            "images_per_s": args.batch as f64 / median,
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+    Ok(())
+}
