@@ -49,11 +49,7 @@ pub fn crop_region(bbox: &BBox, field_w: u32, field_h: u32, cfg: &RoiConfig) -> 
             -(((side - len) / 2) as i64)
         }
     };
-    CropRegion {
-        x: place(cx, field_w),
-        y: place(cy, field_h),
-        side,
-    }
+    CropRegion { x: place(cx, field_w), y: place(cy, field_h), side }
 }
 
 /// Cuts a square region out of the field (padding with `pad` outside it) and resizes it to
@@ -84,29 +80,17 @@ pub fn roi_crops(img: &RgbImage, nuclei: &NucleusResult, cfg: &RoiConfig) -> Vec
         .enumerate()
         .map(|(i, n)| {
             let region = crop_region(&n.bbox, img.width(), img.height(), cfg);
-            RoiCrop {
-                image: cut_square(img, &region, cfg.output_size, cfg.pad_rgb),
-                region,
-                nucleus_index: i,
-            }
+            RoiCrop { image: cut_square(img, &region, cfg.output_size, cfg.pad_rgb), region, nucleus_index: i }
         })
         .collect()
 }
 
 /// The crop around the largest nucleus: the seed's single-ROI view of a field. `None` when
 /// the field has no nucleus.
-pub fn largest_nucleus_crop(
-    img: &RgbImage,
-    nuclei: &NucleusResult,
-    cfg: &RoiConfig,
-) -> Option<RoiCrop> {
+pub fn largest_nucleus_crop(img: &RgbImage, nuclei: &NucleusResult, cfg: &RoiConfig) -> Option<RoiCrop> {
     let n = nuclei.largest()?;
     let region = crop_region(&n.bbox, img.width(), img.height(), cfg);
-    Some(RoiCrop {
-        image: cut_square(img, &region, cfg.output_size, cfg.pad_rgb),
-        region,
-        nucleus_index: 0,
-    })
+    Some(RoiCrop { image: cut_square(img, &region, cfg.output_size, cfg.pad_rgb), region, nucleus_index: 0 })
 }
 
 /// The whole field resized to `size` x `size` (aspect not kept: Aria fields are square, and
@@ -123,12 +107,7 @@ mod tests {
     use super::*;
 
     fn bbox(x: u32, y: u32, w: u32, h: u32) -> BBox {
-        BBox {
-            x,
-            y,
-            width: w,
-            height: h,
-        }
+        BBox { x, y, width: w, height: h }
     }
 
     #[test]
@@ -149,11 +128,7 @@ mod tests {
     #[test]
     fn crop_larger_than_field_is_padded() {
         let img = RgbImage::from_pixel(20, 20, Rgb([10, 20, 30]));
-        let cfg = RoiConfig {
-            min_side: 40,
-            output_size: 40,
-            ..Default::default()
-        };
+        let cfg = RoiConfig { min_side: 40, output_size: 40, ..Default::default() };
         let r = crop_region(&bbox(5, 5, 10, 10), 20, 20, &cfg);
         assert_eq!((r.x, r.y, r.side), (-10, -10, 40));
         let c = cut_square(&img, &r, 40, cfg.pad_rgb);

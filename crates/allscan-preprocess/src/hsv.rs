@@ -110,11 +110,7 @@ pub fn aria_hsv_mask(img: &RgbImage) -> GrayImage {
     let (w, h) = img.dimensions();
     let mut mask = GrayImage::new(w, h);
     for (m, px) in mask.as_mut().iter_mut().zip(img.as_raw().chunks_exact(3)) {
-        *m = if aria_hsv_keeps([px[0], px[1], px[2]]) {
-            255
-        } else {
-            0
-        };
+        *m = if aria_hsv_keeps([px[0], px[1], px[2]]) { 255 } else { 0 };
     }
     mask
 }
@@ -183,9 +179,7 @@ mod tests {
         // A typical violet nucleus (true RGB). Its true hue is ~262 deg (131 in OpenCV units),
         // outside 168..182; with red and blue swapped it becomes ~338 deg (169): kept.
         let violet = [100u8, 60, 170];
-        assert!(!aria_in_range(opencv_rgb2hsv(
-            violet[0], violet[1], violet[2]
-        )));
+        assert!(!aria_in_range(opencv_rgb2hsv(violet[0], violet[1], violet[2])));
         assert!(aria_hsv_keeps(violet));
         let img = RgbImage::from_pixel(4, 4, image::Rgb(violet));
         assert!(aria_hsv_mask(&img).pixels().all(|p| p[0] == 255));

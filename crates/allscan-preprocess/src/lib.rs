@@ -47,14 +47,9 @@ pub enum PreprocessError {
 ///
 /// Stain normalisation, when set, is applied to the field before cropping, after
 /// segmentation: the mask is computed on the raw colours the recipe was designed for.
-pub fn prepare_input(
-    img: &RgbImage,
-    cfg: &PreprocessConfig,
-) -> Result<Vec<RgbImage>, PreprocessError> {
+pub fn prepare_input(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<RgbImage>, PreprocessError> {
     if cfg.input_size == 0 {
-        return Err(PreprocessError::InvalidConfig(
-            "input_size must be > 0".into(),
-        ));
+        return Err(PreprocessError::InvalidConfig("input_size must be > 0".into()));
     }
     let size = cfg.input_size;
     let stained = |field: &RgbImage| match &cfg.stain {
@@ -70,29 +65,17 @@ pub fn prepare_input(
         SegmentMode::Nucleus => {
             let found = find_nuclei(img, &cfg.nucleus);
             let field = stained(img);
-            let roi = RoiConfig {
-                output_size: size,
-                ..cfg.roi.clone()
-            };
+            let roi = RoiConfig { output_size: size, ..cfg.roi.clone() };
             let crops: Vec<RgbImage> = match roi.views {
-                RoiViews::Largest => largest_nucleus_crop(&field, &found, &roi)
-                    .into_iter()
-                    .map(|c| c.image)
-                    .collect(),
-                RoiViews::All => roi_crops(&field, &found, &roi)
-                    .into_iter()
-                    .map(|c| c.image)
-                    .collect(),
+                RoiViews::Largest => largest_nucleus_crop(&field, &found, &roi).into_iter().map(|c| c.image).collect(),
+                RoiViews::All => roi_crops(&field, &found, &roi).into_iter().map(|c| c.image).collect(),
             };
             if !crops.is_empty() {
                 Ok(crops)
             } else if roi.fallback_to_field {
                 Ok(vec![resize_field(&field, size)])
             } else {
-                Err(PreprocessError::NoNucleus {
-                    width: img.width(),
-                    height: img.height(),
-                })
+                Err(PreprocessError::NoNucleus { width: img.width(), height: img.height() })
             }
         }
     }
@@ -107,10 +90,7 @@ mod tests {
         let cfg = PreprocessConfig {
             mode: SegmentMode::AriaHsv,
             stain: Some(StainNormalization::Reinhard {
-                target: StainStats {
-                    mean: [1.0, 2.0, 3.0],
-                    std: [0.1, 0.2, 0.3],
-                },
+                target: StainStats { mean: [1.0, 2.0, 3.0], std: [0.1, 0.2, 0.3] },
             }),
             ..Default::default()
         };
@@ -131,24 +111,11 @@ mod tests {
         assert_eq!(views.len(), 1);
         assert_eq!(views[0].dimensions(), (224, 224));
         let strict = PreprocessConfig {
-            roi: RoiConfig {
-                fallback_to_field: false,
-                ..Default::default()
-            },
+            roi: RoiConfig { fallback_to_field: false, ..Default::default() },
             ..Default::default()
         };
-        assert!(matches!(
-            prepare_input(&field, &strict),
-            Err(PreprocessError::NoNucleus { .. })
-        ));
-        let hsv = PreprocessConfig {
-            mode: SegmentMode::AriaHsv,
-            input_size: 64,
-            ..Default::default()
-        };
-        assert_eq!(
-            prepare_input(&field, &hsv).unwrap()[0].dimensions(),
-            (64, 64)
-        );
+        assert!(matches!(prepare_input(&field, &strict), Err(PreprocessError::NoNucleus { .. })));
+        let hsv = PreprocessConfig { mode: SegmentMode::AriaHsv, input_size: 64, ..Default::default() };
+        assert_eq!(prepare_input(&field, &hsv).unwrap()[0].dimensions(), (64, 64));
     }
 }

@@ -15,10 +15,7 @@ pub struct Normalization {
 impl Normalization {
     /// ImageNet statistics, as torchvision's pretrained DenseNets expect
     /// (mean 0.485, 0.456, 0.406; std 0.229, 0.224, 0.225).
-    pub const IMAGENET: Normalization = Normalization {
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
+    pub const IMAGENET: Normalization = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 }
 
 impl Default for Normalization {

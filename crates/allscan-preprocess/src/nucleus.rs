@@ -82,11 +82,7 @@ pub fn purple_channel(img: &RgbImage, gain: f32) -> GrayImage {
 pub fn find_nuclei(img: &RgbImage, cfg: &NucleusConfig) -> NucleusResult {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
-        return NucleusResult {
-            mask: GrayImage::new(w, h),
-            nuclei: Vec::new(),
-            threshold: 255,
-        };
+        return NucleusResult { mask: GrayImage::new(w, h), nuclei: Vec::new(), threshold: 255 };
     }
     // Lengths are specified for a 224-pixel field.
     let scale = w.min(h) as f32 / 224.0;
@@ -94,8 +90,7 @@ pub fn find_nuclei(img: &RgbImage, cfg: &NucleusConfig) -> NucleusResult {
 
     let mut channel = purple_channel(img, cfg.channel_gain);
     if cfg.smoothing_sigma > 0.0 {
-        channel =
-            imageproc::filter::gaussian_blur_f32(&channel, cfg.smoothing_sigma * scale.max(0.25));
+        channel = imageproc::filter::gaussian_blur_f32(&channel, cfg.smoothing_sigma * scale.max(0.25));
     }
     let threshold = imageproc::contrast::otsu_level(&channel).max(cfg.min_threshold);
     let mut mask = channel;
@@ -112,20 +107,12 @@ pub fn find_nuclei(img: &RgbImage, cfg: &NucleusConfig) -> NucleusResult {
     if cfg.fill_holes {
         fill_holes(&mut mask);
     }
-    let labels = if cfg.split_touching {
-        split_touching(&mask)
-    } else {
-        label(&mask)
-    };
+    let labels = if cfg.split_touching { split_touching(&mask) } else { label(&mask) };
     let (nuclei, keep) = measure_and_filter(&labels, w, h, cfg);
     for (m, l) in mask.as_mut().iter_mut().zip(labels.as_raw()) {
         *m = if *l != 0 && keep[*l as usize] { 255 } else { 0 };
     }
-    NucleusResult {
-        mask,
-        nuclei,
-        threshold,
-    }
+    NucleusResult { mask, nuclei, threshold }
 }
 
 fn label(mask: &GrayImage) -> image::ImageBuffer<Luma<u32>, Vec<u32>> {
@@ -193,9 +180,7 @@ fn split_touching(mask: &GrayImage) -> image::ImageBuffer<Luma<u32>, Vec<u32>> {
     if n == 0 {
         return labels;
     }
-    let inverted = GrayImage::from_fn(w, h, |x, y| {
-        Luma([if mask.get_pixel(x, y)[0] == 0 { 255 } else { 0 }])
-    });
+    let inverted = GrayImage::from_fn(w, h, |x, y| Luma([if mask.get_pixel(x, y)[0] == 0 { 255 } else { 0 }]));
     let depth = euclidean_squared_distance_transform(&inverted);
     let depth = depth.as_raw();
     let mut max_depth = vec![0f64; n + 1];
@@ -210,11 +195,7 @@ fn split_touching(mask: &GrayImage) -> image::ImageBuffer<Luma<u32>, Vec<u32>> {
         let i = y as usize * wu + x as usize;
         let l = labels.as_raw()[i] as usize;
         let d = depth[i];
-        Luma([if l != 0 && d >= 9.0 && d >= 0.49 * max_depth[l] {
-            255
-        } else {
-            0
-        }])
+        Luma([if l != 0 && d >= 9.0 && d >= 0.49 * max_depth[l] { 255 } else { 0 }])
     });
     let cores = connected_components(&core, Connectivity::Eight, Luma([0u8]));
     // Count cores per component; only components with >= 2 are split.
@@ -311,18 +292,7 @@ fn measure_and_filter(
         x1: u32,
         y1: u32,
     }
-    let mut acc = vec![
-        Acc {
-            area: 0,
-            sx: 0,
-            sy: 0,
-            x0: u32::MAX,
-            y0: u32::MAX,
-            x1: 0,
-            y1: 0
-        };
-        n + 1
-    ];
+    let mut acc = vec![Acc { area: 0, sx: 0, sy: 0, x0: u32::MAX, y0: u32::MAX, x1: 0, y1: 0 }; n + 1];
     for (x, y, l) in labels.enumerate_pixels() {
         let l = l[0] as usize;
         if l == 0 {
@@ -350,28 +320,17 @@ fn measure_and_filter(
         let aspect = bw.max(bh) as f32 / bw.min(bh) as f32;
         let extent = a.area as f32 / (bw as f32 * bh as f32);
         let area = a.area as f64;
-        if area < min_area || area > max_area || aspect > cfg.max_aspect || extent < cfg.min_extent
-        {
+        if area < min_area || area > max_area || aspect > cfg.max_aspect || extent < cfg.min_extent {
             continue;
         }
         keep[l] = true;
         nuclei.push(Nucleus {
-            bbox: BBox {
-                x: a.x0,
-                y: a.y0,
-                width: bw,
-                height: bh,
-            },
+            bbox: BBox { x: a.x0, y: a.y0, width: bw, height: bh },
             area: a.area as u32,
             centroid: (a.sx as f32 / a.area as f32, a.sy as f32 / a.area as f32),
         });
     }
-    nuclei.sort_by(|a, b| {
-        b.area
-            .cmp(&a.area)
-            .then(a.bbox.y.cmp(&b.bbox.y))
-            .then(a.bbox.x.cmp(&b.bbox.x))
-    });
+    nuclei.sort_by(|a, b| b.area.cmp(&a.area).then(a.bbox.y.cmp(&b.bbox.y)).then(a.bbox.x.cmp(&b.bbox.x)));
     (nuclei, keep)
 }
 
@@ -408,21 +367,11 @@ mod tests {
         // each, sides by two.
         let near = |a: u32, b: u32| (a as i64 - b as i64).abs() <= 2;
         assert!(near(big.bbox.x, 45) && near(big.bbox.y, 125), "{big:?}");
-        assert!(
-            near(big.bbox.width, 51) && near(big.bbox.height, 51),
-            "{big:?}"
-        );
+        assert!(near(big.bbox.width, 51) && near(big.bbox.height, 51), "{big:?}");
         assert!((big.centroid.0 - 70.0).abs() < 1.0 && (big.centroid.1 - 150.0).abs() < 1.0);
-        assert!(
-            near(small.bbox.x, 155) && near(small.bbox.width, 31),
-            "{small:?}"
-        );
+        assert!(near(small.bbox.x, 155) && near(small.bbox.width, 31), "{small:?}");
         let expected = std::f32::consts::PI * 25.0 * 25.0;
-        assert!(
-            (big.area as f32 - expected).abs() / expected < 0.06,
-            "{}",
-            big.area
-        );
+        assert!((big.area as f32 - expected).abs() / expected < 0.06, "{}", big.area);
         assert_eq!(res.mask.get_pixel(70, 150)[0], 255);
         assert_eq!(res.mask.get_pixel(40, 40)[0], 0);
     }
@@ -445,18 +394,8 @@ mod tests {
         let res = find_nuclei(&img, &NucleusConfig::default());
         assert_eq!(res.nuclei.len(), 2, "{:?}", res.nuclei);
         let xs: Vec<f32> = res.nuclei.iter().map(|n| n.centroid.0).collect();
-        assert!(
-            xs.iter().any(|&x| (x - 78.0).abs() < 5.0)
-                && xs.iter().any(|&x| (x - 126.0).abs() < 5.0),
-            "{xs:?}"
-        );
-        let off = find_nuclei(
-            &img,
-            &NucleusConfig {
-                split_touching: false,
-                ..Default::default()
-            },
-        );
+        assert!(xs.iter().any(|&x| (x - 78.0).abs() < 5.0) && xs.iter().any(|&x| (x - 126.0).abs() < 5.0), "{xs:?}");
+        let off = find_nuclei(&img, &NucleusConfig { split_touching: false, ..Default::default() });
         assert_eq!(off.nuclei.len(), 1);
     }
 
@@ -466,11 +405,7 @@ mod tests {
         let res = find_nuclei(&img, &NucleusConfig::default());
         assert!(res.nuclei.is_empty());
         assert!(res.mask.pixels().all(|p| p[0] == 0));
-        let grey = RgbImage::from_fn(64, 64, |x, y| {
-            image::Rgb([((x * 7 + y * 3) % 256) as u8; 3])
-        });
-        assert!(find_nuclei(&grey, &NucleusConfig::default())
-            .nuclei
-            .is_empty());
+        let grey = RgbImage::from_fn(64, 64, |x, y| image::Rgb([((x * 7 + y * 3) % 256) as u8; 3]));
+        assert!(find_nuclei(&grey, &NucleusConfig::default()).nuclei.is_empty());
     }
 }

@@ -6,12 +6,7 @@ use crate::crop::RoiCrop;
 
 /// Lays out the field, its mask (white on black) and up to `max_crops` crops, each scaled to
 /// the field's height, side by side with a 4-pixel grey gutter.
-pub fn contact_sheet(
-    field: &RgbImage,
-    mask: &GrayImage,
-    crops: &[RoiCrop],
-    max_crops: usize,
-) -> RgbImage {
+pub fn contact_sheet(field: &RgbImage, mask: &GrayImage, crops: &[RoiCrop], max_crops: usize) -> RgbImage {
     let h = field.height().max(1);
     let gutter = 4u32;
     let crops: Vec<RgbImage> = crops

@@ -47,16 +47,8 @@ fn rgb_to_lab(px: [u8; 3]) -> [f32; 3] {
     let l = 0.3811 * r + 0.5783 * g + 0.0402 * b;
     let m = 0.1967 * r + 0.7244 * g + 0.0782 * b;
     let s = 0.0241 * r + 0.1288 * g + 0.8444 * b;
-    let (l, m, s) = (
-        l.max(1e-6).log10(),
-        m.max(1e-6).log10(),
-        s.max(1e-6).log10(),
-    );
-    [
-        (l + m + s) / SQRT3,
-        (l + m - 2.0 * s) / SQRT6,
-        (l - m) / SQRT2,
-    ]
+    let (l, m, s) = (l.max(1e-6).log10(), m.max(1e-6).log10(), s.max(1e-6).log10());
+    [(l + m + s) / SQRT3, (l + m - 2.0 * s) / SQRT6, (l - m) / SQRT2]
 }
 
 fn lab_to_rgb(lab: [f32; 3]) -> [u8; 3] {
@@ -86,10 +78,7 @@ impl StainStats {
         }
         let mean = sum.map(|s| s / n);
         let std = std::array::from_fn(|c| ((sq[c] / n - mean[c] * mean[c]).max(0.0)).sqrt() as f32);
-        StainStats {
-            mean: mean.map(|m| m as f32),
-            std,
-        }
+        StainStats { mean: mean.map(|m| m as f32), std }
     }
 }
 
@@ -97,13 +86,7 @@ impl StainStats {
 /// target's mean and std. A flat channel (std 0) is only shifted.
 pub fn reinhard_normalize(img: &RgbImage, target: &StainStats) -> RgbImage {
     let src = StainStats::of(img);
-    let gain: [f32; 3] = std::array::from_fn(|c| {
-        if src.std[c] > 1e-6 {
-            target.std[c] / src.std[c]
-        } else {
-            1.0
-        }
-    });
+    let gain: [f32; 3] = std::array::from_fn(|c| if src.std[c] > 1e-6 { target.std[c] / src.std[c] } else { 1.0 });
     let mut out = img.clone();
     for px in out.pixels_mut() {
         let lab = rgb_to_lab(px.0);
@@ -119,38 +102,23 @@ mod tests {
 
     #[test]
     fn lab_round_trip_is_close() {
-        for px in [
-            [200u8, 100, 180],
-            [255, 255, 255],
-            [30, 40, 50],
-            [120, 60, 170],
-        ] {
+        for px in [[200u8, 100, 180], [255, 255, 255], [30, 40, 50], [120, 60, 170]] {
             let back = lab_to_rgb(rgb_to_lab(px));
             for c in 0..3 {
-                assert!(
-                    (back[c] as i32 - px[c] as i32).abs() <= 2,
-                    "{px:?} -> {back:?}"
-                );
+                assert!((back[c] as i32 - px[c] as i32).abs() <= 2, "{px:?} -> {back:?}");
             }
         }
     }
 
     #[test]
     fn reinhard_matches_target_statistics() {
-        let reference = RgbImage::from_fn(32, 32, |x, y| {
-            image::Rgb([150 + (x as u8), 80 + (y as u8), 190])
-        });
-        let field = RgbImage::from_fn(32, 32, |x, y| {
-            image::Rgb([90 + (y as u8), 110 + (x as u8 / 2), 160])
-        });
+        let reference = RgbImage::from_fn(32, 32, |x, y| image::Rgb([150 + (x as u8), 80 + (y as u8), 190]));
+        let field = RgbImage::from_fn(32, 32, |x, y| image::Rgb([90 + (y as u8), 110 + (x as u8 / 2), 160]));
         let target = StainStats::of(&reference);
         let out = reinhard_normalize(&field, &target);
         let got = StainStats::of(&out);
         for c in 0..3 {
-            assert!(
-                (got.mean[c] - target.mean[c]).abs() < 0.02,
-                "channel {c}: {got:?} vs {target:?}"
-            );
+            assert!((got.mean[c] - target.mean[c]).abs() < 0.02, "channel {c}: {got:?} vs {target:?}");
         }
     }
 }

@@ -4,9 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use allscan_preprocess::{
-    aria_hsv_mask, decode_file, find_nuclei, hsv::mask_fraction, DecodeLimits, NucleusConfig,
-};
+use allscan_preprocess::{aria_hsv_mask, decode_file, find_nuclei, hsv::mask_fraction, DecodeLimits, NucleusConfig};
 
 fn aria_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/aria/Original");
@@ -23,9 +21,7 @@ fn images(dir: &Path) -> Vec<PathBuf> {
     for class in ["Benign", "Early", "Pre", "Pro"] {
         if let Ok(rd) = std::fs::read_dir(dir.join(class)) {
             out.extend(
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "jpg")),
+                rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jpg")),
             );
         }
     }
@@ -37,11 +33,7 @@ fn images(dir: &Path) -> Vec<PathBuf> {
 fn nucleus_finder_yields_on_99_percent_of_aria_fields() {
     let Some(dir) = aria_dir() else { return };
     let paths = images(&dir);
-    assert!(
-        paths.len() > 1000,
-        "expected the Aria development set, found {} images",
-        paths.len()
-    );
+    assert!(paths.len() > 1000, "expected the Aria development set, found {} images", paths.len());
     let cfg = NucleusConfig::default();
     let limits = DecodeLimits::default();
     let (mut found, mut hsv_empty, mut hsv_empty_found) = (0usize, 0usize, 0usize);
@@ -55,11 +47,7 @@ fn nucleus_finder_yields_on_99_percent_of_aria_fields() {
         hsv_empty += empty as usize;
         hsv_empty_found += (empty && ok) as usize;
         if !ok {
-            misses.push(
-                p.file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            );
+            misses.push(p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
         }
     }
     let rate = found as f64 / paths.len() as f64;
@@ -68,11 +56,7 @@ fn nucleus_finder_yields_on_99_percent_of_aria_fields() {
         paths.len(),
         100.0 * rate
     );
-    assert!(
-        rate >= 0.99,
-        "only {:.2}% of fields yield a nucleus",
-        100.0 * rate
-    );
+    assert!(rate >= 0.99, "only {:.2}% of fields yield a nucleus", 100.0 * rate);
     assert!(
         hsv_empty_found as f64 >= 0.99 * hsv_empty as f64,
         "{hsv_empty_found}/{hsv_empty} on aria-hsv's empty fields"

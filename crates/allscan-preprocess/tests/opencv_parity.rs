@@ -15,10 +15,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/opencv_hsv.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/opencv_hsv.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -33,13 +30,7 @@ fn samples_match_opencv_exactly() {
     assert!(fx.samples.len() > 5000);
     for s in &fx.samples {
         let hsv = opencv_rgb2hsv(s[0], s[1], s[2]);
-        assert_eq!(
-            hsv,
-            [s[3], s[4], s[5]],
-            "colour {:?} (OpenCV {})",
-            &s[..3],
-            fx.opencv_version
-        );
+        assert_eq!(hsv, [s[3], s[4], s[5]], "colour {:?} (OpenCV {})", &s[..3], fx.opencv_version);
         assert_eq!(aria_in_range(hsv), s[6] == 1, "inRange of {:?}", &s[..3]);
         // The swap: channel 0 as OpenCV saw it is our blue.
         assert_eq!(aria_hsv_keeps([s[2], s[1], s[0]]), s[6] == 1);
@@ -68,19 +59,7 @@ fn all_colours_match_opencv_exactly() {
         hsv_hash.update(&hsv_buf);
         mask_hash.update(&mask_buf);
     }
-    assert_eq!(
-        count, fx.cube_mask_count,
-        "kept colours vs OpenCV {}",
-        fx.opencv_version
-    );
-    assert_eq!(
-        hex(&mask_hash.finalize()),
-        fx.cube_mask_sha256,
-        "inRange over all colours"
-    );
-    assert_eq!(
-        hex(&hsv_hash.finalize()),
-        fx.cube_hsv_sha256,
-        "HSV over all colours"
-    );
+    assert_eq!(count, fx.cube_mask_count, "kept colours vs OpenCV {}", fx.opencv_version);
+    assert_eq!(hex(&mask_hash.finalize()), fx.cube_mask_sha256, "inRange over all colours");
+    assert_eq!(hex(&hsv_hash.finalize()), fx.cube_hsv_sha256, "HSV over all colours");
 }
