@@ -3,18 +3,21 @@
 //! Input: a class index, a scale and an RNG; output: optical densities on an [`OdCanvas`]
 //! plus the leukocyte's ground truth (cell box, nucleus mask).
 //!
-//! What separates the classes (sizes in pixels of a 224 px field; everything scales):
+//! What separates the classes (radii in pixels of a 224 px field at unit magnification; each
+//! field also gets a class-independent magnification of 0.8-1.25):
 //!
-//! | class  | cell radius | nucleus / cell radius | nucleus                        | chromatin          | nucleoli    |
-//! |--------|-------------|-----------------------|--------------------------------|--------------------|-------------|
-//! | Benign | 25-37       | 0.58-0.70, eccentric  | round, smooth                  | condensed, clumped | none        |
-//! | Early  | 27-38       | 0.84-0.91             | round, smooth                  | fine, even         | 1-2 small   |
-//! | Pre    | 28-39       | 0.79-0.86             | indented (one cleft)           | fine               | 0-1 faint   |
-//! | Pro    | 31-43       | 0.82-0.90             | irregular, convoluted, folds   | fine               | 2-4 large   |
+//! | class  | nucleus radius | nucleus / cell radius | nucleus                      | chromatin          | nucleoli  |
+//! |--------|----------------|-----------------------|------------------------------|--------------------|-----------|
+//! | Benign | 19-29          | 0.63-0.74, eccentric  | round, smooth, denser        | condensed, clumped | none      |
+//! | Early  | 19-29          | 0.84-0.91             | round, smooth                | fine, even         | 1-2 small |
+//! | Pre    | 19-29          | 0.79-0.86             | indented (one cleft)         | fine               | 0-1 faint |
+//! | Pro    | 20-30          | 0.82-0.90             | lobulated, clefts, folds     | fine               | 2-4 large |
 //!
-//! The hematogone's nucleus is denser but smaller, the blasts' larger but paler, and the
-//! stain intensity varies per field far more than either, so the amount of purple in a field
-//! says little about the class (the colour-shortcut test in `mod.rs` checks this).
+//! The nucleus size is drawn first from nearly the same range for every class, so the amount
+//! of nuclear stain in a field says little about the class; the N:C ratio then sets the cell.
+//! The hematogone's chromatin is only slightly denser than a blast's, while the stain
+//! intensity varies per field by a factor of two, so darkness is a weak colour cue; the
+//! colour-shortcut tests in `mod.rs` measure what is left.
 
 use image::GrayImage;
 use rand::Rng;
@@ -36,11 +39,7 @@ pub(crate) struct Stain {
 }
 
 fn mix3(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
-    [
-        a[0] + (b[0] - a[0]) * t,
-        a[1] + (b[1] - a[1]) * t,
-        a[2] + (b[2] - a[2]) * t,
-    ]
+    [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t]
 }
 
 fn scale3(a: [f32; 3], k: f32) -> [f32; 3] {
@@ -51,28 +50,14 @@ fn scale3(a: [f32; 3], k: f32) -> [f32; 3] {
 pub(crate) fn sample_stain(rng: &mut impl Rng, scale: f32) -> Stain {
     // Nucleus hue: from blue-violet (absorbs red strongly) to magenta-purple (passes red).
     let hue: f32 = rng.gen_range(0.0..1.0);
-    let nucleus = scale3(
-        mix3([0.85, 1.0, 0.22], [0.35, 0.95, 0.32], hue),
-        rng.gen_range(0.65..1.45),
-    );
+    let nucleus = scale3(mix3([0.85, 1.0, 0.22], [0.35, 0.95, 0.32], hue), rng.gen_range(0.65..1.45));
     let cyto_hue: f32 = rng.gen_range(0.0..1.0);
-    let cytoplasm = scale3(
-        mix3([0.34, 0.20, 0.05], [0.28, 0.24, 0.10], cyto_hue),
-        rng.gen_range(0.6..1.4),
-    );
+    let cytoplasm = scale3(mix3([0.34, 0.20, 0.05], [0.28, 0.24, 0.10], cyto_hue), rng.gen_range(0.4..1.5));
     let rbc_hue: f32 = rng.gen_range(0.0..1.0);
-    let red_cell = scale3(
-        mix3([0.40, 0.36, 0.20], [0.26, 0.34, 0.20], rbc_hue),
-        rng.gen_range(0.5..1.7),
-    );
+    let red_cell = scale3(mix3([0.40, 0.36, 0.20], [0.26, 0.34, 0.20], rbc_hue), rng.gen_range(0.5..1.7));
 
     // Background: white light tinted violet, blue-grey or yellow (all three occur in Aria).
-    let tints = [
-        [0.97, 0.93, 1.0],
-        [0.90, 0.94, 0.98],
-        [1.0, 1.0, 0.86],
-        [1.0, 1.0, 1.0],
-    ];
+    let tints = [[0.97, 0.93, 1.0], [0.90, 0.94, 0.98], [1.0, 1.0, 0.86], [1.0, 1.0, 1.0]];
     let mut weights: [f32; 4] = [0.0; 4];
     for w in &mut weights {
         *w = rng.gen_range(0.0f32..1.0).powi(3);
@@ -92,13 +77,7 @@ pub(crate) fn sample_stain(rng: &mut impl Rng, scale: f32) -> Stain {
         blur: rng.gen_range(0.0f32..1.4) * scale,
         noise: rng.gen_range(0.004..0.02),
     };
-    Stain {
-        nucleus,
-        cytoplasm,
-        red_cell,
-        pallor: rng.gen_range(0.25..0.75),
-        camera,
-    }
+    Stain { nucleus, cytoplasm, red_cell, pallor: rng.gen_range(0.25..0.75), camera }
 }
 
 /// Scatters red cells over the field (they may overlap each other and run off the edges).
@@ -112,24 +91,21 @@ pub(crate) fn draw_red_cells(canvas: &mut OdCanvas, stain: &Stain, scale: f32, r
         let r = mean_r * rng.gen_range(0.88..1.12);
         let cx = rng.gen_range(-r..w + r);
         let cy = rng.gen_range(-r..h + r);
-        let blob = Blob::new(
-            cx,
-            cy,
-            r,
-            rng.gen_range(0.82..1.0),
-            rng.gen_range(0.0..std::f32::consts::PI),
-        )
-        .wobbly(rng, 2, (2, 4), 0.025);
+        let blob = Blob::new(cx, cy, r, rng.gen_range(0.82..1.0), rng.gen_range(0.0..std::f32::consts::PI)).wobbly(
+            rng,
+            2,
+            (2, 4),
+            0.025,
+        );
         let density = rng.gen_range(0.8..1.2);
         let pallor = (stain.pallor * rng.gen_range(0.8..1.2)).min(0.95);
         let pallor_r = rng.gen_range(0.45..0.65);
         let od = scale3(stain.red_cell, density);
         canvas.for_each_in(blob.bbox(), |x, y, px| {
-            let cov = blob.coverage(x, y);
+            let (cov, rr) = blob.coverage_and_relative_radius(x, y);
             if cov <= 0.0 {
                 return;
             }
-            let rr = blob.relative_radius(x, y);
             // Biconcave disc: thick rim, thin centre.
             let profile = 1.0 - pallor * (1.0 - smoothstep(pallor_r * 0.35, pallor_r, rr));
             for ch in 0..3 {
@@ -141,13 +117,7 @@ pub(crate) fn draw_red_cells(canvas: &mut OdCanvas, stain: &Stain, scale: f32, r
 
 /// Places one distractor (a platelet or a small platelet clump) or none, away from `avoid`
 /// (`[cx, cy, radius]` of the leukocyte).
-pub(crate) fn draw_distractor(
-    canvas: &mut OdCanvas,
-    stain: &Stain,
-    scale: f32,
-    avoid: [f32; 3],
-    rng: &mut impl Rng,
-) {
+pub(crate) fn draw_distractor(canvas: &mut OdCanvas, stain: &Stain, scale: f32, avoid: [f32; 3], rng: &mut impl Rng) {
     if !rng.gen_bool(0.65) {
         return;
     }
@@ -177,9 +147,8 @@ pub(crate) fn draw_distractor(
         canvas.for_each_in(blob.bbox(), |x, y, px| {
             let cov = blob.coverage(x, y);
             // Pale hyalomere with a granular purple centre.
-            let d = cov
-                * (0.45 + 0.55 * (1.0 - blob.relative_radius(x, y)).max(0.0))
-                * (1.0 + 0.5 * grains.sample(x, y));
+            let d =
+                cov * (0.45 + 0.55 * (1.0 - blob.relative_radius(x, y)).max(0.0)) * (1.0 + 0.5 * grains.sample(x, y));
             for ch in 0..3 {
                 px[ch] += d * od[ch];
             }
@@ -248,54 +217,23 @@ impl Leukocyte {
         // classes, so the amount of nuclear stain in a field hardly depends on the class; the
         // N:C ratio then sets the cytoplasm.
         let (r_nuc, nc, offset, aspect_lo) = match class {
-            0 => (
-                rng.gen_range(19.0..27.0),
-                rng.gen_range(0.60..0.72),
-                rng.gen_range(0.3..0.9),
-                0.88,
-            ),
-            1 => (
-                rng.gen_range(20.0..29.0),
-                rng.gen_range(0.84..0.91),
-                rng.gen_range(0.0..0.4),
-                0.9,
-            ),
-            2 => (
-                rng.gen_range(20.0..29.0),
-                rng.gen_range(0.79..0.86),
-                rng.gen_range(0.2..0.7),
-                0.82,
-            ),
-            _ => (
-                rng.gen_range(22.0..31.0),
-                rng.gen_range(0.82..0.90),
-                rng.gen_range(0.0..0.4),
-                0.8,
-            ),
+            0 => (rng.gen_range(19.0..29.0), rng.gen_range(0.63..0.74), rng.gen_range(0.3..0.9), 0.88),
+            1 => (rng.gen_range(19.0..29.0), rng.gen_range(0.84..0.91), rng.gen_range(0.0..0.4), 0.9),
+            2 => (rng.gen_range(19.0..29.0), rng.gen_range(0.79..0.86), rng.gen_range(0.2..0.7), 0.82),
+            _ => (rng.gen_range(20.0..30.0), rng.gen_range(0.82..0.90), rng.gen_range(0.0..0.4), 0.8),
         };
         let r_nuc = r_nuc * s;
         let r_cell = r_nuc / nc;
-        let cell = Blob::new(
-            cx,
-            cy,
-            r_cell,
-            rng.gen_range(0.9..1.0),
-            rng.gen_range(0.0..TAU),
-        )
-        .wobbly(rng, 2, (2, 5), if class == 3 { 0.035 } else { 0.02 });
+        let cell = Blob::new(cx, cy, r_cell, rng.gen_range(0.9..1.0), rng.gen_range(0.0..TAU)).wobbly(
+            rng,
+            2,
+            (2, 5),
+            if class == 3 { 0.035 } else { 0.02 },
+        );
         let free = (r_cell * cell.aspect - r_nuc).max(0.0);
         let angle = rng.gen_range(0.0..TAU);
-        let (ncx, ncy) = (
-            cx + angle.cos() * free * offset,
-            cy + angle.sin() * free * offset,
-        );
-        let mut nucleus = Blob::new(
-            ncx,
-            ncy,
-            r_nuc,
-            rng.gen_range(aspect_lo..1.0),
-            rng.gen_range(0.0..TAU),
-        );
+        let (ncx, ncy) = (cx + angle.cos() * free * offset, cy + angle.sin() * free * offset);
+        let mut nucleus = Blob::new(ncx, ncy, r_nuc, rng.gen_range(aspect_lo..1.0), rng.gen_range(0.0..TAU));
         let mut notches = Vec::new();
         let mut folds = Vec::new();
         match class {
@@ -306,21 +244,13 @@ impl Leukocyte {
                 let a = rng.gen_range(0.0..TAU);
                 let rn = r_nuc * rng.gen_range(0.3..0.42);
                 let d = r_nuc * rng.gen_range(0.98..1.1);
-                notches.push(Blob::new(
-                    ncx + a.cos() * d,
-                    ncy + a.sin() * d,
-                    rn,
-                    rng.gen_range(0.6..1.0),
-                    a,
-                ));
+                notches.push(Blob::new(ncx + a.cos() * d, ncy + a.sin() * d, rn, rng.gen_range(0.6..1.0), a));
             }
             _ => {
                 // Convoluted: strong low-order lobulation plus one or two small clefts.
                 let harmonics = (0..3)
-                    .map(|i| Harmonic {
-                        k: (3 + i + rng.gen_range(0..2)) as f32,
-                        amp: rng.gen_range(0.05..0.09),
-                        phase: rng.gen_range(0.0..TAU),
+                    .map(|i| {
+                        Harmonic::new(3 + i + rng.gen_range(0..2), rng.gen_range(0.05..0.09), rng.gen_range(0.0..TAU))
                     })
                     .collect();
                 nucleus = nucleus.with_harmonics(harmonics);
@@ -346,7 +276,7 @@ impl Leukocyte {
         }
         let chromatin = match class {
             0 => Chromatin {
-                density: rng.gen_range(1.1..1.4),
+                density: rng.gen_range(1.0..1.3),
                 fine_px: 1.6 * s,
                 fine_amp: 0.06,
                 coarse_px: rng.gen_range(3.5..5.0) * s,
@@ -391,37 +321,21 @@ impl Leukocyte {
             for _ in 0..10 {
                 let a = rng.gen_range(0.0..TAU);
                 let d = r_nuc * rng.gen_range(0.0..0.6);
-                let blob = Blob::new(
-                    ncx + a.cos() * d,
-                    ncy + a.sin() * d,
-                    r,
-                    rng.gen_range(0.75..1.0),
-                    a,
-                )
-                .wobbly(rng, 1, (2, 3), 0.08);
+                let blob = Blob::new(ncx + a.cos() * d, ncy + a.sin() * d, r, rng.gen_range(0.75..1.0), a).wobbly(
+                    rng,
+                    1,
+                    (2, 3),
+                    0.08,
+                );
                 let inside = nucleus.signed_distance(blob.cx, blob.cy) > r + 1.5 * s
-                    && notches
-                        .iter()
-                        .all(|n| n.signed_distance(blob.cx, blob.cy) < -(r + 1.5 * s));
+                    && notches.iter().all(|n| n.signed_distance(blob.cx, blob.cy) < -(r + 1.5 * s));
                 if inside {
-                    nucleoli.push(Nucleolus {
-                        blob,
-                        depth: depth * rng.gen_range(0.85..1.15),
-                        rim,
-                    });
+                    nucleoli.push(Nucleolus { blob, depth: depth * rng.gen_range(0.85..1.15), rim });
                     break;
                 }
             }
         }
-        Leukocyte {
-            cell,
-            nucleus,
-            notches,
-            folds,
-            chromatin,
-            nucleoli,
-            cytoplasm_density: rng.gen_range(0.8..1.25),
-        }
+        Leukocyte { cell, nucleus, notches, folds, chromatin, nucleoli, cytoplasm_density: rng.gen_range(0.8..1.25) }
     }
 
     /// Nucleus coverage at a pixel: the lobulated outline, minus the clefts, inside the cell.
@@ -454,12 +368,7 @@ impl Leukocyte {
             }
             let (xi, yi) = (x as u32, y as u32);
             if cell_cov >= 0.5 {
-                bbox = [
-                    bbox[0].min(xi),
-                    bbox[1].min(yi),
-                    bbox[2].max(xi + 1),
-                    bbox[3].max(yi + 1),
-                ];
+                bbox = [bbox[0].min(xi), bbox[1].min(yi), bbox[2].max(xi + 1), bbox[3].max(yi + 1)];
             }
             let nuc_cov = self.nucleus_coverage(x, y, cell_cov);
             if nuc_cov >= 0.5 {
@@ -467,14 +376,11 @@ impl Leukocyte {
             }
             // Cytoplasm: a little denser towards the membrane (basophilic rim), mottled.
             let rr = self.cell.relative_radius(x, y);
-            let cyto = cell_cov
-                * (0.85 + 0.3 * smoothstep(0.6, 1.0, rr))
-                * (1.0 + 0.12 * cyto_noise.sample(x, y));
+            let cyto = cell_cov * (0.85 + 0.3 * smoothstep(0.6, 1.0, rr)) * (1.0 + 0.12 * cyto_noise.sample(x, y));
             let mut nuc = 0.0;
             if nuc_cov > 0.0 {
                 let c = &self.chromatin;
-                let mut d =
-                    1.0 + c.fine_amp * fine.sample(x, y) + c.coarse_amp * coarse.sample(x, y);
+                let mut d = 1.0 + c.fine_amp * fine.sample(x, y) + c.coarse_amp * coarse.sample(x, y);
                 let edge = self.nucleus.signed_distance(x, y);
                 d += c.rim * (1.0 - smoothstep(0.0, rim_px, edge));
                 for f in &self.folds {
@@ -492,16 +398,12 @@ impl Leukocyte {
             // Red cells beneath are mostly hidden by the leukocyte.
             let hide = 1.0 - 0.85 * cell_cov;
             for ch in 0..3 {
-                px[ch] =
-                    px[ch] * hide + cyto * cyto_od[ch] * (1.0 - 0.5 * nuc_cov) + nuc * nuc_od[ch];
+                px[ch] = px[ch] * hide + cyto * cyto_od[ch] * (1.0 - 0.5 * nuc_cov) + nuc * nuc_od[ch];
             }
         });
         if bbox[0] == u32::MAX {
             bbox = [0, 0, 0, 0];
         }
-        LeukocyteTruth {
-            bbox,
-            nucleus_mask: mask,
-        }
+        LeukocyteTruth { bbox, nucleus_mask: mask }
     }
 }
