@@ -1,1 +1,554 @@
-//! Inference (stub).
+//! Inference stage: decoded fields -> model views (whole field or nucleus ROI crops, exactly as
+//! the bundle's [`PreprocessConfig`] says) -> batched forward passes -> per-cell and per-field
+//! probabilities.
+//!
+//! Input: `RgbImage` fields (decoding, with its limits, is the caller's job so that the CLI
+//! and the server can report decode errors their own way). Output: one [`FieldPrediction`]
+//! per field, with one [`CellPrediction`] per model view and every nucleus box found.
+//!
+//! Aggregation rule (ROI mode, several crops per field): the field's `p_leukemia` is the
+//! **highest** `p_leukemia` among its cells (one blast is enough to flag a field), and the
+//! field's class probabilities are those of that most suspicious cell. The field is called
+//! `leukemia` when `p_leukemia >= threshold` (the bundle's decision threshold). With one view
+//! per field (whole-field mode, or `roi.views = largest`) the rule reduces to that view.
+//!
+//! Research use only, not a diagnostic device.
+
+use allscan_preprocess::{
+    apply_mask, aria_hsv_mask, find_nuclei, largest_nucleus_crop, resize_field, roi_crops, to_chw_normalized, BBox,
+    PreprocessConfig, RoiConfig, RoiViews, SegmentMode,
+};
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{probabilities, ClassifierConfig, LeukemiaClassifier, Task};
+
+/// Label of a field or cell at or above the threshold.
+pub const LEUKEMIA: &str = "leukemia";
+/// Label below the threshold.
+pub const HEALTHY: &str = "healthy";
+/// The documented aggregation rule, as reported in outputs.
+pub const AGGREGATION_RULE: &str = "max p_leukemia over cells";
+/// Default number of views per forward pass.
+pub const DEFAULT_BATCH: usize = 8;
+
+/// Errors of the inference stage.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// Predictor settings that cannot work together.
+    #[error("invalid predictor settings: {0}")]
+    InvalidConfig(String),
+    /// `nucleus` mode found no nucleus and the fallback is off.
+    #[error("no nucleus found in a {width}x{height} field")]
+    NoNucleus {
+        /// Field width.
+        width: u32,
+        /// Field height.
+        height: u32,
+    },
+    /// The run bundle could not be loaded.
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
+    /// Burn returned data in an unexpected form.
+    #[error("model output could not be read: {0}")]
+    Output(String),
+}
+
+/// A square (or whole-field) region in field pixels; may extend past the field when a crop
+/// was padded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    /// Left column (may be negative for a padded crop).
+    pub x: i64,
+    /// Top row (may be negative).
+    pub y: i64,
+    /// Width in field pixels.
+    pub width: u32,
+    /// Height in field pixels.
+    pub height: u32,
+}
+
+/// The model's view(s) of one field, before normalisation.
+#[derive(Debug, Clone)]
+pub struct FieldViews {
+    /// Model inputs, `input_size` x `input_size` each.
+    pub images: Vec<RgbImage>,
+    /// Where each view was cut from, in field pixels.
+    pub regions: Vec<Region>,
+    /// Index of each view's nucleus in `nuclei` (`None` for a whole-field view).
+    pub nucleus_of_view: Vec<Option<usize>>,
+    /// Every nucleus the finder found (empty in `aria-hsv` mode), largest first.
+    pub nuclei: Vec<BBox>,
+    /// Field size.
+    pub width: u32,
+    /// Field size.
+    pub height: u32,
+}
+
+/// One model view's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellPrediction {
+    /// Region the view was cut from, in field pixels.
+    pub region: Region,
+    /// The nucleus box of this view, if it is a nucleus crop.
+    pub nucleus: Option<BBox>,
+    /// `leukemia` or `healthy` at the predictor's threshold.
+    pub prediction: String,
+    /// Probability of any leukemia class.
+    pub p_leukemia: f32,
+    /// Most probable class (subtype models only).
+    pub subtype: Option<String>,
+    /// Probability per class name (binary: `healthy`/`leukemia` style names from the bundle).
+    pub probabilities: Vec<ClassProbability>,
+}
+
+/// A `(class, probability)` pair; a list rather than a map so the class order is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassProbability {
+    /// Class name.
+    pub class: String,
+    /// Probability.
+    pub p: f32,
+}
+
+/// One field's result after aggregation (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldPrediction {
+    /// `leukemia` or `healthy`.
+    pub prediction: String,
+    /// Field-level probability of leukemia (max over cells).
+    pub p_leukemia: f32,
+    /// Most probable class of the most suspicious cell (subtype models only).
+    pub subtype: Option<String>,
+    /// Class probabilities of the most suspicious cell.
+    pub probabilities: Vec<ClassProbability>,
+    /// Index into `cells` of the cell that decided the field.
+    pub decisive_cell: usize,
+    /// Every scored view.
+    pub cells: Vec<CellPrediction>,
+    /// Every nucleus found in the field (boxes for display), largest first.
+    pub nuclei: Vec<BBox>,
+    /// Field width.
+    pub width: u32,
+    /// Field height.
+    pub height: u32,
+    /// Decision threshold used.
+    pub threshold: f64,
+}
+
+/// A loaded model plus everything needed to repeat training's preprocessing.
+#[derive(Debug)]
+pub struct Predictor {
+    model: LeukemiaClassifier,
+    model_config: ClassifierConfig,
+    preprocess: PreprocessConfig,
+    class_names: Vec<String>,
+    leukemia_classes: Vec<String>,
+    threshold: f64,
+    device: Device,
+    batch_size: usize,
+}
+
+impl Predictor {
+    /// A predictor on an already loaded model. `class_names` are the model's outputs in order
+    /// (binary: two names, negative first; subtype: one per logit); `leukemia_classes` are
+    /// the names whose probabilities sum to `p_leukemia` (subtype models). The model is turned
+    /// into its eval-mode copy (`valid()`: BatchNorm on running statistics, no autodiff);
+    /// pass a BatchNorm-folded model (`for_inference()`) for speed.
+    pub fn new(
+        model: LeukemiaClassifier,
+        model_config: ClassifierConfig,
+        preprocess: PreprocessConfig,
+        class_names: Vec<String>,
+        leukemia_classes: Vec<String>,
+        threshold: f64,
+    ) -> Result<Self, InferError> {
+        let expected = match model_config.task {
+            Task::Binary => 2,
+            Task::Subtype { num_classes } => num_classes,
+        };
+        if class_names.len() != expected {
+            return Err(InferError::InvalidConfig(format!(
+                "the model has {expected} classes but {} class names were given ({:?})",
+                class_names.len(),
+                class_names
+            )));
+        }
+        if let Task::Subtype { .. } = model_config.task {
+            if let Some(bad) = leukemia_classes.iter().find(|c| !class_names.contains(c)) {
+                return Err(InferError::InvalidConfig(format!(
+                    "leukemia class {bad:?} is not among the class names {class_names:?}"
+                )));
+            }
+        }
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(InferError::InvalidConfig(format!("threshold {threshold} must be in [0, 1]")));
+        }
+        if preprocess.input_size == 0 {
+            return Err(InferError::InvalidConfig("input_size must be > 0".into()));
+        }
+        let device = model.devices().into_iter().next().unwrap_or_else(Device::flex);
+        Ok(Self {
+            model: model.valid(),
+            model_config,
+            preprocess,
+            class_names,
+            leukemia_classes,
+            threshold,
+            device,
+            batch_size: DEFAULT_BATCH,
+        })
+    }
+
+    /// The predictor of a trained run: its model (eval mode, BatchNorm folded), preprocessing,
+    /// classes and decision threshold.
+    pub fn from_bundle(bundle: &crate::bundle::RunBundle, device: &Device) -> Result<Self, InferError> {
+        let m = &bundle.metadata;
+        let model = bundle.load_model(device)?;
+        Self::new(
+            model,
+            bundle.config.model.clone(),
+            m.preprocess.clone(),
+            m.class_names.clone(),
+            m.leukemia_classes.clone(),
+            m.threshold,
+        )
+    }
+
+    /// Sets the number of views per forward pass (at least 1).
+    pub fn with_batch_size(mut self, batch: usize) -> Self {
+        self.batch_size = batch.max(1);
+        self
+    }
+
+    /// Overrides the decision threshold (clamped to [0, 1]).
+    pub fn with_threshold(mut self, threshold: f64) -> Self {
+        self.threshold = threshold.clamp(0.0, 1.0);
+        self
+    }
+
+    /// The inference model (eval mode, BatchNorm folded).
+    pub fn model(&self) -> &LeukemiaClassifier {
+        &self.model
+    }
+
+    /// The classifier's structure.
+    pub fn model_config(&self) -> &ClassifierConfig {
+        &self.model_config
+    }
+
+    /// The preprocessing repeated at inference.
+    pub fn preprocess(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Class names in output order.
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// Classes counted as leukemia.
+    pub fn leukemia_classes(&self) -> &[String] {
+        &self.leukemia_classes
+    }
+
+    /// The decision threshold on `p_leukemia`.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// Views per forward pass.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether the model has a subtype head.
+    pub fn is_subtype(&self) -> bool {
+        matches!(self.model_config.task, Task::Subtype { .. })
+    }
+
+    /// The model's views of a field: the same steps as
+    /// [`allscan_preprocess::prepare_input`], keeping where each crop came from.
+    pub fn views(&self, field: &RgbImage) -> Result<FieldViews, InferError> {
+        let cfg = &self.preprocess;
+        let size = cfg.input_size;
+        let (width, height) = field.dimensions();
+        let stained = |f: &RgbImage| match &cfg.stain {
+            Some(s) => s.apply(f),
+            None => f.clone(),
+        };
+        let whole = Region { x: 0, y: 0, width, height };
+        match cfg.mode {
+            SegmentMode::AriaHsv => {
+                let mask = aria_hsv_mask(field);
+                let segmented = apply_mask(&stained(field), &mask);
+                Ok(FieldViews {
+                    images: vec![resize_field(&segmented, size)],
+                    regions: vec![whole],
+                    nucleus_of_view: vec![None],
+                    nuclei: Vec::new(),
+                    width,
+                    height,
+                })
+            }
+            SegmentMode::Nucleus => {
+                let found = find_nuclei(field, &cfg.nucleus);
+                let stained_field = stained(field);
+                let roi = RoiConfig { output_size: size, ..cfg.roi.clone() };
+                let crops = match roi.views {
+                    RoiViews::Largest => largest_nucleus_crop(&stained_field, &found, &roi).into_iter().collect(),
+                    RoiViews::All => roi_crops(&stained_field, &found, &roi),
+                };
+                let nuclei: Vec<BBox> = found.nuclei.iter().map(|n| n.bbox).collect();
+                if crops.is_empty() {
+                    if !roi.fallback_to_field {
+                        return Err(InferError::NoNucleus { width, height });
+                    }
+                    return Ok(FieldViews {
+                        images: vec![resize_field(&stained_field, size)],
+                        regions: vec![whole],
+                        nucleus_of_view: vec![None],
+                        nuclei,
+                        width,
+                        height,
+                    });
+                }
+                let regions = crops
+                    .iter()
+                    .map(|c| Region { x: c.region.x, y: c.region.y, width: c.region.side, height: c.region.side })
+                    .collect();
+                let nucleus_of_view = crops.iter().map(|c| Some(c.nucleus_index)).collect();
+                Ok(FieldViews {
+                    images: crops.into_iter().map(|c| c.image).collect(),
+                    regions,
+                    nucleus_of_view,
+                    nuclei,
+                    width,
+                    height,
+                })
+            }
+        }
+    }
+
+    /// Normalised input tensor `[N, 3, S, S]` of views (all of one size).
+    pub fn input_tensor(&self, views: &[&RgbImage]) -> Result<Tensor<4>, InferError> {
+        let size = self.preprocess.input_size as usize;
+        let mut data = Vec::with_capacity(views.len() * 3 * size * size);
+        for v in views {
+            if v.dimensions() != (size as u32, size as u32) {
+                return Err(InferError::InvalidConfig(format!(
+                    "view is {}x{}, expected {size}x{size}",
+                    v.width(),
+                    v.height()
+                )));
+            }
+            data.extend(to_chw_normalized(v, &self.preprocess.normalization));
+        }
+        Ok(Tensor::from_data(TensorData::new(data, [views.len(), 3, size, size]), &self.device))
+    }
+
+    /// Class probabilities of views, `[N][outputs]` (binary: `[p]`), in batches.
+    pub fn view_probabilities(&self, views: &[&RgbImage]) -> Result<Vec<Vec<f32>>, InferError> {
+        let mut out = Vec::with_capacity(views.len());
+        let k = self.model_config.task.num_outputs();
+        for chunk in views.chunks(self.batch_size) {
+            let x = self.input_tensor(chunk)?;
+            let p = probabilities(self.model_config.task, self.model.forward(x)); // [b, k]
+            let flat = p.into_data().try_to_vec::<f32>().map_err(|e| InferError::Output(format!("{e:?}")))?;
+            if flat.len() != chunk.len() * k {
+                return Err(InferError::Output(format!("{} values for {} views x {k}", flat.len(), chunk.len())));
+            }
+            out.extend(flat.chunks(k).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    }
+
+    /// `p_leukemia` of one output row: the sigmoid output (binary) or the summed probabilities
+    /// of the leukemia classes (subtype).
+    pub fn p_leukemia(&self, probs: &[f32]) -> f32 {
+        match self.model_config.task {
+            Task::Binary => probs.first().copied().unwrap_or(0.0),
+            Task::Subtype { .. } => self
+                .class_names
+                .iter()
+                .zip(probs)
+                .filter(|(name, _)| self.leukemia_classes.contains(name))
+                .map(|(_, p)| *p)
+                .sum::<f32>()
+                .clamp(0.0, 1.0),
+        }
+    }
+
+    fn label(&self, p: f32) -> String {
+        if f64::from(p) >= self.threshold {
+            LEUKEMIA.to_string()
+        } else {
+            HEALTHY.to_string()
+        }
+    }
+
+    fn cell(&self, probs: &[f32], region: Region, nucleus: Option<BBox>) -> CellPrediction {
+        let p_leukemia = self.p_leukemia(probs);
+        let probabilities = match self.model_config.task {
+            Task::Binary => {
+                let p = probs.first().copied().unwrap_or(0.0);
+                vec![
+                    ClassProbability { class: self.class_names[0].clone(), p: 1.0 - p },
+                    ClassProbability { class: self.class_names[1].clone(), p },
+                ]
+            }
+            Task::Subtype { .. } => {
+                self.class_names.iter().zip(probs).map(|(c, p)| ClassProbability { class: c.clone(), p: *p }).collect()
+            }
+        };
+        let subtype = match self.model_config.task {
+            Task::Binary => None,
+            Task::Subtype { .. } => probabilities.iter().max_by(|a, b| a.p.total_cmp(&b.p)).map(|c| c.class.clone()),
+        };
+        CellPrediction { region, nucleus, prediction: self.label(p_leukemia), p_leukemia, subtype, probabilities }
+    }
+
+    /// Aggregates a field's cells with the module's rule.
+    fn aggregate(&self, views: &FieldViews, cells: Vec<CellPrediction>) -> FieldPrediction {
+        let decisive =
+            cells.iter().enumerate().max_by(|a, b| a.1.p_leukemia.total_cmp(&b.1.p_leukemia)).map_or(0, |(i, _)| i);
+        let (p_leukemia, subtype, probabilities) = match cells.get(decisive) {
+            Some(c) => (c.p_leukemia, c.subtype.clone(), c.probabilities.clone()),
+            None => (0.0, None, Vec::new()),
+        };
+        FieldPrediction {
+            prediction: self.label(p_leukemia),
+            p_leukemia,
+            subtype,
+            probabilities,
+            decisive_cell: decisive,
+            cells,
+            nuclei: views.nuclei.clone(),
+            width: views.width,
+            height: views.height,
+            threshold: self.threshold,
+        }
+    }
+
+    /// Predicts decoded fields: every view of every field goes through batched forward passes
+    /// (views of different fields share batches). One result per field, in order; a field
+    /// whose views cannot be built gets its error in place.
+    pub fn predict_fields(&self, fields: &[&RgbImage]) -> Vec<Result<FieldPrediction, InferError>> {
+        let views: Vec<Result<FieldViews, InferError>> = fields.iter().map(|f| self.views(f)).collect();
+        let flat: Vec<&RgbImage> = views.iter().filter_map(|v| v.as_ref().ok()).flat_map(|v| v.images.iter()).collect();
+        let probs = match self.view_probabilities(&flat) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = e.to_string();
+                return fields.iter().map(|_| Err(InferError::Output(msg.clone()))).collect();
+            }
+        };
+        let mut next = probs.into_iter();
+        views
+            .into_iter()
+            .map(|v| {
+                let v = v?;
+                let mut cells = Vec::with_capacity(v.images.len());
+                for (i, region) in v.regions.iter().enumerate() {
+                    let p = next.next().ok_or_else(|| InferError::Output("fewer outputs than views".into()))?;
+                    let nucleus = v.nucleus_of_view[i].and_then(|n| v.nuclei.get(n).copied());
+                    cells.push(self.cell(&p, *region, nucleus));
+                }
+                Ok(self.aggregate(&v, cells))
+            })
+            .collect()
+    }
+
+    /// Predicts one decoded field.
+    pub fn predict_field(&self, field: &RgbImage) -> Result<FieldPrediction, InferError> {
+        self.predict_fields(&[field]).pop().unwrap_or_else(|| Err(InferError::Output("no result".into())))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use densenet_burn::{DenseNetConfig, DenseNetVariant};
+
+    /// A tiny random binary classifier for fast tests.
+    pub(crate) fn tiny_predictor(task: Task, preprocess: PreprocessConfig) -> Predictor {
+        let device = Device::flex();
+        let mut config = ClassifierConfig::binary(DenseNetVariant::DenseNet121)
+            .with_custom_backbone(DenseNetConfig::custom(4, vec![2, 2], 8, None));
+        config.task = task;
+        config.hidden = 8;
+        let model = config.init(&device).unwrap();
+        let (names, leuk): (Vec<String>, Vec<String>) = match task {
+            Task::Binary => (vec!["healthy".into(), "leukemia".into()], vec!["leukemia".into()]),
+            Task::Subtype { num_classes } => {
+                let names: Vec<String> = (0..num_classes).map(|i| format!("c{i}")).collect();
+                (names.clone(), names[1..].to_vec())
+            }
+        };
+        Predictor::new(model, config, preprocess, names, leuk, 0.5).unwrap()
+    }
+
+    fn small_cfg(views: RoiViews) -> PreprocessConfig {
+        PreprocessConfig { input_size: 64, roi: RoiConfig { views, ..Default::default() }, ..Default::default() }
+    }
+
+    #[test]
+    fn binary_field_prediction_has_cells_and_a_consistent_label() {
+        let p = tiny_predictor(Task::Binary, small_cfg(RoiViews::All));
+        let mut rng = crate::synth::field_rng(1, 2, 0);
+        let field = crate::synth::render_field(2, 128, &mut rng);
+        let r = p.predict_field(&field.image).unwrap();
+        assert!(!r.cells.is_empty());
+        assert!(!r.nuclei.is_empty(), "a synthetic field has a nucleus");
+        let max = r.cells.iter().map(|c| c.p_leukemia).fold(0.0f32, f32::max);
+        assert_eq!(r.p_leukemia, max);
+        assert_eq!(r.prediction == LEUKEMIA, f64::from(r.p_leukemia) >= 0.5);
+        assert_eq!(r.probabilities.len(), 2);
+        assert!((r.probabilities[0].p + r.probabilities[1].p - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn batching_does_not_change_results_and_threshold_moves_the_label() {
+        let p = tiny_predictor(Task::Subtype { num_classes: 4 }, small_cfg(RoiViews::Largest));
+        let fields: Vec<RgbImage> =
+            (0..3).map(|i| crate::synth::render_field(i, 96, &mut crate::synth::field_rng(3, i, i)).image).collect();
+        let refs: Vec<&RgbImage> = fields.iter().collect();
+        let a: Vec<_> = p.predict_fields(&refs).into_iter().map(Result::unwrap).collect();
+        let p = p.with_batch_size(1);
+        let b: Vec<_> = p.predict_fields(&refs).into_iter().map(Result::unwrap).collect();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x.p_leukemia - y.p_leukemia).abs() < 1e-4);
+            assert!(x.subtype.is_some());
+            let s: f32 = x.probabilities.iter().map(|c| c.p).sum();
+            assert!((s - 1.0).abs() < 1e-4);
+        }
+        let p0 = p.with_threshold(0.0);
+        assert!(p0.predict_fields(&refs).into_iter().all(|r| r.unwrap().prediction == LEUKEMIA));
+    }
+
+    #[test]
+    fn wrong_class_names_are_rejected() {
+        let device = Device::flex();
+        let config = ClassifierConfig::binary(DenseNetVariant::DenseNet121)
+            .with_custom_backbone(DenseNetConfig::custom(4, vec![2], 8, None));
+        let model = config.init(&device).unwrap();
+        let r = Predictor::new(model, config, PreprocessConfig::default(), vec!["a".into()], vec![], 0.5);
+        assert!(matches!(r, Err(InferError::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn no_nucleus_without_fallback_is_an_error() {
+        let mut cfg = small_cfg(RoiViews::Largest);
+        cfg.roi.fallback_to_field = false;
+        let p = tiny_predictor(Task::Binary, cfg);
+        let blank = RgbImage::from_pixel(80, 80, image::Rgb([235, 230, 240]));
+        assert!(matches!(p.predict_field(&blank), Err(InferError::NoNucleus { .. })));
+    }
+}

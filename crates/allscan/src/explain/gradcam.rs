@@ -1,0 +1,175 @@
+//! Explain stage, Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391) on the last dense block.
+//!
+//! Input: a classifier and normalised views `[B, 3, H, W]`. Output: one heat map per view,
+//! `H x W`, normalised to `[0, 1]`.
+//!
+//! Steps: the feature map `A = forward_features(x)` (`[B, C, h, w]`, after `norm5` + ReLU) is
+//! computed on the inference model, then re-entered as an autodiff leaf that requires its
+//! gradient; the head runs on it and the class score `y` is back-propagated to `A` only (the
+//! backbone's parameters need no gradient, so no autodiff copy of the model is made).
+//! Channel weights `a_c = mean_ij dy/dA_cij`; map `relu(sum_c a_c A_c)`, bilinearly upsampled
+//! to the input and divided by its maximum.
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::model::{LeukemiaClassifier, Task};
+
+/// Errors of the explanation stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// Burn returned no gradient or data in an unexpected form.
+    #[error("Grad-CAM failed: {0}")]
+    Backend(String),
+}
+
+/// Which class score a Grad-CAM map explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CamTarget {
+    /// The predicted class of each view (binary: the leukemia logit when it is positive, its
+    /// negation, i.e. the evidence for healthy, otherwise).
+    Predicted,
+    /// Binary: the leukemia logit whatever the prediction; subtype: this class index.
+    Class(usize),
+}
+
+/// A single-channel map over an image, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmap {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height` values, row-major.
+    pub values: Vec<f32>,
+}
+
+impl Heatmap {
+    /// An all-zero map.
+    pub fn zeros(width: u32, height: u32) -> Self {
+        Self { width, height, values: vec![0.0; width as usize * height as usize] }
+    }
+
+    /// Value at `(x, y)` (0 outside).
+    pub fn get(&self, x: u32, y: u32) -> f32 {
+        if x >= self.width || y >= self.height {
+            return 0.0;
+        }
+        self.values[y as usize * self.width as usize + x as usize]
+    }
+
+    /// Bilinear sample at continuous pixel-centre coordinates (edges clamped).
+    pub fn sample(&self, fx: f32, fy: f32) -> f32 {
+        if self.width == 0 || self.height == 0 {
+            return 0.0;
+        }
+        let fx = (fx - 0.5).clamp(0.0, (self.width - 1) as f32);
+        let fy = (fy - 0.5).clamp(0.0, (self.height - 1) as f32);
+        let (x0, y0) = (fx.floor() as u32, fy.floor() as u32);
+        let (x1, y1) = ((x0 + 1).min(self.width - 1), (y0 + 1).min(self.height - 1));
+        let (tx, ty) = (fx - x0 as f32, fy - y0 as f32);
+        let top = self.get(x0, y0) * (1.0 - tx) + self.get(x1, y0) * tx;
+        let bottom = self.get(x0, y1) * (1.0 - tx) + self.get(x1, y1) * tx;
+        top * (1.0 - ty) + bottom * ty
+    }
+
+    /// Bilinear resampling to `width x height` (half-pixel centres, as `align_corners=False`).
+    pub fn resized(&self, width: u32, height: u32) -> Self {
+        let sx = self.width as f32 / width.max(1) as f32;
+        let sy = self.height as f32 / height.max(1) as f32;
+        let mut values = Vec::with_capacity(width as usize * height as usize);
+        for y in 0..height {
+            for x in 0..width {
+                values.push(self.sample((x as f32 + 0.5) * sx, (y as f32 + 0.5) * sy));
+            }
+        }
+        Self { width, height, values }
+    }
+
+    /// Divides by the maximum so the hottest pixel is 1 (an all-zero map stays zero).
+    pub fn normalized(mut self) -> Self {
+        let max = self.values.iter().copied().fold(0.0f32, f32::max);
+        if max > 0.0 && max.is_finite() {
+            for v in &mut self.values {
+                *v = (*v / max).clamp(0.0, 1.0);
+            }
+        } else {
+            self.values.iter_mut().for_each(|v| *v = 0.0);
+        }
+        self
+    }
+
+    /// Share of the total heat inside `[x0, y0, x1, y1)`.
+    pub fn mass_inside(&self, bbox: [u32; 4]) -> f32 {
+        let total: f32 = self.values.iter().sum();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        let mut inside = 0.0;
+        for y in bbox[1]..bbox[3].min(self.height) {
+            for x in bbox[0]..bbox[2].min(self.width) {
+                inside += self.get(x, y);
+            }
+        }
+        inside / total
+    }
+}
+
+/// Grad-CAM maps of `input` (`[B, 3, H, W]`, normalised) for `target`, one per view, at the
+/// input's size. `model` should be an inference copy (eval mode), on a non-autodiff device.
+pub fn grad_cam(
+    model: &LeukemiaClassifier,
+    task: Task,
+    input: Tensor<4>,
+    target: CamTarget,
+) -> Result<Vec<Heatmap>, ExplainError> {
+    let [b, _, in_h, in_w] = input.dims();
+    let features = model.forward_features(input).without_autodiff(); // [B, C, h, w]
+    let [_, c, h, w] = features.dims();
+    let leaf = features.clone().autodiff().require_grad();
+    let logits = model.forward_head(leaf.clone()); // [B, K]
+    let k = logits.dims()[1];
+    let values = read(logits.clone().without_autodiff().into_data())?;
+    // Per-view selection of the explained score: +-1 on one logit.
+    let mut select = vec![0f32; b * k];
+    for i in 0..b {
+        let row = &values[i * k..(i + 1) * k];
+        let (idx, sign) = match (task, target) {
+            (Task::Binary, CamTarget::Predicted) => (0, if row[0] >= 0.0 { 1.0 } else { -1.0 }),
+            (Task::Binary, CamTarget::Class(_)) => (0, 1.0),
+            (Task::Subtype { .. }, CamTarget::Predicted) => {
+                (row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j), 1.0)
+            }
+            (Task::Subtype { .. }, CamTarget::Class(j)) => (j.min(k - 1), 1.0),
+        };
+        select[i * k + idx] = sign;
+    }
+    let device = logits.device();
+    let select = Tensor::<2>::from_data(TensorData::new(select, [b, k]), &device);
+    let score = (logits * select).sum();
+    let grads = score.backward();
+    let grad = leaf.grad(&grads).ok_or_else(|| ExplainError::Backend("no gradient reached the feature map".into()))?;
+    let grad_dbg = grad.clone();
+    let weights = grad.mean_dims(&[2, 3]); // [B, C, 1, 1]
+    let cam = (features * weights.without_autodiff()).sum_dim(1); // [B, 1, h, w]
+    let cam = read(cam.into_data())?;
+    if std::env::var("ALLSCAN_DEBUG_CAM").is_ok() {
+        let g = read(grad_dbg.into_data())?;
+        eprintln!("grad abs sum {} cam {:?}", g.iter().map(|v| v.abs()).sum::<f32>(), &cam[..cam.len().min(16)]);
+    }
+    let plane = h * w;
+    debug_assert_eq!(cam.len(), b * plane, "channels {c}");
+    Ok((0..b)
+        .map(|i| {
+            let small = Heatmap {
+                width: w as u32,
+                height: h as u32,
+                values: cam[i * plane..(i + 1) * plane].iter().map(|v| v.max(0.0)).collect(),
+            };
+            small.resized(in_w as u32, in_h as u32).normalized()
+        })
+        .collect())
+}
+
+fn read(data: TensorData) -> Result<Vec<f32>, ExplainError> {
+    data.try_to_vec::<f32>().map_err(|e| ExplainError::Backend(format!("{e:?}")))
+}
