@@ -5,6 +5,7 @@ Input: nothing (seeded random weights). Output, in OUT_DIR:
   <name>.pth           torchvision state_dict (zip format, current key names)
   <name>_legacy.pth    the same in the legacy pickle format with the 2017 key names
                        (`denselayer1.norm.1.weight`), as in densenet201-c1103571.pth
+  tiny_checkpoint.pth  (tiny only) {"epoch": 3, "state_dict": ...}, as training scripts save
   <name>.json          config, shapes and file names
   <name>_input.f32     fixed input, little-endian float32, NCHW
   <name>_logits.f32    eval-mode logits
@@ -71,6 +72,9 @@ def main():
         (re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k), v)
         for k, v in sd.items())
     torch.save(legacy, out / f"{name}_legacy.pth", _use_new_zipfile_serialization=False)
+    if name == "tiny":
+        # A training checkpoint: the state_dict nested under "state_dict" beside other entries.
+        torch.save({"epoch": 3, "state_dict": sd}, out / f"{name}_checkpoint.pth")
     x.numpy().astype("<f4").tofile(out / f"{name}_input.f32")
     logits.numpy().astype("<f4").tofile(out / f"{name}_logits.f32")
     features.numpy().astype("<f4").tofile(out / f"{name}_features.f32")

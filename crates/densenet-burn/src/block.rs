@@ -11,12 +11,44 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+/// An eval-mode BatchNorm reduced to one per-channel scale and shift, so that
+/// `relu(bn(x))` costs a multiply, an add and a ReLU (in place) instead of Burn's generic
+/// four-pass BatchNorm. Set by [`DenseNet::fold_batchnorm`](crate::DenseNet::fold_batchnorm).
+#[derive(Clone, Debug)]
+pub struct ChannelAffine {
+    /// `gamma / sqrt(var + eps)`, shaped `[1, C, 1, 1]`.
+    pub scale: Tensor<4>,
+    /// `beta - mean * scale`, shaped `[1, C, 1, 1]`.
+    pub shift: Tensor<4>,
+}
+
+impl ChannelAffine {
+    /// The affine form of an eval-mode `bn`.
+    pub fn from_batchnorm(bn: &BatchNorm) -> Self {
+        let var = bn.running_var.value();
+        let scale = bn.gamma.val().div(var.add_scalar(bn.epsilon).sqrt()); // [C]
+        let shift = bn.beta.val().sub(bn.running_mean.value().mul(scale.clone())); // [C]
+        let [c] = scale.dims();
+        Self { scale: scale.reshape([1, c, 1, 1]), shift: shift.reshape([1, c, 1, 1]) }
+    }
+
+    /// `relu(x * scale + shift)`: `[B, C, H, W] -> [B, C, H, W]`.
+    pub fn relu(&self, x: Tensor<4>) -> Tensor<4> {
+        relu(x.mul(self.scale.clone()).add(self.shift.clone()))
+    }
+}
+
+/// `relu(bn(x))`, through the precomputed affine form when there is one.
+pub(crate) fn bn_relu(bn: &BatchNorm, affine: &Option<ChannelAffine>, x: Tensor<4>) -> Tensor<4> {
+    match affine {
+        Some(a) => a.relu(x),
+        None => relu(bn.forward(x)),
+    }
+}
+
 /// torchvision initialises convolutions with `kaiming_normal_` (fan-in, ReLU gain).
 pub(crate) fn conv_initializer() -> Initializer {
-    Initializer::KaimingNormal {
-        gain: std::f64::consts::SQRT_2,
-        fan_out_only: false,
-    }
+    Initializer::KaimingNormal { gain: std::f64::consts::SQRT_2, fan_out_only: false }
 }
 
 /// One bottleneck dense layer: `norm1 -> relu -> conv1 (1x1) -> norm2 -> relu -> conv2 (3x3)`.
@@ -33,6 +65,9 @@ pub struct DenseLayer {
     /// True once `norm2` has been folded into `conv1` for inference (see [`crate::fold`]).
     #[module(skip)]
     pub norm2_folded: bool,
+    /// `norm1` in affine form, set for inference only (see [`crate::fold`]).
+    #[module(skip)]
+    pub norm1_affine: Option<ChannelAffine>,
 }
 
 impl DenseLayer {
@@ -52,17 +87,14 @@ impl DenseLayer {
                 .with_initializer(conv_initializer())
                 .init(device),
             norm2_folded: false,
+            norm1_affine: None,
         }
     }
 
     /// `[B, C_in, H, W] -> [B, growth_rate, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.conv1.forward(relu(self.norm1.forward(x))); // [B, bn_size*k, H, W]
-        let x = if self.norm2_folded {
-            x
-        } else {
-            self.norm2.forward(x)
-        };
+        let x = self.conv1.forward(bn_relu(&self.norm1, &self.norm1_affine, x)); // [B, bn_size*k, H, W]
+        let x = if self.norm2_folded { x } else { self.norm2.forward(x) };
         self.conv2.forward(relu(x)) // [B, k, H, W]
     }
 }
@@ -76,13 +108,7 @@ pub struct DenseBlock {
 
 impl DenseBlock {
     /// `num_layers` layers on `in_channels` input channels.
-    pub fn new(
-        num_layers: usize,
-        in_channels: usize,
-        growth_rate: usize,
-        bn_size: usize,
-        device: &Device,
-    ) -> Self {
+    pub fn new(num_layers: usize, in_channels: usize, growth_rate: usize, bn_size: usize, device: &Device) -> Self {
         let denselayer = (0..num_layers)
             .map(|i| DenseLayer::new(in_channels + i * growth_rate, growth_rate, bn_size, device))
             .collect();
@@ -91,10 +117,7 @@ impl DenseBlock {
 
     /// Channels this block adds to its input.
     pub fn added_channels(&self) -> usize {
-        self.denselayer
-            .iter()
-            .map(|l| l.conv2.weight.shape().dims::<4>()[0])
-            .sum()
+        self.denselayer.iter().map(|l| l.conv2.weight.shape().dims::<4>()[0]).sum()
     }
 
     /// `[B, C, H, W] -> [B, C + L*k, H, W]`.
@@ -146,6 +169,9 @@ pub struct Transition {
     pub conv: Conv2d,
     /// 2x2 average pool, stride 2.
     pub pool: AvgPool2d,
+    /// `norm` in affine form, set for inference only (see [`crate::fold`]).
+    #[module(skip)]
+    pub norm_affine: Option<ChannelAffine>,
 }
 
 impl Transition {
@@ -158,12 +184,13 @@ impl Transition {
                 .with_initializer(conv_initializer())
                 .init(device),
             pool: AvgPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            norm_affine: None,
         }
     }
 
     /// `[B, C, H, W] -> [B, floor(C*compression), H/2, W/2]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.conv.forward(relu(self.norm.forward(x)));
+        let x = self.conv.forward(bn_relu(&self.norm, &self.norm_affine, x));
         self.pool.forward(x)
     }
 }

@@ -34,11 +34,7 @@ impl DenseNetVariant {
 
     /// Parses `densenet121|densenet169|densenet201` (case-insensitive, `-`/`_` ignored).
     pub fn from_name(name: &str) -> Option<Self> {
-        let norm: String = name
-            .chars()
-            .filter(|c| *c != '-' && *c != '_')
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let norm: String = name.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_lowercase();
         Self::ALL.into_iter().find(|v| v.name() == norm)
     }
 
@@ -62,10 +58,7 @@ impl DenseNetVariant {
 
     /// Official torchvision download URL (IMAGENET1K_V1 weights).
     pub fn torchvision_url(self) -> String {
-        format!(
-            "https://download.pytorch.org/models/{}",
-            self.torchvision_file_name()
-        )
+        format!("https://download.pytorch.org/models/{}", self.torchvision_file_name())
     }
 
     /// The ImageNet configuration of this variant (1,000 classes).
@@ -119,14 +112,7 @@ impl DenseNetConfig {
         num_init_features: usize,
         num_classes: Option<usize>,
     ) -> Self {
-        Self {
-            growth_rate,
-            block_config,
-            num_init_features,
-            bn_size: 4,
-            compression: 0.5,
-            num_classes,
-        }
+        Self { growth_rate, block_config, num_init_features, bn_size: 4, compression: 0.5, num_classes }
     }
 
     /// The same network without the `classifier` layer.
@@ -159,10 +145,7 @@ impl DenseNetConfig {
 
     /// Channels of [`DenseNet::forward_features`](crate::DenseNet::forward_features).
     pub fn num_features(&self) -> usize {
-        *self
-            .stage_channels()
-            .last()
-            .unwrap_or(&self.num_init_features)
+        *self.stage_channels().last().unwrap_or(&self.num_init_features)
     }
 
     /// Which torchvision variant this is, if any (ignores `num_classes`).
@@ -193,10 +176,7 @@ impl DenseNetConfig {
             ));
         }
         if !(self.compression > 0.0 && self.compression <= 1.0) {
-            return bad(format!(
-                "compression {} must be in (0, 1]",
-                self.compression
-            ));
+            return bad(format!("compression {} must be in (0, 1]", self.compression));
         }
         if self.num_classes == Some(0) {
             return bad("num_classes must be > 0 (or None for features only)".into());
@@ -224,18 +204,9 @@ mod tests {
 
     #[test]
     fn stage_channels_match_torchvision() {
-        assert_eq!(
-            DenseNetVariant::DenseNet121.config().stage_channels(),
-            vec![64, 128, 256, 512, 1024]
-        );
-        assert_eq!(
-            DenseNetVariant::DenseNet169.config().stage_channels(),
-            vec![64, 128, 256, 640, 1664]
-        );
-        assert_eq!(
-            DenseNetVariant::DenseNet201.config().stage_channels(),
-            vec![64, 128, 256, 896, 1920]
-        );
+        assert_eq!(DenseNetVariant::DenseNet121.config().stage_channels(), vec![64, 128, 256, 512, 1024]);
+        assert_eq!(DenseNetVariant::DenseNet169.config().stage_channels(), vec![64, 128, 256, 640, 1664]);
+        assert_eq!(DenseNetVariant::DenseNet201.config().stage_channels(), vec![64, 128, 256, 896, 1920]);
     }
 
     #[test]
@@ -244,10 +215,7 @@ mod tests {
             assert_eq!(DenseNetVariant::from_name(v.name()), Some(v));
             assert_eq!(v.config().variant(), Some(v));
         }
-        assert_eq!(
-            DenseNetVariant::from_name("DenseNet-201"),
-            Some(DenseNetVariant::DenseNet201)
-        );
+        assert_eq!(DenseNetVariant::from_name("DenseNet-201"), Some(DenseNetVariant::DenseNet201));
         let c = DenseNetConfig::custom(8, vec![2, 2, 2, 2], 16, Some(3));
         let json = serde_json::to_string(&c).unwrap();
         let back: DenseNetConfig = serde_json::from_str(&json).unwrap();
@@ -257,20 +225,10 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_configs() {
-        assert!(DenseNetConfig::custom(0, vec![2], 8, None)
-            .validate()
-            .is_err());
-        assert!(DenseNetConfig::custom(8, vec![], 8, None)
-            .validate()
-            .is_err());
-        assert!(DenseNetConfig::custom(8, vec![2, 0], 8, None)
-            .validate()
-            .is_err());
-        assert!(DenseNetConfig::custom(8, vec![2, 2], 8, Some(0))
-            .validate()
-            .is_err());
-        assert!(DenseNetConfig::custom(8, vec![2, 2], 8, Some(2))
-            .validate()
-            .is_ok());
+        assert!(DenseNetConfig::custom(0, vec![2], 8, None).validate().is_err());
+        assert!(DenseNetConfig::custom(8, vec![], 8, None).validate().is_err());
+        assert!(DenseNetConfig::custom(8, vec![2, 0], 8, None).validate().is_err());
+        assert!(DenseNetConfig::custom(8, vec![2, 2], 8, Some(0)).validate().is_err());
+        assert!(DenseNetConfig::custom(8, vec![2, 2], 8, Some(2)).validate().is_ok());
     }
 }

@@ -13,7 +13,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, Pa
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::block::{conv_initializer, DenseBlock, Transition};
+use crate::block::{bn_relu, conv_initializer, ChannelAffine, DenseBlock, Transition};
 use crate::config::transition_out;
 use crate::{DenseNetConfig, DenseNetError, DenseNetVariant};
 
@@ -35,6 +35,9 @@ pub struct Features {
     /// True once `norm0` has been folded into `conv0` for inference.
     #[module(skip)]
     pub norm0_folded: bool,
+    /// `norm5` in affine form, set for inference only (see [`crate::fold`]).
+    #[module(skip)]
+    pub norm5_affine: Option<ChannelAffine>,
 }
 
 /// DenseNet with torchvision's structure and state_dict layout (after one key remap, see
@@ -81,13 +84,11 @@ impl DenseNet {
             transition,
             norm5: BatchNormConfig::new(c).init(device),
             norm0_folded: false,
+            norm5_affine: None,
         };
         let classifier = config.num_classes.map(|n| {
             LinearConfig::new(c, n)
-                .with_initializer(Initializer::KaimingUniform {
-                    gain: 1.0 / 3f64.sqrt(),
-                    fan_out_only: false,
-                })
+                .with_initializer(Initializer::KaimingUniform { gain: 1.0 / 3f64.sqrt(), fan_out_only: false })
                 .init(device)
         });
         let classifier = classifier.map(|mut l| {
@@ -95,10 +96,7 @@ impl DenseNet {
             l.bias = l.bias.map(|b| b.map(|t| t.zeros_like()));
             l
         });
-        Ok(Self {
-            features,
-            classifier,
-        })
+        Ok(Self { features, classifier })
     }
 
     /// Number of dense blocks.
@@ -115,11 +113,7 @@ impl DenseNet {
     pub fn forward_stem(&self, x: Tensor<4>) -> Tensor<4> {
         let f = &self.features;
         let x = f.conv0.forward(x); // [B, 64, H/2, W/2]
-        let x = if f.norm0_folded {
-            x
-        } else {
-            f.norm0.forward(x)
-        };
+        let x = if f.norm0_folded { x } else { f.norm0.forward(x) };
         f.pool0.forward(relu(x)) // [B, 64, H/4, W/4]
     }
 
@@ -140,7 +134,8 @@ impl DenseNet {
     pub fn forward_from(&self, block: usize, x: Tensor<4>) -> Tensor<4> {
         let n = self.num_blocks();
         let x = self.run_blocks(x, block.min(n), n);
-        relu(self.features.norm5.forward(x))
+        let f = &self.features;
+        bn_relu(&f.norm5, &f.norm5_affine, x) // [B, C, H/32, W/32]
     }
 
     fn run_blocks(&self, mut x: Tensor<4>, from: usize, to: usize) -> Tensor<4> {
@@ -204,54 +199,30 @@ impl DenseNet {
 
 /// DenseNet-121 with an ImageNet-style classifier of `num_classes` outputs.
 pub fn densenet121(num_classes: usize, device: &Device) -> Result<DenseNet, DenseNetError> {
-    DenseNet::new(
-        &DenseNetVariant::DenseNet121
-            .config()
-            .with_num_classes(num_classes),
-        device,
-    )
+    DenseNet::new(&DenseNetVariant::DenseNet121.config().with_num_classes(num_classes), device)
 }
 
 /// DenseNet-169 with an ImageNet-style classifier of `num_classes` outputs.
 pub fn densenet169(num_classes: usize, device: &Device) -> Result<DenseNet, DenseNetError> {
-    DenseNet::new(
-        &DenseNetVariant::DenseNet169
-            .config()
-            .with_num_classes(num_classes),
-        device,
-    )
+    DenseNet::new(&DenseNetVariant::DenseNet169.config().with_num_classes(num_classes), device)
 }
 
 /// DenseNet-201 with an ImageNet-style classifier of `num_classes` outputs.
 pub fn densenet201(num_classes: usize, device: &Device) -> Result<DenseNet, DenseNetError> {
-    DenseNet::new(
-        &DenseNetVariant::DenseNet201
-            .config()
-            .with_num_classes(num_classes),
-        device,
-    )
+    DenseNet::new(&DenseNetVariant::DenseNet201.config().with_num_classes(num_classes), device)
 }
 
 /// DenseNet-121 trunk only (`forward_features` -> `[B, 1024, 7, 7]`).
 pub fn densenet121_features(device: &Device) -> Result<DenseNet, DenseNetError> {
-    DenseNet::new(
-        &DenseNetVariant::DenseNet121.config().features_only(),
-        device,
-    )
+    DenseNet::new(&DenseNetVariant::DenseNet121.config().features_only(), device)
 }
 
 /// DenseNet-169 trunk only (`forward_features` -> `[B, 1664, 7, 7]`).
 pub fn densenet169_features(device: &Device) -> Result<DenseNet, DenseNetError> {
-    DenseNet::new(
-        &DenseNetVariant::DenseNet169.config().features_only(),
-        device,
-    )
+    DenseNet::new(&DenseNetVariant::DenseNet169.config().features_only(), device)
 }
 
 /// DenseNet-201 trunk only (`forward_features` -> `[B, 1920, 7, 7]`).
 pub fn densenet201_features(device: &Device) -> Result<DenseNet, DenseNetError> {
-    DenseNet::new(
-        &DenseNetVariant::DenseNet201.config().features_only(),
-        device,
-    )
+    DenseNet::new(&DenseNetVariant::DenseNet201.config().features_only(), device)
 }

@@ -75,12 +75,7 @@ pub enum DenseNetError {
 }
 
 fn list(keys: &[String], limit: usize) -> String {
-    let mut s = keys
-        .iter()
-        .take(limit)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = keys.iter().take(limit).cloned().collect::<Vec<_>>().join(", ");
     if keys.len() > limit {
         s.push_str(&format!(", ... and {} more", keys.len() - limit));
     }
@@ -95,14 +90,9 @@ fn describe_incompatible(
 ) -> String {
     let mut parts = Vec::new();
     if let Some(blocks) = file_blocks {
-        let known = crate::DenseNetVariant::ALL
-            .into_iter()
-            .find(|v| v.block_config().as_slice() == blocks.as_slice());
+        let known = crate::DenseNetVariant::ALL.into_iter().find(|v| v.block_config().as_slice() == blocks.as_slice());
         parts.push(match known {
-            Some(v) => format!(
-                "the file looks like {v} (dense blocks {})",
-                blocks_str(blocks)
-            ),
+            Some(v) => format!("the file looks like {v} (dense blocks {})", blocks_str(blocks)),
             None => format!("the file has dense blocks {}", blocks_str(blocks)),
         });
     }
@@ -112,38 +102,18 @@ fn describe_incompatible(
             .take(10)
             .map(|m| format!("{} expected {:?} found {:?}", m.key, m.expected, m.found))
             .collect();
-        let more = if shapes.len() > 10 {
-            format!(", ... and {} more", shapes.len() - 10)
-        } else {
-            String::new()
-        };
-        parts.push(format!(
-            "{} shape mismatches: {}{more}",
-            shapes.len(),
-            shown.join("; ")
-        ));
+        let more = if shapes.len() > 10 { format!(", ... and {} more", shapes.len() - 10) } else { String::new() };
+        parts.push(format!("{} shape mismatches: {}{more}", shapes.len(), shown.join("; ")));
     }
     if !missing.is_empty() {
-        parts.push(format!(
-            "{} missing keys: {}",
-            missing.len(),
-            list(missing, 10)
-        ));
+        parts.push(format!("{} missing keys: {}", missing.len(), list(missing, 10)));
     }
     if !unused.is_empty() {
-        parts.push(format!(
-            "{} unused keys: {}",
-            unused.len(),
-            list(unused, 10)
-        ));
+        parts.push(format!("{} unused keys: {}", unused.len(), list(unused, 10)));
     }
     parts.join("; ")
 }
 
 fn blocks_str(blocks: &[usize]) -> String {
-    blocks
-        .iter()
-        .map(|b| b.to_string())
-        .collect::<Vec<_>>()
-        .join("/")
+    blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("/")
 }

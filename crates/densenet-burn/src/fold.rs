@@ -4,14 +4,15 @@
 //! that directly follows a convolution (`conv0 -> norm0`, and `conv1 -> norm2` in each dense
 //! layer) merged into that convolution's weight and bias, so the forward skips those passes.
 //! `norm1`, transition `norm` and `norm5` come after a concatenation or precede their conv,
-//! so they stay.
+//! so they cannot be folded; they are reduced to one precomputed scale and shift each
+//! ([`ChannelAffine`]), which with the ReLU after them costs three passes instead of five.
 
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 
-use crate::DenseNet;
+use crate::{ChannelAffine, DenseNet};
 
 /// `bn(conv(x)) = conv'(x)` with `w' = w * s`, `b' = (b - mean) * s + beta`,
 /// `s = gamma / sqrt(var + eps)` per output channel.
@@ -22,27 +23,20 @@ fn fold_into(conv: Conv2d, bn: &BatchNorm) -> Conv2d {
     let var = bn.running_var.value();
     let scale: Tensor<1> = gamma.div(var.add_scalar(bn.epsilon).sqrt()); // [C_out]
     let [c_out] = scale.dims();
-    let weight = conv
-        .weight
-        .val()
-        .mul(scale.clone().reshape([c_out, 1, 1, 1])); // [C_out, C_in, kh, kw]
+    let weight = conv.weight.val().mul(scale.clone().reshape([c_out, 1, 1, 1])); // [C_out, C_in, kh, kw]
     let bias = match &conv.bias {
         Some(b) => b.val().sub(mean).mul(scale).add(beta),
         None => mean.neg().mul(scale).add(beta),
     };
-    Conv2d {
-        weight: Param::from_tensor(weight),
-        bias: Some(Param::from_tensor(bias)),
-        ..conv
-    }
+    Conv2d { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)), ..conv }
 }
 
 impl DenseNet {
     /// Eval-mode copy with BatchNorms folded into their preceding convolutions.
     ///
     /// The result is for inference only: it is a [`Module::valid`] snapshot, its `conv0` and
-    /// `conv1` carry biases that torchvision's layout does not have, and `norm0`/`norm2`
-    /// are kept but skipped. Do not train it or save it as weights; keep the original.
+    /// `conv1` carry biases that torchvision's layout does not have, `norm0`/`norm2`
+    /// are kept but skipped, and the other BatchNorms run in their affine form. Do not train it or save it as weights; keep the original.
     pub fn fold_batchnorm(&self) -> DenseNet {
         let mut model = self.valid();
         let f = &mut model.features;
@@ -56,8 +50,13 @@ impl DenseNet {
                     layer.conv1 = fold_into(layer.conv1.clone(), &layer.norm2);
                     layer.norm2_folded = true;
                 }
+                layer.norm1_affine = Some(ChannelAffine::from_batchnorm(&layer.norm1));
             }
         }
+        for t in &mut f.transition {
+            t.norm_affine = Some(ChannelAffine::from_batchnorm(&t.norm));
+        }
+        f.norm5_affine = Some(ChannelAffine::from_batchnorm(&f.norm5));
         model
     }
 }

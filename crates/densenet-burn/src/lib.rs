@@ -21,10 +21,10 @@ mod error;
 pub mod fold;
 pub mod weights;
 
-pub use block::{DenseBlock, DenseLayer, Transition};
+pub use block::{ChannelAffine, DenseBlock, DenseLayer, Transition};
 pub use config::{DenseNetConfig, DenseNetVariant};
 pub use densenet::{
-    densenet121, densenet121_features, densenet169, densenet169_features, densenet201,
-    densenet201_features, DenseNet, Features,
+    densenet121, densenet121_features, densenet169, densenet169_features, densenet201, densenet201_features, DenseNet,
+    Features,
 };
 pub use error::{DenseNetError, ShapeMismatch};

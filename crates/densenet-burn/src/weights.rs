@@ -78,10 +78,7 @@ pub fn burn_key_to_torchvision(key: &str) -> String {
     while i < parts.len() {
         let p = parts[i];
         let numbered = matches!(p, "denseblock" | "denselayer" | "transition");
-        match (
-            numbered,
-            parts.get(i + 1).and_then(|n| n.parse::<usize>().ok()),
-        ) {
+        match (numbered, parts.get(i + 1).and_then(|n| n.parse::<usize>().ok())) {
             (true, Some(n)) => {
                 out.push(format!("{p}{}", n + 1));
                 i += 2;
@@ -111,11 +108,9 @@ fn blocks_in_keys<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<usize> {
         for part in tv.split('.') {
             if let Some(n) = part.strip_prefix("denseblock").and_then(|s| s.parse().ok()) {
                 block = Some(n);
-            } else if let (Some(b), Some(l)) = (
-                block,
-                part.strip_prefix("denselayer")
-                    .and_then(|s| s.parse::<usize>().ok()),
-            ) {
+            } else if let (Some(b), Some(l)) =
+                (block, part.strip_prefix("denselayer").and_then(|s| s.parse::<usize>().ok()))
+            {
                 let e = blocks.entry(b).or_insert(0);
                 *e = (*e).max(l);
             }
@@ -142,29 +137,19 @@ pub fn apply_torchvision(
 ) -> Result<ImportReport, DenseNetError> {
     let path_buf = path.to_path_buf();
     if !path.is_file() {
-        return Err(DenseNetError::Unreadable {
-            path: path_buf,
-            reason: "no such file".into(),
-        });
+        return Err(DenseNetError::Unreadable { path: path_buf, reason: "no such file".into() });
     }
     let mut store = store_for(path);
-    // The pickle reader is third-party code fed untrusted bytes: a panic in it becomes an
-    // error naming the file rather than a crash.
-    let keys = catch_unwind(AssertUnwindSafe(|| {
-        burn::store::ModuleStore::keys(&mut store)
-    }))
-    .map_err(|_| unreadable(&path_buf, "the reader panicked on this file".into()))?
-    .map_err(|e| unreadable(&path_buf, e.to_string()))?;
-    if keys.is_empty() {
-        return Err(DenseNetError::NotAStateDict {
-            path: path_buf,
-            reason: "it holds no tensors".into(),
-        });
+    let mut keys = read_keys(&mut store, &path_buf)?;
+    // A training checkpoint (`{"state_dict": {...}, "epoch": ...}`): read the nested dict.
+    if let Some(top) = nested_state_dict(&keys) {
+        store = store_for(path).with_top_level_key(top);
+        keys = read_keys(&mut store, &path_buf)?;
     }
-    if !keys
-        .iter()
-        .any(|k| k.contains("denseblock") || k.contains("conv0"))
-    {
+    if keys.is_empty() {
+        return Err(DenseNetError::NotAStateDict { path: path_buf, reason: "it holds no tensors".into() });
+    }
+    if !keys.iter().any(|k| k.contains("denseblock") || k.contains("conv0")) {
         return Err(DenseNetError::NotAStateDict {
             path: path_buf,
             reason: format!(
@@ -179,16 +164,8 @@ pub fn apply_torchvision(
         .map_err(|_| unreadable(&path_buf, "the reader panicked on this file".into()))?
         .map_err(|e| unreadable(&path_buf, e.to_string()))?;
 
-    let mut report = ImportReport {
-        applied: result.applied.len(),
-        file_blocks,
-        ..Default::default()
-    };
-    report.missing = result
-        .missing
-        .iter()
-        .map(|(k, _)| burn_key_to_torchvision(k))
-        .collect();
+    let mut report = ImportReport { applied: result.applied.len(), file_blocks, ..Default::default() };
+    report.missing = result.missing.iter().map(|(k, _)| burn_key_to_torchvision(k)).collect();
     for k in &result.unused {
         let tv = burn_key_to_torchvision(k);
         let replaced_head = config.num_classes.is_none() && tv.starts_with("classifier.");
@@ -200,11 +177,7 @@ pub fn apply_torchvision(
     }
     for e in &result.errors {
         match e {
-            ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => report.shape_mismatches.push(ShapeMismatch {
+            ApplyError::ShapeMismatch { path, expected, found } => report.shape_mismatches.push(ShapeMismatch {
                 key: burn_key_to_torchvision(path),
                 expected: expected.to_vec(),
                 found: found.to_vec(),
@@ -215,11 +188,24 @@ pub fn apply_torchvision(
     Ok(report)
 }
 
+/// The pickle reader is third-party code fed untrusted bytes: a panic in it becomes an error
+/// naming the file rather than a crash.
+fn read_keys(store: &mut PytorchStore, path: &Path) -> Result<Vec<String>, DenseNetError> {
+    catch_unwind(AssertUnwindSafe(|| burn::store::ModuleStore::keys(store)))
+        .map_err(|_| unreadable(path, "the reader panicked on this file".into()))?
+        .map_err(|e| unreadable(path, e.to_string()))
+}
+
+/// `Some("state_dict")` when the DenseNet tensors sit under one of the usual checkpoint keys.
+fn nested_state_dict(keys: &[String]) -> Option<&'static str> {
+    ["state_dict", "model_state_dict", "model"].into_iter().find(|top| {
+        let prefix = format!("{top}.");
+        keys.iter().any(|k| k.starts_with(&prefix) && (k.contains("denseblock") || k.contains("conv0")))
+    })
+}
+
 fn unreadable(path: &Path, reason: String) -> DenseNetError {
-    DenseNetError::Unreadable {
-        path: path.to_path_buf(),
-        reason,
-    }
+    DenseNetError::Unreadable { path: path.to_path_buf(), reason }
 }
 
 /// Strict torchvision import: builds `config`'s network on `device`, applies the file and
@@ -238,11 +224,7 @@ pub fn load_torchvision(
 }
 
 /// Turns an incomplete [`ImportReport`] into [`DenseNetError::Incompatible`].
-pub fn check_report(
-    report: &ImportReport,
-    config: &DenseNetConfig,
-    path: &Path,
-) -> Result<(), DenseNetError> {
+pub fn check_report(report: &ImportReport, config: &DenseNetConfig, path: &Path) -> Result<(), DenseNetError> {
     if let Some(e) = report.other_errors.first() {
         return Err(DenseNetError::Load {
             path: path.to_path_buf(),
@@ -255,8 +237,7 @@ pub fn check_report(
     Err(DenseNetError::Incompatible {
         path: path.to_path_buf(),
         model: model_name(config),
-        file_blocks: (report.file_blocks != config.block_config)
-            .then(|| report.file_blocks.clone()),
+        file_blocks: (report.file_blocks != config.block_config).then(|| report.file_blocks.clone()),
         shape_mismatches: report.shape_mismatches.clone(),
         missing: report.missing.clone(),
         unused: report.unused.clone(),
@@ -268,10 +249,7 @@ pub fn save_burnpack(model: &DenseNet, path: &Path) -> Result<(), DenseNetError>
     model
         .clone()
         .save_file(path)
-        .map_err(|e| DenseNetError::Record {
-            path: path.to_path_buf(),
-            reason: format!("cannot save: {e}"),
-        })
+        .map_err(|e| DenseNetError::Record { path: path.to_path_buf(), reason: format!("cannot save: {e}") })
 }
 
 /// Loads a Burn-format record written by [`save_burnpack`] into a fresh `config` network.
@@ -287,10 +265,7 @@ pub fn load_burnpack(
             path: path_buf.clone(),
             reason: "the record reader panicked on this file".into(),
         })?
-        .map_err(|e| DenseNetError::Record {
-            path: path_buf,
-            reason: format!("cannot load: {e}"),
-        })
+        .map_err(|e| DenseNetError::Record { path: path_buf, reason: format!("cannot load: {e}") })
 }
 
 #[cfg(test)]
@@ -303,14 +278,8 @@ mod tests {
             burn_key_to_torchvision("features.denseblock.2.denselayer.0.norm1.gamma"),
             "features.denseblock3.denselayer1.norm1.weight"
         );
-        assert_eq!(
-            burn_key_to_torchvision("features.transition.0.conv.weight"),
-            "features.transition1.conv.weight"
-        );
-        assert_eq!(
-            burn_key_to_torchvision("features.norm5.running_var"),
-            "features.norm5.running_var"
-        );
+        assert_eq!(burn_key_to_torchvision("features.transition.0.conv.weight"), "features.transition1.conv.weight");
+        assert_eq!(burn_key_to_torchvision("features.norm5.running_var"), "features.norm5.running_var");
     }
 
     #[test]

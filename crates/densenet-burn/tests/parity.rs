@@ -22,27 +22,16 @@ struct Fixture {
 
 fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn shape(v: &serde_json::Value) -> Vec<usize> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_u64())
-                .map(|x| x as usize)
-                .collect()
-        })
-        .unwrap_or_default()
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect()).unwrap_or_default()
 }
 
 fn fixture(dir: PathBuf, name: &str, device: &Device) -> Fixture {
     let meta_path = dir.join(format!("{name}.json"));
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
     let config: DenseNetConfig = serde_json::from_value(meta["config"].clone()).unwrap();
     let input_shape = shape(&meta["input_shape"]);
     let input = read_f32(&dir.join(format!("{name}_input.f32")));
@@ -60,10 +49,7 @@ fn fixture(dir: PathBuf, name: &str, device: &Device) -> Fixture {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length differs");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -77,10 +63,7 @@ fn check(f: &Fixture, model: &DenseNet) -> [f32; 4] {
     let d_feat = max_abs_diff(&values(feats), &f.features);
     let d_logit = max_abs_diff(&values(model.forward(f.input.clone())), &f.logits);
     let folded = model.fold_batchnorm();
-    let d_feat_f = max_abs_diff(
-        &values(folded.forward_features(f.input.clone())),
-        &f.features,
-    );
+    let d_feat_f = max_abs_diff(&values(folded.forward_features(f.input.clone())), &f.features);
     let d_logit_f = max_abs_diff(&values(folded.forward(f.input.clone())), &f.logits);
     [d_logit, d_feat, d_logit_f, d_feat_f]
 }
@@ -90,10 +73,7 @@ fn run(dir: PathBuf, name: &str, file: &str) {
     let f = fixture(dir, name, &device);
     let (model, report) = load_torchvision(&f.config, &f.dir.join(file), &device).unwrap();
     assert!(report.is_complete(), "{report:?}");
-    assert!(report
-        .ignored
-        .iter()
-        .all(|k| k.ends_with("num_batches_tracked")));
+    assert!(report.ignored.iter().all(|k| k.ends_with("num_batches_tracked")));
     let d = check(&f, &model);
     println!(
         "{} ({file}): max |Δ| logits {:.3e}, features {:.3e}; BN-folded: logits {:.3e}, features {:.3e}",
@@ -150,10 +130,7 @@ fn features_only_model_ignores_the_classifier_only() {
     let (model, report) = load_torchvision(&config, &f.dir.join("tiny.pth"), &device).unwrap();
     assert!(report.ignored.contains(&"classifier.weight".to_string()));
     assert!(report.unused.is_empty());
-    let d = max_abs_diff(
-        &values(model.forward_features(f.input.clone())),
-        &f.features,
-    );
+    let d = max_abs_diff(&values(model.forward_features(f.input.clone())), &f.features);
     assert!(d <= 1e-4);
 }
 
@@ -177,10 +154,13 @@ fn wrong_architecture_lists_keys_and_shapes() {
 #[test]
 #[ignore = "needs the full fixture written by scripts/densenet_parity.py"]
 fn full_densenet_matches_torchvision() {
-    let dir = std::env::var("DENSENET_PARITY_DIR")
-        .map(PathBuf::from)
-        .unwrap();
+    let dir = std::env::var("DENSENET_PARITY_DIR").map(PathBuf::from).unwrap();
     let name = std::env::var("DENSENET_PARITY_NAME").unwrap_or_else(|_| "densenet201".into());
     run(dir.clone(), &name, &format!("{name}.pth"));
     run(dir, &name, &format!("{name}_legacy.pth"));
+}
+
+#[test]
+fn nested_training_checkpoint_is_read() {
+    run(fixtures_dir(), "tiny", "tiny_checkpoint.pth");
 }
