@@ -19,9 +19,9 @@ pub use crop::{largest_nucleus_crop, resize_field, roi_crops, CropRegion, RoiCro
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
 pub use hsv::{apply_mask, aria_hsv_mask, opencv_rgb2hsv};
 pub use normalize::{to_chw_normalized, Normalization};
-pub use nucleus::{find_nuclei, BBox, Nucleus, NucleusResult};
+pub use nucleus::{find_nuclei, nuclei_from_mask, BBox, Nucleus, NucleusResult};
 pub use sheet::contact_sheet;
-pub use stain::{reinhard_normalize, StainNormalization, StainStats};
+pub use stain::{macenko_normalize, reinhard_normalize, MacenkoTarget, StainNormalization, StainStats};
 
 use image::RgbImage;
 
