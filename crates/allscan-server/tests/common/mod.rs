@@ -1,0 +1,83 @@
+//! Helpers for the server tests: a tiny random-weight predictor, images, multipart bodies.
+#![allow(dead_code)]
+
+use allscan::infer::Predictor;
+use allscan::model::ClassifierConfig;
+use allscan_preprocess::{PreprocessConfig, RoiConfig, RoiViews};
+use allscan_server::{AppState, ServerConfig};
+use burn::tensor::Device;
+use densenet_burn::{DenseNetConfig, DenseNetVariant};
+
+/// A binary classifier on a tiny random DenseNet, 64-pixel inputs, one crop per nucleus.
+pub fn tiny_predictor() -> Predictor {
+    let device = Device::flex();
+    let mut config = ClassifierConfig::binary(DenseNetVariant::DenseNet121)
+        .with_custom_backbone(DenseNetConfig::custom(4, vec![2, 2], 8, None));
+    config.hidden = 8;
+    let model = config.init(&device).expect("tiny model builds");
+    let preprocess = PreprocessConfig {
+        input_size: 64,
+        roi: RoiConfig { views: RoiViews::All, ..Default::default() },
+        ..Default::default()
+    };
+    Predictor::new(model, config, preprocess, vec!["healthy".into(), "leukemia".into()], vec!["leukemia".into()], 0.5)
+        .expect("predictor")
+}
+
+pub fn model_info() -> serde_json::Value {
+    serde_json::json!({ "task": { "kind": "binary" }, "class_names": ["healthy", "leukemia"], "threshold": 0.5 })
+}
+
+pub fn state(config: ServerConfig) -> AppState {
+    AppState::new(tiny_predictor(), model_info(), config)
+}
+
+/// PNG bytes of a synthetic smear field.
+pub fn field_png(class: usize, size: u32, seed: u64) -> Vec<u8> {
+    let f = allscan::synth::render_field(class, size, &mut allscan::synth::field_rng(seed, class, 0));
+    allscan::explain::png_bytes(&f.image).expect("png")
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A valid small PNG whose header claims `w` x `h` pixels (IHDR rewritten, CRC fixed).
+pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut png = field_png(0, 32, 1);
+    // Signature (8) + length (4) + "IHDR" (4) -> width at 16, height at 20, CRC at 29.
+    png[16..20].copy_from_slice(&w.to_be_bytes());
+    png[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+pub const BOUNDARY: &str = "allscan-test-boundary-7f3a";
+
+/// A multipart/form-data body with one part per `(field name, file name, bytes)`.
+pub fn multipart(parts: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\n").as_bytes(),
+        );
+        body.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+pub fn multipart_content_type() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}
