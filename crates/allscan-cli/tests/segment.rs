@@ -1,0 +1,87 @@
+//! `allscan segment` end to end in a temp dir: synthetic fields with drawn nuclei, one field
+//! without nuclei, one unreadable file; checks every output the command promises.
+
+use std::path::Path;
+use std::process::Command;
+
+use image::{Rgb, RgbImage};
+
+/// Runs the `allscan` binary with `args`; returns (success, stdout, stderr).
+fn allscan(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_allscan")).args(args).output().expect("running allscan");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn field(nuclei: &[(i32, i32, i32)]) -> RgbImage {
+    let mut img = RgbImage::from_pixel(224, 224, Rgb([235, 230, 240]));
+    for &(cx, cy, r) in nuclei {
+        for y in 0..224i32 {
+            for x in 0..224i32 {
+                if (x - cx).pow(2) + (y - cy).pow(2) <= r * r {
+                    img.put_pixel(x as u32, y as u32, Rgb([100, 60, 170]));
+                }
+            }
+        }
+    }
+    img
+}
+
+#[test]
+fn segment_writes_masks_crops_csv_and_sheet() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("Pro")).expect("mkdir");
+    field(&[(60, 60, 20), (160, 150, 28)]).save(data.join("Pro/a.png")).expect("save");
+    field(&[]).save(data.join("Pro/empty.png")).expect("save");
+    std::fs::write(data.join("Pro/broken.jpg"), b"not a jpeg").expect("write");
+    let out = tmp.path().join("out");
+    for mode in ["nucleus", "aria-hsv"] {
+        let dir = out.join(mode);
+        let (ok, stdout, stderr) =
+            allscan(&["segment", data.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--mode", mode, "--sheet"]);
+        assert!(ok, "{mode}: {stdout}\n{stderr}");
+        assert!(stderr.contains("broken.jpg"), "the unreadable file is reported: {stderr}");
+        assert!(stdout.contains("1 unreadable"), "{stdout}");
+        for rel in [
+            "masks/Pro/a.png",
+            "segmented/Pro/a.png",
+            "crops/Pro/a/0.png",
+            "crops/Pro/a/1.png",
+            "masks/Pro/empty.png",
+            "sheet.png",
+            "config.json",
+        ] {
+            assert!(dir.join(rel).is_file(), "{mode}: missing {rel}");
+        }
+        let mask = image::open(dir.join("masks/Pro/a.png")).expect("mask").to_luma8();
+        assert_eq!(mask.get_pixel(160, 150)[0], 255);
+        assert_eq!(mask.get_pixel(5, 5)[0], 0);
+        let crop = image::open(dir.join("crops/Pro/a/0.png")).expect("crop");
+        assert_eq!((crop.width(), crop.height()), (224, 224));
+        let csv = std::fs::read_to_string(dir.join("nuclei.csv")).expect("csv");
+        let rows: Vec<&str> = csv.lines().collect();
+        assert!(rows[0].starts_with("path,status,nucleus,x,y,width,height,area"));
+        assert!(rows.iter().any(|r| r.starts_with("Pro/empty.png,no nucleus found")), "{csv}");
+        assert!(rows.iter().any(|r| r.starts_with("Pro/broken.jpg,error:")), "{csv}");
+        // The largest nucleus comes first: the r = 28 disc, box 57 px wide give or take 2.
+        let first: Vec<&str> =
+            rows.iter().find(|r| r.starts_with("Pro/a.png,ok,0,")).expect("row").split(',').collect();
+        let width: i64 = first[5].parse().expect("width");
+        assert!((width - 57).abs() <= 2, "{first:?}");
+        assert!(Path::new(&dir.join(first[10])).is_file());
+    }
+}
+
+#[test]
+fn a_single_unreadable_file_is_an_error() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"").expect("write");
+    let (ok, _, stderr) = allscan(&["segment", bad.to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("bad.png"), "{stderr}");
+}
