@@ -8,7 +8,9 @@
 //! - [`shortcut`]: "what colour alone explains": HSV histograms + logistic regression;
 //! - [`leakage`]: patients and (near-)duplicate images shared by training and test parts;
 //! - [`plots`]: SVG figures drawn with plotters;
-//! - [`report`]: `metrics.json` layout and the HTML report.
+//! - [`report`]: `metrics.json` layout and the HTML report;
+//! - [`run`]: the driver behind `allscan eval` / `allscan cv`: bundle + data + split in,
+//!   compatibility checks, scores, per-patient figures, threshold, report out.
 //!
 //! Every figure is an [`Estimate`]; a figure that is undefined on the data at hand (no healthy
 //! images, empty input, nothing predicted positive) carries a reason instead of a NaN.
@@ -18,6 +20,7 @@ pub mod leakage;
 pub mod metrics;
 pub mod plots;
 pub mod report;
+pub mod run;
 pub mod shortcut;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +38,7 @@ pub use report::{
     most_confident_errors, render_report, summary_table, write_report, EpochRow, GalleryItem, MetricsFile,
     ModelEvaluation, ReportInput, ShortcutFigures,
 };
+pub use run::{check_compatibility, evaluate, Compatibility, EvalOutcome, EvalRequest, ScoredImage};
 pub use shortcut::ColourShortcut;
 
 /// Errors of the evaluation stage. Each variant names the offending value.
@@ -54,6 +58,15 @@ pub enum EvalError {
     Plot { plot: &'static str, reason: String },
     #[error("writing {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The model and the data do not fit together (classes, labels, preprocessing).
+    #[error("{data}: {reason}")]
+    Incompatible { data: PathBuf, reason: String },
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
+    #[error(transparent)]
+    Infer(#[from] crate::infer::InferError),
 }
 
 /// One figure with its 95% bootstrap confidence interval.
@@ -99,22 +112,10 @@ impl Estimate {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// crash never leaves a half-written `metrics.json` or `report.html` behind.
+/// Writes `bytes` to `path` atomically ([`crate::fsutil::write_atomic`]: a temporary file,
+/// fsync, rename), so a crash never leaves a half-written `metrics.json` or `report.html`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
-    let io = |source| EvalError::Io { path: path.to_path_buf(), source };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".to_string());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+    crate::fsutil::write_atomic(path, bytes).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]

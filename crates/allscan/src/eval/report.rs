@@ -54,6 +54,9 @@ pub struct ReportInput {
     pub model: ModelEvaluation,
     /// The colour-histogram baseline on the same test part.
     pub shortcut: Option<ModelEvaluation>,
+    /// The model's figures per patient (where patient ids exist; see
+    /// [`super::run::PATIENT_RULE`]).
+    pub per_patient: Option<ModelEvaluation>,
     pub curves: Vec<EpochRow>,
     /// Name of `EpochRow::val_metric` ("accuracy", "balanced accuracy").
     pub curve_metric: String,
@@ -77,6 +80,9 @@ pub struct MetricsFile {
     pub subtype: Option<MulticlassEstimates>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shortcut: Option<ShortcutFigures>,
+    /// Binary figures per patient, where patient ids exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_patient: Option<BinaryEstimates>,
     pub warnings: Vec<String>,
 }
 
@@ -102,6 +108,7 @@ impl MetricsFile {
                 .shortcut
                 .as_ref()
                 .map(|s| ShortcutFigures { binary: s.binary.clone(), subtype: s.subtype.clone() }),
+            per_patient: input.per_patient.as_ref().map(|p| p.binary.clone()),
             warnings: input.warnings.clone(),
         }
     }
@@ -188,7 +195,7 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
-fn cell(e: &Estimate) -> String {
+pub(crate) fn cell(e: &Estimate) -> String {
     match (e.value, e.ci95, &e.undefined) {
         (Some(v), Some([lo, hi]), _) => {
             format!("<b>{v:.3}</b> <span class=ci>[{lo:.3}, {hi:.3}]</span>")
@@ -210,7 +217,7 @@ fn png_data_uri(bytes: &[u8]) -> String {
     format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-const CSS: &str = r#"
+pub(crate) const CSS: &str = r#"
 body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#222;background:#f6f7f9}
 main{max-width:1060px;margin:0 auto;padding:16px 28px 40px;background:#fff}
 h1{font-size:26px;margin:8px 0 4px}h2{font-size:20px;border-bottom:2px solid #e3e6ea;padding-bottom:4px;margin-top:30px}
@@ -340,6 +347,31 @@ pub fn render_report(input: &ReportInput) -> String {
             let _ = write!(h, "<li>{}</li>", html_escape(n));
         }
         h.push_str("</ul>");
+    }
+
+    // Per patient.
+    if let Some(pp) = &input.per_patient {
+        let pb = &pp.binary.report;
+        let _ = write!(
+            h,
+            "<h2>Per patient</h2><p class=small>{} patients ({} leukemia, {} healthy); {};              threshold {:.4}; intervals from {} resamples of patients.</p><table><tr><th>figure</th><th>{}</th></tr>",
+            pb.n,
+            pb.n_leukemia,
+            pb.n_healthy,
+            html_escape(super::run::PATIENT_RULE),
+            pb.threshold,
+            pp.binary.bootstrap.n_boot,
+            html_escape(&pp.name)
+        );
+        for (i, (_, e)) in pb.figures().iter().enumerate() {
+            let _ = write!(h, "<tr><td>{}</td><td>{}</td></tr>", FIGURE_LABELS[i], cell(e));
+        }
+        let c = pb.confusion_matrix;
+        let _ = write!(
+            h,
+            "<tr><td>Confusion (TP / FP / TN / FN)</td><td>{} / {} / {} / {}</td></tr></table>",
+            c.tp, c.fp, c.tn, c.fn_
+        );
     }
 
     // Operating point.
@@ -621,6 +653,7 @@ pub(crate) mod tests {
                 binary: shortcut,
                 subtype: None,
             }),
+            per_patient: None,
             curves,
             curve_metric: "accuracy".into(),
             threshold_choice: Some(choice),
@@ -680,6 +713,7 @@ pub(crate) mod tests {
             split_protocol: "image-level split".into(),
             model: ModelEvaluation { name: "model".into(), y_leukemia: y, p_leukemia: p, binary, subtype: None },
             shortcut: None,
+            per_patient: None,
             curves: Vec::new(),
             curve_metric: "accuracy".into(),
             threshold_choice: None,
