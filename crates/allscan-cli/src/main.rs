@@ -31,6 +31,14 @@ enum Command {
     /// Pretrained DenseNet weights: fetch, import, check.
     #[command(subcommand)]
     Weights(cmd::weights::WeightsCommand),
+    /// Train a model (stage 1 head, stage 2 fine-tune) into a run bundle; --resume continues.
+    Train(cmd::train::TrainArgs),
+    /// Predict image files and folders with a trained run (table, CSV or JSON).
+    Predict(cmd::predict::PredictArgs),
+    /// Grad-CAM overlays: why the model called each image what it did.
+    Explain(cmd::explain::ExplainArgs),
+    /// Serve a trained run: web page and JSON API (127.0.0.1 unless told).
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +49,10 @@ fn main() -> ExitCode {
         Command::Data(c) => cmd::data::run(c),
         Command::Segment(args) => cmd::segment::run(args),
         Command::Weights(c) => cmd::weights::run(c),
+        Command::Train(args) => cmd::train::run(args),
+        Command::Predict(args) => cmd::predict::run(args),
+        Command::Explain(args) => cmd::explain::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,5 +3,9 @@
 pub mod data;
 pub mod demo;
 pub mod demo_data;
+pub mod explain;
+pub mod predict;
 pub mod segment;
+pub mod serve;
+pub mod train;
 pub mod weights;

@@ -1,0 +1,285 @@
+//! `allscan predict RUN PATH...`: image files and folders (recursive) -> one prediction per
+//! field (and per cell with `--cells`) as a table, CSV or JSON on stdout.
+//!
+//! Glue only: decoding is `allscan_preprocess::decode_file` with the bundle's limits, the
+//! rest is `allscan::infer::Predictor` (see its docs for the ROI aggregation rule: a field's
+//! p_leukemia is the highest among its cells). Files that fail are listed with their reasons
+//! at the end, the others are still predicted, and the exit code is 1 when any failed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use allscan::bundle::RunBundle;
+use allscan::infer::{FieldPrediction, Predictor, AGGREGATION_RULE};
+use allscan_preprocess::decode_file;
+use anyhow::Context;
+use image::RgbImage;
+use serde::Serialize;
+
+/// Options of `allscan predict`.
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// The trained run directory (bundle).
+    pub run: PathBuf,
+    /// Image files or folders (searched recursively).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Also print one row per scored cell (nucleus crop), with its box.
+    #[arg(long)]
+    pub cells: bool,
+    /// Fields decoded and predicted together (views of a batch share forward passes).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Override the bundle's decision threshold on p_leukemia.
+    #[arg(long)]
+    pub threshold: Option<f64>,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for reading.
+    Table,
+    /// `path,prediction,p_leukemia[,subtype,p_<class>...][,n_cells,level,cell,x,y,width,height]`.
+    Csv,
+    /// `{"results": [...], "failed": [...]}`.
+    Json,
+}
+
+/// Extensions treated as images when walking folders.
+pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp", "gif", "jfif"];
+
+/// Opens a run bundle and builds its predictor on the CPU device.
+pub fn load_predictor(run: &Path) -> anyhow::Result<(RunBundle, Predictor)> {
+    let bundle = RunBundle::open(run).with_context(|| format!("opening run {}", run.display()))?;
+    let device = allscan::device::device(allscan::device::DeviceKind::Cpu).context("choosing the device")?;
+    let predictor =
+        Predictor::from_bundle(&bundle, &device).with_context(|| format!("loading the model of {}", run.display()))?;
+    Ok((bundle, predictor))
+}
+
+/// Files under `paths` (folders recursively, sorted), keeping explicitly named files whatever
+/// their extension. Unreadable folders are reported as failures.
+pub fn collect_images(paths: &[PathBuf], failed: &mut Vec<Failure>) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>, failed: &mut Vec<Failure>) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                failed.push(Failure { path: dir.display().to_string(), reason: format!("cannot read folder: {e}") });
+                return;
+            }
+        };
+        let mut items: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        items.sort();
+        for p in items {
+            if p.is_dir() {
+                walk(&p, out, failed);
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out, failed);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+/// A file that could not be predicted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    path: String,
+    n_cells: usize,
+    #[serde(flatten)]
+    field: FieldPrediction,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonOut<'a> {
+    results: &'a [Row],
+    failed: &'a [Failure],
+    aggregation: &'a str,
+    threshold: f64,
+    notice: &'a str,
+}
+
+pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    let (_bundle, predictor) = load_predictor(&args.run)?;
+    let predictor = match args.threshold {
+        Some(t) if !(0.0..=1.0).contains(&t) => anyhow::bail!("--threshold {t} must be in [0, 1]"),
+        Some(t) => predictor.with_threshold(t),
+        None => predictor,
+    };
+    let predictor = predictor.with_batch_size(args.batch.max(1));
+    let mut failed = Vec::new();
+    let files = collect_images(&args.paths, &mut failed);
+    let limits = predictor.preprocess().decode;
+    let bar = if files.len() >= 32 {
+        indicatif::ProgressBar::new(files.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::with_capacity(files.len());
+    for chunk in files.chunks(args.batch.max(1)) {
+        let mut decoded: Vec<(&PathBuf, RgbImage)> = Vec::with_capacity(chunk.len());
+        for path in chunk {
+            match decode_file(path, &limits) {
+                Ok(img) => decoded.push((path, img)),
+                Err(e) => failed.push(Failure { path: path.display().to_string(), reason: e.reason() }),
+            }
+        }
+        let refs: Vec<&RgbImage> = decoded.iter().map(|(_, i)| i).collect();
+        for ((path, _), result) in decoded.iter().zip(predictor.predict_fields(&refs)) {
+            match result {
+                Ok(field) => rows.push(Row { path: path.display().to_string(), n_cells: field.cells.len(), field }),
+                Err(e) => failed.push(Failure { path: path.display().to_string(), reason: e.to_string() }),
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.format {
+        Format::Json => {
+            let j = JsonOut {
+                results: &rows,
+                failed: &failed,
+                aggregation: AGGREGATION_RULE,
+                threshold: predictor.threshold(),
+                notice: "Research use only, not a diagnostic device.",
+            };
+            serde_json::to_writer_pretty(&mut out, &j)?;
+            writeln!(out)?;
+        }
+        Format::Csv => write_csv(&mut out, &predictor, &rows, args.cells)?,
+        Format::Table => write_table(&mut out, &predictor, &rows, args.cells)?,
+    }
+    out.flush()?;
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} file(s) failed:", failed.len());
+        for f in &failed {
+            eprintln!("  {}: {}", f.path, f.reason);
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn write_csv(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -> std::io::Result<()> {
+    let mut header = vec!["path".to_string(), "prediction".into(), "p_leukemia".into()];
+    if p.is_subtype() {
+        header.push("subtype".into());
+        header.extend(p.class_names().iter().map(|c| format!("p_{c}")));
+    }
+    if cells {
+        header.extend(["n_cells", "level", "cell", "x", "y", "width", "height"].map(String::from));
+    }
+    writeln!(out, "{}", header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","))?;
+    for r in rows {
+        let f = &r.field;
+        let mut line = vec![csv_field(&r.path), f.prediction.clone(), format!("{:.6}", f.p_leukemia)];
+        if p.is_subtype() {
+            line.push(csv_field(f.subtype.as_deref().unwrap_or("")));
+            line.extend(f.probabilities.iter().map(|c| format!("{:.6}", c.p)));
+        }
+        if cells {
+            line.extend([r.n_cells.to_string(), "field".into(), String::new()]);
+            line.extend([0.to_string(), 0.to_string(), f.width.to_string(), f.height.to_string()]);
+        }
+        writeln!(out, "{}", line.join(","))?;
+        if cells {
+            for (i, c) in f.cells.iter().enumerate() {
+                let mut line = vec![csv_field(&r.path), c.prediction.clone(), format!("{:.6}", c.p_leukemia)];
+                if p.is_subtype() {
+                    line.push(csv_field(c.subtype.as_deref().unwrap_or("")));
+                    line.extend(c.probabilities.iter().map(|x| format!("{:.6}", x.p)));
+                }
+                line.extend([r.n_cells.to_string(), "cell".into(), i.to_string()]);
+                line.extend([
+                    c.region.x.to_string(),
+                    c.region.y.to_string(),
+                    c.region.width.to_string(),
+                    c.region.height.to_string(),
+                ]);
+                writeln!(out, "{}", line.join(","))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_table(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -> std::io::Result<()> {
+    let width = rows.iter().map(|r| r.path.len()).max().unwrap_or(4).clamp(4, 80);
+    write!(out, "{:<width$}  {:<10}  {:>10}  {:>7}", "path", "prediction", "p_leukemia", "n_cells")?;
+    if p.is_subtype() {
+        write!(out, "  subtype")?;
+    }
+    writeln!(out)?;
+    for r in rows {
+        let f = &r.field;
+        write!(out, "{:<width$}  {:<10}  {:>10.4}  {:>7}", r.path, f.prediction, f.p_leukemia, r.n_cells)?;
+        if let Some(s) = &f.subtype {
+            write!(out, "  {s}")?;
+        }
+        writeln!(out)?;
+        if cells {
+            for (i, c) in f.cells.iter().enumerate() {
+                let b = c.region;
+                writeln!(
+                    out,
+                    "{:<width$}  {:<10}  {:>10.4}  cell {i} at ({}, {}) {}x{}{}",
+                    "",
+                    c.prediction,
+                    c.p_leukemia,
+                    b.x,
+                    b.y,
+                    b.width,
+                    b.height,
+                    c.subtype.as_deref().map(|s| format!("  {s}")).unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "field score: {AGGREGATION_RULE}; threshold {}. Research use only, not a diagnostic device.",
+        p.threshold()
+    )?;
+    Ok(())
+}
