@@ -3,16 +3,14 @@
 // and the Grad-CAM overlay appear. Input: argv[2] = page URL, argv[3] = image, argv[4] =
 // screenshot path. Output: exit 0 and the screenshot, or exit 1 with the reason.
 import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+// (playwright gives the browser a fresh temporary profile itself; --user-data-dir is refused.)
 
 const [url, image, shot] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", `--user-data-dir=${mkdtempSync(join(tmpdir(), "allscan-chromium-"))}`],
+         "--disable-component-update", "--disable-sync"],
 });
 let failed = null;
 try {
