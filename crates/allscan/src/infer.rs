@@ -472,6 +472,80 @@ impl Predictor {
     }
 }
 
+/// Helpers for tests and demos of the serving path (never for real predictions).
+pub mod testing {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use burn::tensor::Device;
+
+    use crate::bundle::{BundleError, BundleMetadata, DataConfig, RunBundle, RunConfig, Versions, BUNDLE_FORMAT};
+    use crate::data::SplitConfig;
+    use crate::train::config::{Profile, TaskKind, WeightsSource};
+
+    /// Writes a run bundle with a tiny random-weight DenseNet (growth 4, blocks [2, 2],
+    /// 64-pixel inputs, one crop per nucleus) into `dir`: the bundle format and the whole
+    /// predict / explain / serve path are real, the predictions are meaningless.
+    pub fn write_random_bundle(dir: &Path, task: TaskKind) -> Result<RunBundle, BundleError> {
+        let d = Profile::Cpu.defaults(task, 4);
+        let mut model = d.model;
+        model.backbone =
+            crate::model::BackboneConfig::Custom(densenet_burn::DenseNetConfig::custom(4, vec![2, 2], 8, None));
+        model.hidden = 8;
+        let mut preprocess = d.preprocess;
+        preprocess.input_size = 64;
+        preprocess.roi.views = allscan_preprocess::RoiViews::All;
+        preprocess.roi.max_crops = 4;
+        let config = RunConfig {
+            format: BUNDLE_FORMAT.into(),
+            task,
+            profile: Profile::Cpu,
+            seed: 0,
+            data: DataConfig {
+                root: "synthetic".into(),
+                map: None,
+                split_file: None,
+                split: SplitConfig::default(),
+                fingerprint: "random".into(),
+            },
+            weights: WeightsSource::None,
+            model: model.clone(),
+            preprocess: preprocess.clone(),
+            train: d.train,
+        };
+        let classes: Vec<String> = crate::synth::CLASSES.iter().map(|s| s.to_string()).collect();
+        let (class_names, leukemia_classes) = match task {
+            TaskKind::Binary => (vec!["healthy".to_string(), "leukemia".to_string()], vec!["leukemia".to_string()]),
+            TaskKind::Subtype => (classes.clone(), classes[1..].to_vec()),
+        };
+        let metadata = BundleMetadata {
+            format: BUNDLE_FORMAT.into(),
+            task: model.task,
+            class_names,
+            leukemia_classes,
+            dataset_classes: Vec::new(),
+            input_size: preprocess.input_size,
+            normalization: preprocess.normalization.clone(),
+            preprocess,
+            threshold: 0.5,
+            threshold_rule: "fixed 0.5 (random test bundle)".into(),
+            dataset_fingerprint: "random".into(),
+            split: None,
+            best: None,
+            test_metrics: BTreeMap::new(),
+            versions: Versions::default(),
+        };
+        let bundle = RunBundle::create(dir, config, metadata)?;
+        let net = bundle
+            .config
+            .model
+            .init(&Device::flex())
+            .map_err(|source| BundleError::Model { path: dir.to_path_buf(), source })?;
+        bundle.save_weights(&net)?;
+        Ok(bundle)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -531,6 +605,19 @@ pub(crate) mod tests {
         }
         let p0 = p.with_threshold(0.0);
         assert!(p0.predict_fields(&refs).into_iter().all(|r| r.unwrap().prediction == LEUKEMIA));
+    }
+
+    #[test]
+    fn random_bundles_load_into_predictors() {
+        use crate::train::config::TaskKind;
+        for task in [TaskKind::Binary, TaskKind::Subtype] {
+            let dir = tempfile::tempdir().unwrap();
+            let b = testing::write_random_bundle(dir.path(), task).unwrap();
+            let p = Predictor::from_bundle(&crate::bundle::RunBundle::open(&b.dir).unwrap(), &Device::flex()).unwrap();
+            assert_eq!(p.is_subtype(), task == TaskKind::Subtype);
+            let f = crate::synth::render_field(1, 96, &mut crate::synth::field_rng(0, 1, 0)).image;
+            assert!(p.predict_field(&f).unwrap().cells.len() <= 4);
+        }
     }
 
     #[test]
