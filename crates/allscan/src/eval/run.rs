@@ -627,7 +627,18 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
 
     // Leakage.
     if let Some(t) = &training {
-        let input = LeakageInput { train: leakage_items(&t.index, &t.train), test: leakage_items(&index, &eval_idx) };
+        let mut input =
+            LeakageInput { train: leakage_items(&t.index, &t.train), test: leakage_items(&index, &eval_idx) };
+        if cross_dataset {
+            // Patient ids of two datasets are different namespaces: only (near-)copies can
+            // leak, so each side's ids are tagged and can never match (and images without an
+            // id are not reported as unchecked).
+            for (side, items) in [("train", &mut input.train), ("test", &mut input.test)] {
+                for it in items.iter_mut() {
+                    it.patient = Some(format!("{side}:{}", it.patient.as_deref().unwrap_or(&it.id)));
+                }
+            }
+        }
         warnings.extend(leakage_warnings(&input, index.near_threshold));
     }
     if !index.bad.is_empty() {
@@ -704,7 +715,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         shortcut: shortcut_eval,
         per_patient: patient_eval,
         curves,
-        curve_metric: "validation accuracy".into(),
+        curve_metric: "accuracy".into(),
         threshold_choice,
         gallery,
         warnings,

@@ -1,0 +1,98 @@
+//! `allscan eval RUN DATA`: a run bundle + a dataset folder -> `OUT/metrics.json`, a
+//! self-contained `OUT/report.html` and a short table on stdout. Glue only: the work is
+//! `allscan::eval::evaluate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use allscan::data::Part;
+use allscan::device::DeviceKind;
+use allscan::eval::run::{EvalRequest, DEFAULT_BOOTSTRAP};
+use anyhow::Context;
+
+/// Options of `allscan eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Run folder written by `allscan train`.
+    pub run: PathBuf,
+    /// Dataset folder: the training dataset (its test part is scored) or another dataset
+    /// (every image is scored; give --map when its class names say nothing).
+    pub data: PathBuf,
+    /// Split file for DATA (default: the run's own split.json when it fits DATA).
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// Part of the split to score: test, val or train.
+    #[arg(long, default_value = "test")]
+    pub part: String,
+    /// Output folder (default: RUN/eval-<data folder name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Label map for DATA's classes: NAME=healthy|leukemia,... (e.g. all=leukemia,hem=healthy).
+    #[arg(long)]
+    pub map: Option<String>,
+    /// Re-choose the decision threshold on the validation part for this sensitivity and store
+    /// it in the run bundle (used by predict and serve).
+    #[arg(long)]
+    pub target_sensitivity: Option<f64>,
+    /// Bootstrap resamples for the 95% intervals.
+    #[arg(long, default_value_t = DEFAULT_BOOTSTRAP)]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most confident errors shown in the report.
+    #[arg(long, default_value_t = 8)]
+    pub gallery: usize,
+    /// No Grad-CAM overlays in the gallery (faster).
+    #[arg(long)]
+    pub no_gradcam: bool,
+    /// Skip the colour-only shortcut baseline.
+    #[arg(long)]
+    pub no_shortcut: bool,
+    /// Score even when the bundle's preprocessing was made for another kind of image.
+    #[arg(long)]
+    pub allow_preprocess_mismatch: bool,
+    /// cpu, cuda or wgpu.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let part: Part = args.part.parse().map_err(anyhow::Error::msg)?;
+    let device: DeviceKind = args.device.parse()?;
+    if let Some(t) = args.target_sensitivity {
+        anyhow::ensure!(t > 0.0 && t <= 1.0, "--target-sensitivity {t}: must be in (0, 1]");
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        let name = args.data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+        args.run.join(format!("eval-{name}"))
+    });
+    let req = EvalRequest {
+        split: args.split,
+        part,
+        map: args.map,
+        target_sensitivity: args.target_sensitivity,
+        n_boot: args.bootstrap,
+        seed: args.seed,
+        gallery: args.gallery,
+        gradcam: !args.no_gradcam,
+        shortcut: !args.no_shortcut,
+        allow_preprocess_mismatch: args.allow_preprocess_mismatch,
+        device,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ..EvalRequest::new(&args.run, &args.data, &out)
+    };
+    let outcome = allscan::eval::evaluate(&req)
+        .with_context(|| format!("evaluating {} on {}", args.run.display(), args.data.display()))?;
+    for w in &outcome.input.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(t) = outcome.stored_threshold {
+        println!("threshold {t:.4} chosen on the validation part and stored in {}", args.run.display());
+    }
+    println!("{}: {}", if outcome.cross_dataset { "cross-dataset" } else { "evaluated" }, outcome.metrics.split);
+    print!("{}", outcome.table);
+    println!("metrics: {}", outcome.metrics_path.display());
+    println!("report:  {}", outcome.report_path.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,231 @@
+//! `allscan eval` and `allscan cv` end to end: synthetic data -> a tiny trained run -> metrics.json
+//! and report.html; cross-dataset evaluation on the C-NMC sample with a label map; bundles that
+//! do not fit the data stop with a message that says why.
+
+mod common;
+
+use std::path::Path;
+
+use common::{allscan, shared_data, stderr, stdout};
+
+/// Writes a small synthetic set and trains a tiny run on it; returns (data, run).
+fn tiny_run(dir: &Path, task: &str) -> (String, String) {
+    let data = dir.join("syn");
+    let run = dir.join(format!("run-{task}"));
+    let (data_s, run_s) = (data.display().to_string(), run.display().to_string());
+    let o = allscan(dir, &["demo-data", &data_s, "--n", "14", "--size", "96"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = allscan(
+        dir,
+        &[
+            "train",
+            &data_s,
+            "--out",
+            &run_s,
+            "--task",
+            task,
+            "--epochs",
+            "1,1",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--weights",
+            "none",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    (data_s, run_s)
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// Every `<img src=...>` of the report is an embedded, non-empty PNG.
+fn assert_self_contained(html: &str) {
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("src=\"file"));
+    for src in html.split("<img ").skip(1).filter_map(|t| t.split("src=\"").nth(1)) {
+        assert!(src.starts_with("data:image/png;base64,iVBOR"), "{}", &src[..src.len().min(60)]);
+    }
+    // Outside the base64 payloads (which may spell anything).
+    let text: String = html
+        .split("base64,")
+        .enumerate()
+        .map(|(i, t)| if i == 0 { t } else { t.split_once('"').map_or(t, |(_, rest)| rest) })
+        .collect();
+    assert!(!text.contains("NaN"), "a NaN in the report");
+}
+
+#[test]
+fn eval_on_the_test_part_writes_metrics_and_a_self_contained_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run) = tiny_run(dir.path(), "binary");
+    let out = dir.path().join("ev");
+    let o = allscan(dir.path(), &["eval", &run, &data, "--out", &out.display().to_string(), "--bootstrap", "100"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("colour-only shortcut") && text.contains("ROC-AUC"), "{text}");
+    assert!(stderr(&o).contains("no patient ids"), "{}", stderr(&o));
+    let m = read_json(&out.join("metrics.json"));
+    assert!(m["n"].as_u64().unwrap() > 0);
+    assert!(m["split"].as_str().unwrap().starts_with("test part of"));
+    assert!(m["threshold"].is_f64());
+    let acc = &m["binary"]["accuracy"];
+    assert!(acc["value"].is_f64() && acc["ci95"].as_array().unwrap().len() == 2, "{acc}");
+    assert!(m["shortcut"]["binary"]["roc_auc"].is_object());
+    assert!(m["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("no patient ids")));
+    assert!(m["threshold_choice"]["n_leukemia"].as_u64().is_some(), "threshold reported on validation");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_self_contained(&html);
+    assert!(html.matches("<svg").count() >= 5, "curves, ROC, PR, confusion, reliability");
+    assert!(html.contains("Training curves") || html.contains("Loss"));
+
+    // A new target sensitivity re-chooses the threshold on validation and stores it.
+    let o = allscan(
+        dir.path(),
+        &["eval", &run, &data, "--out", &out.display().to_string(), "--bootstrap", "20", "--target-sensitivity", "0.5"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("stored in"), "{}", stdout(&o));
+    let meta = read_json(&Path::new(&run).join("metadata.json"));
+    assert!(meta["threshold_rule"].as_str().unwrap().contains(">= 0.5"), "{meta}");
+    let m2 = read_json(&out.join("metrics.json"));
+    assert_eq!(m2["threshold"], meta["threshold"]);
+}
+
+#[test]
+fn bundles_that_do_not_fit_the_data_stop_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run) = tiny_run(dir.path(), "binary");
+    // Class folders whose names say nothing.
+    let odd = dir.path().join("odd");
+    for (class, src) in [("cats", "Benign"), ("dogs", "Pro")] {
+        std::fs::create_dir_all(odd.join(class)).unwrap();
+        for e in std::fs::read_dir(Path::new(&data).join("Original").join(src)).unwrap().take(3) {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, odd.join(class).join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let odd_s = odd.display().to_string();
+    let o = allscan(dir.path(), &["eval", &run, &odd_s, "--out", "x"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("cats, dogs") && err.contains("--map"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one error line: {err}");
+
+    // A label that contradicts training.
+    let o = allscan(dir.path(), &["eval", &run, &data, "--map", "Benign=leukemia", "--out", "x"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("`Benign` is leukemia here but was healthy"), "{}", stderr(&o));
+
+    // A split made for other data.
+    let o = allscan(dir.path(), &["data", "split", &odd_s, "--map", "cats=healthy,dogs=leukemia", "--out", "odd.json"]);
+    if o.status.success() {
+        let o = allscan(dir.path(), &["eval", &run, &data, "--split", "odd.json", "--out", "x"]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("different dataset"), "{}", stderr(&o));
+    }
+
+    // aria-hsv preprocessing (made for Aria fields) on a dataset of another layout.
+    for file in ["config.json", "metadata.json"] {
+        let p = Path::new(&run).join(file);
+        let mut v = read_json(&p);
+        v["preprocess"]["mode"] = "aria-hsv".into();
+        std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+    let mapped = ["eval", &run, &odd_s, "--map", "cats=healthy,dogs=leukemia", "--out", "y", "--bootstrap", "10"];
+    let o = allscan(dir.path(), &mapped);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("aria-hsv") && err.contains("class folders"), "{err}");
+    let mut forced = mapped.to_vec();
+    forced.push("--allow-preprocess-mismatch");
+    let o = allscan(dir.path(), &forced);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cross-dataset"));
+}
+
+/// The C-NMC sample (another layout, patient ids) against a model trained on synthetic
+/// Aria-layout data: per image and per patient.
+#[test]
+fn cross_dataset_on_the_cnmc_sample_with_a_label_map() {
+    let Some(shared) = shared_data() else {
+        eprintln!("skipped: ../shared/data not present");
+        return;
+    };
+    let cnmc = shared.join("cnmc-sample");
+    if !cnmc.is_dir() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run) = tiny_run(dir.path(), "subtype");
+    let out = dir.path().join("ev-cnmc");
+    let o = allscan(
+        dir.path(),
+        &[
+            "eval",
+            &run,
+            &cnmc.display().to_string(),
+            "--map",
+            "all=leukemia,hem=healthy",
+            "--out",
+            &out.display().to_string(),
+            "--bootstrap",
+            "100",
+            "--gallery",
+            "2",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = read_json(&out.join("metrics.json"));
+    assert_eq!(m["n"], 60);
+    assert!(m["split"].as_str().unwrap().contains("cross-dataset"));
+    assert!(m.get("subtype").is_none(), "C-NMC has no subtypes");
+    assert_eq!(m["binary"]["bootstrap"]["unit"], "patients");
+    assert!(m["per_patient"]["n"].as_u64().unwrap() > 10);
+    let w: Vec<&str> = m["warnings"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert!(w.iter().any(|w| w.contains("not the model's")), "{w:?}");
+    assert!(!w.iter().any(|w| w.contains("have no patient id")), "{w:?}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_self_contained(&html);
+    assert!(html.contains("Per patient"));
+}
+
+#[test]
+fn cv_reports_mean_and_sd_over_folds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("syn").display().to_string();
+    let o = allscan(dir.path(), &["demo-data", &data, "--n", "12", "--size", "96"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = allscan(
+        dir.path(),
+        &[
+            "cv",
+            &data,
+            "--folds",
+            "2",
+            "--out",
+            "cv",
+            "--epochs",
+            "1,1",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--weights",
+            "none",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("mean ± sd") && stdout(&o).contains("fold 1"), "{}", stdout(&o));
+    let cv = read_json(&dir.path().join("cv/cv.json"));
+    assert_eq!(cv["per_fold"].as_array().unwrap().len(), 2);
+    assert!(cv["summary"]["roc_auc"]["n_folds"].as_u64().is_some());
+    assert!(dir.path().join("cv/fold-1/run/model.bpk").is_file());
+    let html = std::fs::read_to_string(dir.path().join("cv/report.html")).unwrap();
+    assert!(html.contains("Mean ± sd over folds"));
+}
