@@ -33,6 +33,10 @@ enum Command {
     Weights(cmd::weights::WeightsCommand),
     /// Train a model (stage 1 head, stage 2 fine-tune) into a run bundle; --resume continues.
     Train(cmd::train::TrainArgs),
+    /// Evaluate a run on a dataset: metrics.json with 95% CIs and a self-contained report.html.
+    Eval(cmd::eval::EvalArgs),
+    /// Grouped, stratified k-fold cross-validation: one run per fold, mean ± sd in one report.
+    Cv(cmd::cv::CvArgs),
     /// Predict image files and folders with a trained run (table, CSV or JSON).
     Predict(cmd::predict::PredictArgs),
     /// Grad-CAM overlays: why the model called each image what it did.
@@ -50,6 +54,8 @@ fn main() -> ExitCode {
         Command::Segment(args) => cmd::segment::run(args),
         Command::Weights(c) => cmd::weights::run(c),
         Command::Train(args) => cmd::train::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
+        Command::Cv(args) => cmd::cv::run(args),
         Command::Predict(args) => cmd::predict::run(args),
         Command::Explain(args) => cmd::explain::run(args),
         Command::Serve(args) => cmd::serve::run(args),

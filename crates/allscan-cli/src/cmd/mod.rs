@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
+pub mod cv;
 pub mod data;
 pub mod demo;
 pub mod demo_data;
+pub mod eval;
 pub mod explain;
 pub mod predict;
 pub mod segment;
