@@ -63,12 +63,31 @@ pub enum EvalError {
     /// The model and the data do not fit together (classes, labels, preprocessing).
     #[error("{data}: {reason}")]
     Incompatible { data: PathBuf, reason: String },
+    // Boxed: these are large, and every metric function returns `Result<_, EvalError>`.
     #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    Data(Box<crate::data::DataError>),
     #[error(transparent)]
-    Bundle(#[from] crate::bundle::BundleError),
+    Bundle(Box<crate::bundle::BundleError>),
     #[error(transparent)]
-    Infer(#[from] crate::infer::InferError),
+    Infer(Box<crate::infer::InferError>),
+}
+
+impl From<crate::data::DataError> for EvalError {
+    fn from(e: crate::data::DataError) -> Self {
+        EvalError::Data(Box::new(e))
+    }
+}
+
+impl From<crate::bundle::BundleError> for EvalError {
+    fn from(e: crate::bundle::BundleError) -> Self {
+        EvalError::Bundle(Box::new(e))
+    }
+}
+
+impl From<crate::infer::InferError> for EvalError {
+    fn from(e: crate::infer::InferError) -> Self {
+        EvalError::Infer(Box::new(e))
+    }
 }
 
 /// One figure with its 95% bootstrap confidence interval.
