@@ -157,9 +157,19 @@ pub fn summary_table(model: &BinaryEstimates, shortcut: Option<&BinaryEstimates>
     let mut out = String::new();
     let head_s = if shortcut.is_some() { "colour-only shortcut" } else { "" };
     let _ = writeln!(out, "{:<32} {:<26} {}", "", "model", head_s);
+    // Undefined figures get a star here and their reason in a note below, to keep the columns.
+    let mut notes: Vec<String> = Vec::new();
+    let mut short = |e: &Estimate, who: &str, i: usize| match &e.undefined {
+        Some(r) if e.value.is_none() => {
+            notes.push(format!("* {who} {}: undefined ({r})", FIGURE_LABELS[i]));
+            "undefined*".to_string()
+        }
+        _ => e.display(3),
+    };
     for (i, (_, e)) in model.report.figures().iter().enumerate() {
-        let s = shortcut.map_or(String::new(), |s| s.report.figures()[i].1.display(3));
-        let _ = writeln!(out, "{:<32} {:<26} {}", FIGURE_LABELS[i], e.display(3), s);
+        let m = short(e, "model", i);
+        let s = shortcut.map_or(String::new(), |s| short(s.report.figures()[i].1, "shortcut", i));
+        let _ = writeln!(out, "{:<32} {:<26} {}", FIGURE_LABELS[i], m, s);
     }
     let c = model.report.confusion_matrix;
     let _ = writeln!(
@@ -176,6 +186,9 @@ pub fn summary_table(model: &BinaryEstimates, shortcut: Option<&BinaryEstimates>
         model.bootstrap.n_boot,
         model.bootstrap.unit
     );
+    for n in notes {
+        let _ = writeln!(out, "{n}");
+    }
     out
 }
 
