@@ -1,12 +1,43 @@
-//! Training stage: a dataset index + split -> a run bundle ([`crate::bundle`]). Stage 1 trains
-//! the head on a frozen backbone (features cached when the view is deterministic); stage 2
-//! unfreezes the chosen blocks at a lower rate with early stopping, keeping the best epoch.
+//! Training stage: a dataset folder (+ optional split) -> a run bundle ([`crate::bundle`]).
+//!
+//! Stage 1 trains the head on a frozen backbone; with a deterministic view the backbone's
+//! pooled features are computed once ([`cache`]) and only the head runs per epoch. Stage 2
+//! unfreezes the chosen blocks ([`config::parse_unfreeze`]) at a lower rate with early
+//! stopping; with a deterministic view the activation entering the first unfrozen block is
+//! cached instead. The best epoch (validation loss or AUC) is kept; the decision threshold is
+//! chosen on validation; the test part is only reported. Every epoch is checkpointed
+//! ([`checkpoint`]) and `--resume` reproduces an uninterrupted run exactly.
 
+pub mod cache;
+pub mod checkpoint;
 pub mod config;
+pub mod dataset;
+pub mod progress;
+pub mod stage;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::Device;
 
 pub use config::{
-    Balance, Profile, ProfileDefaults, Schedule, SelectOn, StageConfig, TaskKind, TrainConfig, WeightsSource,
+    parse_unfreeze, Balance, Profile, ProfileDefaults, Schedule, SelectOn, StageConfig, TaskKind, TrainConfig,
+    Unfrozen, WeightsSource,
 };
+
+use crate::bundle::{
+    BundleError, BundleMetadata, DataConfig, RunBundle, RunConfig, SplitInfo, Versions, BUNDLE_FORMAT, CONFIG_FILE,
+    LOG_FILE, METRICS_FILE, SPLIT_FILE, WEIGHTS_FILE,
+};
+use crate::data::{DataError, DatasetIndex, IndexOptions, LabelMap, SplitConfig, SplitFile};
+use crate::device::{DeviceError, DeviceKind};
+use crate::model::{BackboneConfig, LeukemiaClassifier, ModelError, Task};
+use checkpoint::{EpochRow, TrainState};
+use dataset::{Prepared, Sample};
+use stage::{evaluate, Inputs, StageRun};
 
 /// Errors of the training stage.
 #[derive(Debug, thiserror::Error)]
@@ -14,4 +45,784 @@ pub enum TrainError {
     /// Settings that cannot train.
     #[error("invalid training settings: {0}")]
     Config(String),
+    /// The dataset cannot train this task (empty class, missing labels, ...).
+    #[error("{path}: {reason}")]
+    Dataset {
+        /// The dataset folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Indexing or splitting failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The output folder cannot take this run.
+    #[error("{path}: {reason}")]
+    Output {
+        /// The run folder.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing the bundle failed.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The model could not be built.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Starting weights could not be loaded.
+    #[error("starting weights: {0}")]
+    Weights(String),
+    /// The device is not available.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The loss became NaN or infinite.
+    #[error("stage {stage} epoch {epoch}: the loss is not finite (learning rate too high?)")]
+    Diverged {
+        /// Stage.
+        stage: u8,
+        /// Epoch.
+        epoch: usize,
+    },
+    /// A bug, not bad input.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What `allscan train` asks for; `None` fields take the profile's defaults.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    /// Dataset folder.
+    pub data: PathBuf,
+    /// Run folder to write.
+    pub out: PathBuf,
+    /// Binary or subtype.
+    pub task: TaskKind,
+    /// Defaults.
+    pub profile: Profile,
+    /// Split file (`allscan data split`); otherwise one is made with `seed`.
+    pub split: Option<PathBuf>,
+    /// Fractions of the split made when no `split` is given (`None`: 20% test, 10% val).
+    pub split_config: Option<SplitConfig>,
+    /// `--map` label map.
+    pub map: Option<String>,
+    /// Starting weights.
+    pub weights: Option<WeightsSource>,
+    /// Stage-2 trainable parts.
+    pub unfreeze: Option<Vec<String>>,
+    /// Epochs of stage 1 and stage 2.
+    pub epochs: (Option<usize>, Option<usize>),
+    /// Model input side.
+    pub input_size: Option<u32>,
+    /// Training batch size.
+    pub batch_size: Option<usize>,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Compute device.
+    pub device: DeviceKind,
+    /// Continue an interrupted run in `out`.
+    pub resume: bool,
+    /// Progress bars (on a terminal).
+    pub progress: bool,
+    /// Print the per-epoch lines to stdout (they always go to `train.log`).
+    pub echo: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The written bundle.
+    pub bundle: RunBundle,
+    /// Files skipped (unreadable or unusable): `(path, reason)`.
+    pub skipped: Vec<(String, String)>,
+    /// Wall-clock seconds of the whole command.
+    pub seconds: f64,
+    /// Whether it continued an interrupted run.
+    pub resumed: bool,
+}
+
+/// `train.log` plus optional echo to stdout; lines before the run folder exists are buffered.
+pub struct RunLog {
+    file: Option<std::fs::File>,
+    pending: Vec<String>,
+    echo: bool,
+}
+
+impl RunLog {
+    fn new(echo: bool) -> Self {
+        Self { file: None, pending: Vec::new(), echo }
+    }
+
+    fn open(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let path = dir.join(LOG_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| BundleError::Io { path: path.clone(), source })?;
+        for l in self.pending.drain(..) {
+            let _ = writeln!(f, "{l}");
+        }
+        self.file = Some(f);
+        Ok(())
+    }
+
+    /// Logs one line.
+    pub fn line(&mut self, s: &str) {
+        if self.echo {
+            println!("{s}");
+        }
+        match &mut self.file {
+            Some(f) => {
+                let _ = writeln!(f, "{s}");
+            }
+            None => self.pending.push(s.to_string()),
+        }
+    }
+}
+
+/// Rewrites `metrics.csv` (atomically) from the epoch history.
+pub fn write_metrics(dir: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
+    let mut s = String::from(EpochRow::HEADER);
+    s.push('\n');
+    for r in rows {
+        s.push_str(&r.csv());
+        s.push('\n');
+    }
+    let path = dir.join(METRICS_FILE);
+    crate::fsutil::write_atomic(&path, s.as_bytes()).map_err(|source| BundleError::Io { path, source })?;
+    Ok(())
+}
+
+/// Everything decided before the run folder is touched.
+struct Plan {
+    config: RunConfig,
+    index: DatasetIndex,
+    split: SplitFile,
+    prepared: Prepared,
+    class_names: Vec<String>,
+    leukemia_classes: Vec<String>,
+    num_targets: usize,
+}
+
+/// Trains a run end to end (or resumes one) and writes its bundle.
+pub fn train(req: &TrainRequest) -> Result<TrainOutcome, TrainError> {
+    let t0 = Instant::now();
+    let mut log = RunLog::new(req.echo);
+    let plan = plan(req, &mut log)?;
+    let out = &req.out;
+    // The output folder: a fresh one, or a resumable one with the same config.
+    let mut state = if req.resume {
+        let stored_path = out.join(CONFIG_FILE);
+        let stored: RunConfig = crate::bundle::read_json(&stored_path)
+            .map_err(|e| TrainError::Output { path: out.clone(), reason: format!("nothing to resume ({e})") })?;
+        let diff = config_diff(&stored, &plan.config);
+        if !diff.is_empty() {
+            return Err(TrainError::Output {
+                path: out.clone(),
+                reason: format!(
+                    "--resume with a different config than the run's config.json (differs in: {}); \
+                     use the same options or a new --out",
+                    diff.join(", ")
+                ),
+            });
+        }
+        checkpoint::load_state(out)?
+    } else {
+        if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            return Err(TrainError::Output {
+                path: out.clone(),
+                reason: "already exists and is not empty; pass --resume to continue it or choose another --out".into(),
+            });
+        }
+        None
+    };
+    let resumed = state.is_some();
+    std::fs::create_dir_all(out).map_err(|source| BundleError::Io { path: out.clone(), source })?;
+    log.open(out)?;
+    if !req.resume {
+        crate::bundle::write_json(&out.join(CONFIG_FILE), &plan.config)?;
+        plan.split.save(&out.join(SPLIT_FILE))?;
+    }
+    match &state {
+        Some(s) => log.line(&format!("resuming after stage {} epoch {}", s.stage, s.epoch)),
+        None if req.resume => log.line("no checkpoint yet: starting from the beginning"),
+        None => {}
+    }
+    let result = run(req, &plan, &mut state, &mut log);
+    let bundle = result?;
+    let seconds = t0.elapsed().as_secs_f64();
+    log.line(&format!("done in {seconds:.0} s: {}", out.display()));
+    Ok(TrainOutcome { bundle, skipped: plan.prepared.skipped.clone(), seconds, resumed })
+}
+
+/// Dotted names of the config fields that differ (for the resume error).
+fn config_diff(a: &RunConfig, b: &RunConfig) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, depth: usize, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) if depth < 3 => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    match (x.get(k), y.get(k)) {
+                        (Some(p), Some(q)) => walk(&name, p, q, depth + 1, out),
+                        _ => out.push(name),
+                    }
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let (Ok(x), Ok(y)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
+        return vec!["(unreadable)".into()];
+    };
+    let mut out = Vec::new();
+    walk("", &x, &y, 0, &mut out);
+    out
+}
+
+/// Index, split, config tree and preprocessing: all checks that can fail on bad input.
+fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
+    let map = req.map.as_deref().map(LabelMap::parse).transpose()?;
+    let opts = IndexOptions { map, progress: req.progress, ..IndexOptions::default() };
+    let index = DatasetIndex::build(&req.data, &opts)?;
+    let ds_err = |reason: String| TrainError::Dataset { path: req.data.clone(), reason };
+    if let Some(empty) = empty_class_folders(&index).first() {
+        return Err(ds_err(format!("class folder `{empty}` has no readable images; remove it or add images")));
+    }
+    let classes: Vec<String> = index.classes.iter().map(|c| c.name.clone()).collect();
+    let (class_names, leukemia_classes, num_targets) = match req.task {
+        TaskKind::Binary => {
+            index.binary_labels()?;
+            (vec!["healthy".to_string(), "leukemia".to_string()], vec!["leukemia".to_string()], 2)
+        }
+        TaskKind::Subtype => {
+            if classes.len() < 2 {
+                return Err(ds_err(format!("a subtype model needs at least 2 classes, found {classes:?}")));
+            }
+            let leuk = index
+                .classes
+                .iter()
+                .filter(|c| c.label.is_some_and(|l| l.is_leukemia()))
+                .map(|c| c.name.clone())
+                .collect();
+            (classes.clone(), leuk, classes.len())
+        }
+    };
+    let d = req.profile.defaults(req.task, classes.len());
+    let mut model = d.model;
+    let mut preprocess = d.preprocess;
+    let mut train = d.train;
+    if let Some(s) = req.input_size {
+        preprocess.input_size = s;
+    }
+    if let Some(b) = req.batch_size {
+        train.batch_size = b;
+    }
+    if let Some(e) = req.epochs.0 {
+        train.stage1.epochs = e;
+    }
+    if let Some(e) = req.epochs.1 {
+        train.stage2.epochs = e;
+    }
+    if let Some(u) = &req.unfreeze {
+        train.stage2.unfreeze = u.clone();
+    }
+    let weights = req.weights.clone().unwrap_or(d.weights);
+    if weights == WeightsSource::Imagenet && matches!(model.backbone, BackboneConfig::Custom(_)) {
+        if let Some(v) = model.backbone.variant() {
+            model.backbone = BackboneConfig::Torchvision { variant: v };
+        } else {
+            return Err(TrainError::Config(
+                "--weights imagenet needs a torchvision backbone; the cpu profile's slim DenseNet trains from scratch"
+                    .into(),
+            ));
+        }
+    }
+    train.validate()?;
+    model.validate()?;
+    if preprocess.input_size < 32 {
+        return Err(TrainError::Config(format!("input size {} is below 32 px", preprocess.input_size)));
+    }
+    parse_unfreeze(&train.stage2.unfreeze, model.backbone.densenet().block_config.len())?;
+    let split_cfg = req.split_config.unwrap_or(SplitConfig { seed: req.seed, ..SplitConfig::default() });
+    let split = match &req.split {
+        Some(p) => SplitFile::load(p, &index)?,
+        None => SplitFile::make(&index, &split_cfg)?,
+    };
+    let config = RunConfig {
+        format: BUNDLE_FORMAT.into(),
+        task: req.task,
+        profile: req.profile,
+        seed: req.seed,
+        data: DataConfig {
+            root: req.data.display().to_string(),
+            map: req.map.clone(),
+            split_file: req.split.as_ref().map(|p| p.display().to_string()),
+            split: split.config,
+            fingerprint: index.fingerprint.clone(),
+        },
+        weights,
+        model,
+        preprocess,
+        train,
+    };
+    log.line(&format!(
+        "allscan train: {} task, {} profile, {} images in {} classes ({}), seed {}",
+        req.task.name(),
+        req.profile.name(),
+        index.images.len(),
+        classes.len(),
+        classes.join(", "),
+        req.seed
+    ));
+    let class_of: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let task = req.task;
+    let target = move |rec: &crate::data::ImageRecord| -> Option<usize> {
+        match task {
+            TaskKind::Binary => rec.label.map(|l| usize::from(l.is_leukemia())),
+            TaskKind::Subtype => class_of.get(rec.class.as_str()).copied(),
+        }
+    };
+    let t = Instant::now();
+    let mut prepared = dataset::prepare(&index, &split, &config.preprocess, &target, req.progress);
+    let mut skipped: Vec<(String, String)> = index.bad.iter().map(|b| (b.path.clone(), b.reason.clone())).collect();
+    skipped.append(&mut prepared.skipped);
+    prepared.skipped = skipped;
+    log.line(&format!(
+        "preprocessed {} train / {} val / {} test images in {:.1} s ({} at {} px)",
+        prepared.train.len(),
+        prepared.val.len(),
+        prepared.test.len(),
+        t.elapsed().as_secs_f64(),
+        config.preprocess.mode,
+        config.preprocess.input_size
+    ));
+    if !prepared.skipped.is_empty() {
+        let list: Vec<String> = prepared.skipped.iter().take(5).map(|(p, r)| format!("{p} ({r})")).collect();
+        log.line(&format!(
+            "skipped {} unreadable or unusable file(s): {}{}",
+            prepared.skipped.len(),
+            list.join("; "),
+            if prepared.skipped.len() > 5 { "; ..." } else { "" }
+        ));
+    }
+    // Every output class must be in the training part, and validation must not be empty.
+    let names = &class_names;
+    for (k, name) in names.iter().enumerate() {
+        if !prepared.train.iter().any(|s| s.target == k) {
+            return Err(ds_err(format!("class `{name}` has no usable image in the training part")));
+        }
+    }
+    if prepared.val.is_empty() {
+        return Err(ds_err("the validation part is empty; use a split with --val > 0 or more images".into()));
+    }
+    Ok(Plan { config, index, split, prepared, class_names, leukemia_classes, num_targets })
+}
+
+/// Class folders beside the dataset's class folders that hold no indexed image.
+fn empty_class_folders(index: &DatasetIndex) -> Vec<String> {
+    let mut parents = std::collections::BTreeSet::new();
+    let mut class_dirs = std::collections::BTreeSet::new();
+    for rec in &index.images {
+        if let Some(dir) = index.abs_path(rec).parent() {
+            if dir.file_name().is_some_and(|n| n.to_string_lossy() == rec.class) {
+                class_dirs.insert(dir.to_path_buf());
+                if let Some(p) = dir.parent() {
+                    parents.insert(p.to_path_buf());
+                }
+            }
+        }
+    }
+    let mut empty = Vec::new();
+    for p in parents {
+        let Ok(entries) = std::fs::read_dir(&p) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if path.is_dir() && !name.starts_with('.') && !class_dirs.contains(&path) && !has_files(&path) {
+                empty.push(name);
+            }
+        }
+    }
+    empty.sort();
+    empty
+}
+
+fn has_files(dir: &Path) -> bool {
+    walkdir::WalkDir::new(dir).into_iter().flatten().any(|e| e.file_type().is_file())
+}
+
+/// The model at the start of the run: starting weights or a seeded random init.
+fn initial_model(cfg: &RunConfig, device: &Device) -> Result<LeukemiaClassifier, TrainError> {
+    device.seed(crate::data::batcher::mix(&[cfg.seed, 0xD1CE]));
+    let werr = |e: String| TrainError::Weights(e);
+    match &cfg.weights {
+        WeightsSource::None => Ok(cfg.model.init(device)?),
+        WeightsSource::Imagenet => {
+            let variant = cfg
+                .model
+                .backbone
+                .variant()
+                .ok_or_else(|| werr("ImageNet weights exist only for torchvision variants".into()))?;
+            let dir = crate::weights::cache_dir().map_err(|e| werr(e.to_string()))?;
+            let backbone = crate::weights::load_backbone(&dir, variant, device).map_err(|e| werr(e.to_string()))?;
+            Ok(cfg.model.init_with_backbone(backbone, device)?)
+        }
+        WeightsSource::Path(p) => {
+            let path = Path::new(p);
+            let dn = cfg.model.backbone.densenet();
+            let backbone = if p.ends_with(".pth") || p.ends_with(".pt") {
+                densenet_burn::weights::load_torchvision(&dn, path, device).map(|(m, _)| m)
+            } else {
+                densenet_burn::weights::load_burnpack(&dn, path, device)
+            }
+            .map_err(|e| werr(format!("{p}: {e}")))?;
+            Ok(cfg.model.init_with_backbone(backbone, device)?)
+        }
+    }
+}
+
+/// Loads checkpointed weights into a fresh model.
+fn load_weights(cfg: &RunConfig, path: &Path, device: &Device) -> Result<LeukemiaClassifier, TrainError> {
+    let model = cfg.model.init(device)?;
+    model.try_load_file(path).map_err(|e| {
+        TrainError::Bundle(BundleError::Model {
+            path: path.to_path_buf(),
+            source: ModelError::Record { path: path.to_path_buf(), reason: format!("{e}") },
+        })
+    })
+}
+
+/// The stages, the threshold, the held-out report and the bundle.
+fn run(
+    req: &TrainRequest,
+    plan: &Plan,
+    state: &mut Option<TrainState>,
+    log: &mut RunLog,
+) -> Result<RunBundle, TrainError> {
+    let cfg = &plan.config;
+    let out = &req.out;
+    let infer = crate::device::device(req.device)?;
+    let ad = infer.clone().autodiff();
+    let task = cfg.model.task;
+    let norm = &cfg.preprocess.normalization;
+    let p = &plan.prepared;
+    let targets: Vec<usize> = p.train.iter().map(|s| s.target).collect();
+    let class_weights = crate::data::batcher::class_weights(&targets, plan.num_targets);
+    let meta = metadata(plan, 0.5, "not chosen yet".into(), None, BTreeMap::new());
+    let mut st = state.take().unwrap_or(TrainState {
+        stage: 0,
+        epoch: 0,
+        stage_done: true,
+        bad_epochs: 0,
+        best: None,
+        history: Vec::new(),
+        dir: String::new(),
+    });
+    let mut model = match st.stage {
+        0 => initial_model(cfg, &ad)?,
+        _ => load_weights(cfg, &checkpoint::model_path(out, &st), &ad)?,
+    };
+    log.line(&format!(
+        "model: {} with a {}-output head, {} parameters; device {}",
+        cfg.model.backbone.describe(),
+        task.num_outputs(),
+        model.num_params(),
+        req.device
+    ));
+    #[allow(clippy::too_many_arguments)]
+    fn mk<'a>(
+        stage: u8,
+        scfg: &'a StageConfig,
+        cfg: &'a RunConfig,
+        p: &'a Prepared,
+        class_weights: &[f32],
+        num_targets: usize,
+        devices: (&'a Device, &'a Device),
+        meta: &'a BundleMetadata,
+        out: &'a Path,
+        progress: bool,
+    ) -> StageRun<'a> {
+        StageRun {
+            stage,
+            cfg: scfg,
+            train: &cfg.train,
+            seed: cfg.seed,
+            task: cfg.model.task,
+            train_set: &p.train,
+            val_set: &p.val,
+            norm: &cfg.preprocess.normalization,
+            class_weights: class_weights.to_vec(),
+            num_targets,
+            device: devices.0,
+            infer_device: devices.1,
+            meta,
+            run_dir: out,
+            progress,
+        }
+    }
+
+    let num_blocks = cfg.model.backbone.densenet().block_config.len();
+    // Stage 1: head only on the frozen backbone.
+    let s1 = &cfg.train.stage1;
+    let stage1_pending = s1.epochs > 0 && (st.stage == 0 || (st.stage == 1 && !st.stage_done));
+    if stage1_pending {
+        let frozen = model.freeze_backbone();
+        let inputs = if s1.augment && cfg.train.augment.enabled {
+            log.line("stage 1: head on the frozen backbone, augmented views (no feature cache)");
+            Inputs::Images
+        } else {
+            let t = Instant::now();
+            let valid = frozen.valid();
+            let key = cache_key(&valid, cfg, "pooled")?;
+            let bar = progress::bar((p.train.len() + p.val.len()) as u64, "caching", req.progress);
+            let cache = cache::FeatureCache::build(
+                &[&p.train, &p.val],
+                cfg.train.eval_batch_size,
+                norm,
+                &infer,
+                key,
+                &|x| {
+                    let f = crate::model::LeukemiaClassifier::forward_features(&valid, x);
+                    let pooled = densenet_burn::DenseNet::pool(f); // [B, C]
+                    let dims = pooled.dims().to_vec();
+                    (stage::read(pooled).unwrap_or_default(), dims)
+                },
+                &|n| bar.inc(n as u64),
+            );
+            bar.finish_and_clear();
+            log.line(&format!(
+                "stage 1: head on cached backbone features ({} images x {:?}, {:.1} MB, {:.1} s)",
+                cache.len(),
+                cache.shape,
+                cache.bytes() as f64 / 1e6,
+                t.elapsed().as_secs_f64()
+            ));
+            Inputs::Pooled(cache)
+        };
+        let mut optim = stage::optimizer(s1, &cfg.train);
+        if st.stage == 1 {
+            if let Some(path) = checkpoint::optim_path(out, &st) {
+                optim = optim.load(&path).map_err(|e| TrainError::Internal(format!("{}: {e}", path.display())))?;
+            }
+        }
+        if st.stage == 0 {
+            st.stage = 1;
+            st.epoch = 0;
+            st.stage_done = false;
+        }
+        model = mk(1, s1, cfg, p, &class_weights, plan.num_targets, (&ad, &infer), &meta, out, req.progress)
+            .run(frozen, optim, &inputs, &mut st, log)?;
+        st.bad_epochs = 0;
+    }
+    // Stage 2: the chosen blocks + head.
+    let s2 = &cfg.train.stage2;
+    let stage2_pending = s2.epochs > 0 && !(st.stage == 2 && st.stage_done);
+    if stage2_pending {
+        if st.stage != 2 {
+            st.stage = 2;
+            st.epoch = 0;
+            st.stage_done = false;
+            st.bad_epochs = 0;
+        }
+        let unfrozen = parse_unfreeze(&s2.unfreeze, num_blocks)?;
+        let model2 = match unfrozen {
+            Unfrozen::All => model.unfreeze(),
+            Unfrozen::From(k) => model.unfreeze().freeze_backbone_until(k),
+        };
+        let inputs = match unfrozen {
+            Unfrozen::From(k) if !(s2.augment && cfg.train.augment.enabled) => {
+                let valid = model2.valid();
+                let key = cache_key(&valid, cfg, &format!("block{k}"))?;
+                let bar = progress::bar((p.train.len() + p.val.len()) as u64, "caching", req.progress);
+                let cache = cache::FeatureCache::build(
+                    &[&p.train, &p.val],
+                    cfg.train.eval_batch_size,
+                    norm,
+                    &infer,
+                    key,
+                    &|x| {
+                        let a = valid.forward_until(x, k); // [B, C_k, h, w]
+                        let dims = a.dims().to_vec();
+                        (stage::read(a).unwrap_or_default(), dims)
+                    },
+                    &|n| bar.inc(n as u64),
+                );
+                bar.finish_and_clear();
+                log.line(&format!(
+                    "stage 2: training from dense block {} on cached activations ({:.1} MB)",
+                    k + 1,
+                    cache.bytes() as f64 / 1e6
+                ));
+                Inputs::Activations(k, cache)
+            }
+            _ => {
+                log.line(&format!("stage 2: training {} on augmented views", s2.unfreeze.join(",")));
+                Inputs::Images
+            }
+        };
+        let mut optim = stage::optimizer(s2, &cfg.train);
+        if st.epoch > 0 {
+            if let Some(path) = checkpoint::optim_path(out, &st) {
+                optim = optim.load(&path).map_err(|e| TrainError::Internal(format!("{}: {e}", path.display())))?;
+            }
+        }
+        model = mk(2, s2, cfg, p, &class_weights, plan.num_targets, (&ad, &infer), &meta, out, req.progress)
+            .run(model2, optim, &inputs, &mut st, log)?;
+    }
+    // The best epoch's weights, the threshold on validation, the held-out report.
+    let best_path = out.join(WEIGHTS_FILE);
+    if !best_path.is_file() {
+        crate::bundle::save_weights(&model, &best_path)?;
+    }
+    let best = load_weights(cfg, &best_path, &infer)?.for_inference();
+    let ev_val =
+        evaluate(&best, &Inputs::Images, &p.val, task, &class_weights, 0.0, cfg.train.eval_batch_size, norm, &infer)?;
+    let yv: Vec<bool> = p.val.iter().map(|s| s.leukemia).collect();
+    let pv: Vec<f64> = ev_val.probs.iter().map(|r| crate::bundle::p_leukemia(&meta, r) as f64).collect();
+    let (threshold, rule) = match crate::eval::threshold_for_sensitivity(&yv, &pv, cfg.train.target_sensitivity) {
+        Ok(choice) => {
+            if let Some(w) = &choice.warning {
+                log.line(&format!("threshold: {w}"));
+            }
+            (
+                choice.threshold,
+                format!(
+                    "largest threshold with validation sensitivity >= {} ({} leukemia / {} healthy validation images)",
+                    cfg.train.target_sensitivity, choice.n_leukemia, choice.n_healthy
+                ),
+            )
+        }
+        Err(e) => {
+            log.line(&format!("threshold: {e}; using 0.5"));
+            (0.5, format!("0.5 (could not tune on validation: {e})"))
+        }
+    };
+    let test = held_out(&best, plan, &meta, threshold, &class_weights, &infer, log)?;
+    let meta = metadata(plan, threshold, rule, st.best.clone(), test);
+    let bundle = RunBundle::create(out, cfg.clone(), meta)?;
+    write_metrics(out, &st.history)?;
+    if let Some(b) = &st.best {
+        log.line(&format!(
+            "best: stage {} epoch {} (val loss {:.4}, val acc {:.4}, val auc {}); threshold {:.4}",
+            b.stage,
+            b.epoch,
+            b.val_loss,
+            b.val_accuracy,
+            b.val_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into()),
+            threshold
+        ));
+    }
+    Ok(bundle)
+}
+
+/// Cache key from the frozen model's weights and the view settings.
+fn cache_key(valid: &LeukemiaClassifier, cfg: &RunConfig, what: &str) -> Result<String, TrainError> {
+    let bytes = valid.backbone.clone().into_record().into_bytes().map_err(|e| TrainError::Internal(format!("{e}")))?;
+    let view = serde_json::to_string(&cfg.preprocess).unwrap_or_default();
+    Ok(cache::key(&bytes, &format!("{what}:{view}")))
+}
+
+/// Figures on the test part (reported, never used to choose anything).
+fn held_out(
+    model: &LeukemiaClassifier,
+    plan: &Plan,
+    meta: &BundleMetadata,
+    threshold: f64,
+    weights: &[f32],
+    device: &Device,
+    log: &mut RunLog,
+) -> Result<BTreeMap<String, f64>, TrainError> {
+    let mut m = BTreeMap::new();
+    let test: &[Sample] = &plan.prepared.test;
+    if test.is_empty() {
+        log.line("held-out test part: empty (nothing to report)");
+        return Ok(m);
+    }
+    let cfg = &plan.config;
+    let task = cfg.model.task;
+    let ev = evaluate(
+        model,
+        &Inputs::Images,
+        test,
+        task,
+        weights,
+        0.0,
+        cfg.train.eval_batch_size,
+        &cfg.preprocess.normalization,
+        device,
+    )?;
+    let y: Vec<bool> = test.iter().map(|s| s.leukemia).collect();
+    let pl: Vec<f32> = ev.probs.iter().map(|r| crate::bundle::p_leukemia(meta, r)).collect();
+    let call: Vec<bool> = pl.iter().map(|&p| p as f64 >= threshold).collect();
+    let tp = y.iter().zip(&call).filter(|(a, b)| **a && **b).count();
+    let tn = y.iter().zip(&call).filter(|(a, b)| !**a && !**b).count();
+    let npos = y.iter().filter(|&&v| v).count();
+    let nneg = y.len() - npos;
+    m.insert("test_images".into(), test.len() as f64);
+    m.insert("test_loss".into(), ev.loss);
+    m.insert("test_binary_accuracy".into(), (tp + tn) as f64 / y.len() as f64);
+    if npos > 0 {
+        m.insert("test_sensitivity".into(), tp as f64 / npos as f64);
+    }
+    if nneg > 0 {
+        m.insert("test_specificity".into(), tn as f64 / nneg as f64);
+    }
+    if let Some(a) = stage::auc(&y, &pl) {
+        m.insert("test_auc".into(), a);
+    }
+    let mut line = format!("held-out test ({} images, never used for selection):", test.len());
+    if let Task::Subtype { .. } = task {
+        m.insert("test_subtype_accuracy".into(), ev.accuracy);
+        line.push_str(&format!(" subtype accuracy {:.4};", ev.accuracy));
+    }
+    line.push_str(&format!(
+        " binary accuracy {:.4}, sensitivity {}, specificity {} at threshold {:.4}; auc {}",
+        m["test_binary_accuracy"],
+        m.get("test_sensitivity").map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+        m.get("test_specificity").map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+        threshold,
+        m.get("test_auc").map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+    ));
+    log.line(&line);
+    Ok(m)
+}
+
+fn metadata(
+    plan: &Plan,
+    threshold: f64,
+    rule: String,
+    best: Option<crate::bundle::BestEpoch>,
+    test_metrics: BTreeMap<String, f64>,
+) -> BundleMetadata {
+    let cfg = &plan.config;
+    BundleMetadata {
+        format: BUNDLE_FORMAT.into(),
+        task: cfg.model.task,
+        class_names: plan.class_names.clone(),
+        leukemia_classes: plan.leukemia_classes.clone(),
+        dataset_classes: plan
+            .index
+            .classes
+            .iter()
+            .map(|c| (c.name.clone(), c.label.map(|l| l.as_str().to_string()).unwrap_or_else(|| "unlabelled".into())))
+            .collect(),
+        preprocess: cfg.preprocess.clone(),
+        input_size: cfg.preprocess.input_size,
+        normalization: cfg.preprocess.normalization.clone(),
+        threshold,
+        threshold_rule: rule,
+        dataset_fingerprint: plan.index.fingerprint.clone(),
+        split: Some(SplitInfo {
+            file: SPLIT_FILE.into(),
+            config: plan.split.config,
+            patient_level: plan.split.patient_level,
+            counts: plan.split.counts.clone(),
+        }),
+        best,
+        test_metrics,
+        versions: Versions::default(),
+    }
 }

@@ -1,0 +1,123 @@
+//! `allscan train DATA --out RUN`: dataset folder -> run bundle (config.json, model.bpk,
+//! metadata.json, metrics.csv, train.log, split.json, checkpoint/). Glue only: the work is
+//! `allscan::train::train`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use allscan::data::SplitConfig;
+use allscan::device::DeviceKind;
+use allscan::train::{Profile, TaskKind, TrainRequest, WeightsSource};
+use anyhow::Context;
+
+/// Options of `allscan train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Dataset folder (Aria layout, class folders, C-NMC, ALL-IDB).
+    pub data: PathBuf,
+    /// Run folder to write (must not exist or be empty, unless --resume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// binary (leukemia vs healthy) or subtype (the dataset's classes).
+    #[arg(long, default_value = "binary")]
+    pub task: String,
+    /// cpu (slim DenseNet on nucleus crops, from scratch, 2-core budget) or paper (the seed:
+    /// DenseNet201, 224 px, ImageNet weights).
+    #[arg(long, default_value = "cpu")]
+    pub profile: String,
+    /// Split file from `allscan data split` (its fingerprint must match DATA); without it a
+    /// split is made with --seed and saved into the run folder.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// Test fraction of the split made without --split.
+    #[arg(long)]
+    pub test: Option<f64>,
+    /// Validation fraction of the split made without --split.
+    #[arg(long)]
+    pub val: Option<f64>,
+    /// Label map for class folders whose names say nothing: NAME=healthy|leukemia,...
+    #[arg(long)]
+    pub map: Option<String>,
+    /// Starting weights: imagenet, none, or a .pth/.bpk backbone file (default: the profile's).
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// Stage-2 trainable parts, e.g. denseblock4,norm5 or all (default: the profile's).
+    #[arg(long, value_delimiter = ',')]
+    pub unfreeze: Option<Vec<String>>,
+    /// Epochs: N (stage 2) or S1,S2 (both stages).
+    #[arg(long)]
+    pub epochs: Option<String>,
+    /// Model input side in pixels (default: the profile's).
+    #[arg(long)]
+    pub input_size: Option<u32>,
+    /// Training batch size (default: the profile's).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Seed of the split, initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu, cuda or wgpu (GPU backends need a build with `--features cuda` / `--features wgpu`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Continue an interrupted run in --out (the options must be the same).
+    #[arg(long)]
+    pub resume: bool,
+    /// No per-epoch lines on stdout (train.log still gets them).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_epochs(s: &str) -> anyhow::Result<(Option<usize>, Option<usize>)> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let num = |p: &str| p.parse::<usize>().with_context(|| format!("--epochs {s}: `{p}` is not a number"));
+    match parts.as_slice() {
+        [n] => Ok((None, Some(num(n)?))),
+        [a, b] => Ok((Some(num(a)?), Some(num(b)?))),
+        _ => anyhow::bail!("--epochs {s}: give N (stage 2) or S1,S2"),
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let task: TaskKind = args.task.parse()?;
+    let profile: Profile = args.profile.parse()?;
+    let device: DeviceKind = args.device.parse()?;
+    let weights = args.weights.as_deref().map(str::parse::<WeightsSource>).transpose()?;
+    let epochs = args.epochs.as_deref().map(parse_epochs).transpose()?.unwrap_or((None, None));
+    let split_config = (args.test.is_some() || args.val.is_some()).then(|| {
+        let d = SplitConfig::default();
+        SplitConfig { test: args.test.unwrap_or(d.test), val: args.val.unwrap_or(d.val), folds: None, seed: args.seed }
+    });
+    let req = TrainRequest {
+        data: args.data.clone(),
+        out: args.out.clone(),
+        task,
+        profile,
+        split: args.split,
+        split_config,
+        map: args.map,
+        weights,
+        unfreeze: args.unfreeze,
+        epochs,
+        input_size: args.input_size,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        device,
+        resume: args.resume,
+        progress: true,
+        echo: !args.quiet,
+    };
+    let outcome = allscan::train::train(&req).with_context(|| format!("training on {}", args.data.display()))?;
+    if !outcome.skipped.is_empty() {
+        eprintln!("note: skipped {} unreadable or unusable file(s) (listed in train.log)", outcome.skipped.len());
+    }
+    let m = &outcome.bundle.metadata;
+    println!(
+        "run bundle: {} ({} task, threshold {:.4}, {:.0} s{})",
+        outcome.bundle.dir.display(),
+        task.name(),
+        m.threshold,
+        outcome.seconds,
+        if outcome.resumed { ", resumed" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

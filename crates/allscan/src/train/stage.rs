@@ -1,0 +1,440 @@
+//! One training stage: a model with a frozen prefix + preprocessed crops -> trained weights,
+//! one epoch at a time (shuffle or balanced draw, augment, forward, loss, Adam(W) step),
+//! validation after every epoch, best-epoch tracking, early stopping and a checkpoint.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::cache::FeatureCache;
+use super::checkpoint::{self, EpochRow, TrainState};
+use super::config::{Balance, Schedule, SelectOn, StageConfig, TrainConfig};
+use super::dataset::Sample;
+use super::{RunLog, TrainError};
+use crate::bundle::{BestEpoch, BundleMetadata};
+use crate::data::batcher::{
+    activations_tensor, balanced_order, batches, images_tensor, mix, rows_tensor, shuffled_order,
+};
+use crate::model::{probabilities, LeukemiaClassifier, Task};
+
+/// What the trainable part of the model reads.
+pub enum Inputs {
+    /// Crops, through the whole network (augmented if the stage says so).
+    Images,
+    /// Cached pooled backbone features `[C]` (stage 1, deterministic view): head only.
+    Pooled(FeatureCache),
+    /// Cached activations entering dense block `block` (stage 2, deterministic view).
+    Activations(usize, FeatureCache),
+}
+
+impl Inputs {
+    /// Logits `[B, outputs]` for the samples `idx` of `samples`.
+    #[allow(clippy::too_many_arguments)]
+    fn logits(
+        &self,
+        model: &LeukemiaClassifier,
+        samples: &[Sample],
+        idx: &[usize],
+        augment: Option<(&crate::data::augment::AugmentConfig, &[u64])>,
+        norm: &allscan_preprocess::Normalization,
+        device: &Device,
+    ) -> Result<Tensor<2>, TrainError> {
+        let missing = |s: &Sample| TrainError::Internal(format!("{} is not in the feature cache", s.path));
+        Ok(match self {
+            Inputs::Images => {
+                let crops: Vec<_> = idx.iter().map(|&i| &samples[i].crop).collect();
+                model.forward(images_tensor(&crops, augment, norm, device)) // [B, outputs]
+            }
+            Inputs::Pooled(cache) => {
+                let rows = idx
+                    .iter()
+                    .map(|&i| cache.get(&samples[i].sha256).ok_or_else(|| missing(&samples[i])))
+                    .collect::<Result<Vec<_>, _>>()?;
+                model.forward_pooled(rows_tensor(&rows, device)) // [B, C] -> [B, outputs]
+            }
+            Inputs::Activations(block, cache) => {
+                let rows = idx
+                    .iter()
+                    .map(|&i| cache.get(&samples[i].sha256).ok_or_else(|| missing(&samples[i])))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let shape = [cache.shape[0], cache.shape[1], cache.shape[2]];
+                model.forward_from(*block, activations_tensor(&rows, shape, device))
+                // [B, C, h, w] -> [B, outputs]
+            }
+        })
+    }
+}
+
+/// Weighted, label-smoothed loss, mean over the batch: BCE on the logit for binary,
+/// cross-entropy on the softmax for subtypes. `logits`: `[B, outputs]`.
+pub fn loss(task: Task, logits: Tensor<2>, targets: &[usize], weights: &[f32], smoothing: f64) -> Tensor<1> {
+    let device = logits.device();
+    let [b, k] = logits.dims();
+    let w = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [b]), &device);
+    let wsum = weights.iter().sum::<f32>().max(1e-12);
+    let per = match task {
+        Task::Binary => {
+            let z = logits.reshape([b]); // [B]
+            let s = smoothing as f32;
+            let y: Vec<f32> = targets.iter().map(|&t| (t as f32) * (1.0 - s) + 0.5 * s).collect();
+            let y = Tensor::<1>::from_data(TensorData::new(y, [b]), &device);
+            // log(1 + e^z) - y z, stable: relu(z) - y z + log(1 + e^-|z|).
+            relu(z.clone()) - z.clone() * y + z.abs().neg().exp().log1p()
+        }
+        Task::Subtype { .. } => {
+            let s = smoothing as f32;
+            let mut t = vec![s / k as f32; b * k];
+            for (i, &c) in targets.iter().enumerate() {
+                t[i * k + c.min(k - 1)] += 1.0 - s;
+            }
+            let t = Tensor::<2>::from_data(TensorData::new(t, [b, k]), &device);
+            (log_softmax(logits, 1) * t).sum_dim(1).reshape([b]).neg() // [B]
+        }
+    };
+    (per * w).sum().div_scalar(wsum)
+}
+
+/// Validation (or test) outputs of a model in inference mode.
+pub struct Evaluation {
+    /// Output probabilities per image (`[1]` binary, `[K]` subtype).
+    pub probs: Vec<Vec<f32>>,
+    /// Mean (weighted like training) loss.
+    pub loss: f64,
+    /// Top-1 accuracy (binary: at 0.5).
+    pub accuracy: f64,
+}
+
+/// Runs `model` (inference copy) over `samples` through `inputs`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &LeukemiaClassifier,
+    inputs: &Inputs,
+    samples: &[Sample],
+    task: Task,
+    weights: &[f32],
+    smoothing: f64,
+    batch: usize,
+    norm: &allscan_preprocess::Normalization,
+    device: &Device,
+) -> Result<Evaluation, TrainError> {
+    let mut probs = Vec::with_capacity(samples.len());
+    let (mut loss_sum, mut wsum, mut correct) = (0.0f64, 0.0f64, 0usize);
+    let all: Vec<usize> = (0..samples.len()).collect();
+    for idx in all.chunks(batch.max(1)) {
+        let logits = inputs.logits(model, samples, idx, None, norm, device)?;
+        let targets: Vec<usize> = idx.iter().map(|&i| samples[i].target).collect();
+        let w: Vec<f32> = targets.iter().map(|&t| weights.get(t).copied().unwrap_or(1.0)).collect();
+        let l = read(loss(task, logits.clone(), &targets, &w, smoothing))?;
+        let bw: f64 = w.iter().map(|&x| x as f64).sum();
+        loss_sum += l.first().copied().unwrap_or(0.0) as f64 * bw;
+        wsum += bw;
+        let [b, k] = logits.dims();
+        let p = read(probabilities(task, logits).reshape([b * k]))?;
+        for (row, &t) in p.chunks(k).zip(&targets) {
+            if predicted(task, row) == t {
+                correct += 1;
+            }
+            probs.push(row.to_vec());
+        }
+    }
+    Ok(Evaluation {
+        probs,
+        loss: if wsum > 0.0 { loss_sum / wsum } else { 0.0 },
+        accuracy: correct as f64 / samples.len().max(1) as f64,
+    })
+}
+
+/// Output index of one probability row (binary: 1 when p >= 0.5).
+pub fn predicted(task: Task, row: &[f32]) -> usize {
+    match task {
+        Task::Binary => usize::from(row.first().copied().unwrap_or(0.0) >= 0.5),
+        Task::Subtype { .. } => row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0),
+    }
+}
+
+/// AUC of p(leukemia) (Mann-Whitney, ties count half); `None` without both labels.
+pub fn auc(y: &[bool], p: &[f32]) -> Option<f64> {
+    let mut v: Vec<(f32, bool)> = p.iter().copied().zip(y.iter().copied()).collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (npos, nneg) = (y.iter().filter(|&&t| t).count(), y.iter().filter(|&&t| !t).count());
+    if npos == 0 || nneg == 0 {
+        return None;
+    }
+    let mut rank_sum = 0.0f64;
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
+        }
+        let avg = (i + j + 1) as f64 / 2.0; // ranks i+1..=j
+        rank_sum += avg * v[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    Some((rank_sum - (npos * (npos + 1)) as f64 / 2.0) / (npos * nneg) as f64)
+}
+
+/// Reads a tensor's values.
+pub fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {
+    t.into_data().try_to_vec::<f32>().map_err(|e| TrainError::Internal(format!("reading a tensor: {e:?}")))
+}
+
+/// Learning rate at `step` of `total` in a stage.
+pub fn learning_rate(cfg: &StageConfig, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
+    let warm = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    if step < warm {
+        return cfg.lr * (step + 1) as f64 / warm as f64;
+    }
+    match cfg.schedule {
+        Schedule::Constant => cfg.lr,
+        Schedule::Cosine => {
+            let span = total.saturating_sub(warm).max(1) as f64;
+            let t = ((step - warm) as f64 / span).min(1.0);
+            cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
+
+/// A fresh optimiser for a stage.
+pub fn optimizer(cfg: &StageConfig, train: &TrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .with_grad_clipping(train.clip_grad_norm.map(|n| GradientClippingConfig::Norm(n as f32)))
+        .init()
+}
+
+/// Everything a stage needs besides the model.
+pub struct StageRun<'a> {
+    /// 1 or 2.
+    pub stage: u8,
+    /// This stage's settings.
+    pub cfg: &'a StageConfig,
+    /// The whole training tree.
+    pub train: &'a TrainConfig,
+    /// Run seed.
+    pub seed: u64,
+    /// Model head.
+    pub task: Task,
+    /// Training samples.
+    pub train_set: &'a [Sample],
+    /// Validation samples.
+    pub val_set: &'a [Sample],
+    /// Input normalisation.
+    pub norm: &'a allscan_preprocess::Normalization,
+    /// Loss weight per output class.
+    pub class_weights: Vec<f32>,
+    /// Number of output classes (for balanced sampling; 2 for binary).
+    pub num_targets: usize,
+    /// Training (autodiff) device.
+    pub device: &'a Device,
+    /// Inference device.
+    pub infer_device: &'a Device,
+    /// Metadata (class names for p(leukemia)).
+    pub meta: &'a BundleMetadata,
+    /// The run directory.
+    pub run_dir: &'a std::path::Path,
+    /// Show bars.
+    pub progress: bool,
+}
+
+impl StageRun<'_> {
+    /// Trains from `start_epoch` (epochs already done in this stage) to the end or an early
+    /// stop, checkpointing each epoch and saving improved weights to the bundle.
+    pub fn run(
+        &self,
+        mut model: LeukemiaClassifier,
+        mut optim: ModuleOptimizer,
+        inputs: &Inputs,
+        state: &mut TrainState,
+        log: &mut RunLog,
+    ) -> Result<LeukemiaClassifier, TrainError> {
+        let n = self.train_set.len();
+        let steps_per_epoch = batches(&(0..n).collect::<Vec<_>>(), self.train.batch_size).len().max(1);
+        let total = steps_per_epoch * self.cfg.epochs;
+        let targets: Vec<usize> = self.train_set.iter().map(|s| s.target).collect();
+        let weights = match self.train.balance {
+            Balance::ClassWeights => self.class_weights.clone(),
+            _ => vec![1.0; self.num_targets],
+        };
+        let augment = (self.cfg.augment && self.train.augment.enabled).then_some(&self.train.augment);
+        let start = if state.stage == self.stage { state.epoch } else { 0 };
+        for epoch in start..self.cfg.epochs {
+            let t0 = Instant::now();
+            // Everything random in this epoch derives from (seed, stage, epoch): a resumed run
+            // redraws exactly what the uninterrupted one drew.
+            let epoch_seed = mix(&[self.seed, self.stage as u64, epoch as u64]);
+            self.device.seed(epoch_seed);
+            let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
+            let order = match self.train.balance {
+                Balance::Sampler => balanced_order(&targets, self.num_targets, &mut rng),
+                _ => shuffled_order(n, &mut rng),
+            };
+            let bar = super::progress::bar(
+                steps_per_epoch as u64,
+                &format!("stage {} ep {}/{}", self.stage, epoch + 1, self.cfg.epochs),
+                self.progress,
+            );
+            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+            let mut lr = self.cfg.lr;
+            for (b, idx) in batches(&order, self.train.batch_size).into_iter().enumerate() {
+                let step = epoch * steps_per_epoch + b;
+                lr = learning_rate(self.cfg, step, total, steps_per_epoch);
+                let seeds: Vec<u64> = idx.iter().map(|&i| mix(&[epoch_seed, b as u64, i as u64])).collect();
+                let logits = inputs.logits(
+                    &model,
+                    self.train_set,
+                    idx,
+                    augment.map(|a| (a, seeds.as_slice())),
+                    self.norm,
+                    self.device,
+                )?;
+                let bt: Vec<usize> = idx.iter().map(|&i| targets[i]).collect();
+                let bw: Vec<f32> = bt.iter().map(|&t| weights.get(t).copied().unwrap_or(1.0)).collect();
+                let l = loss(self.task, logits.clone(), &bt, &bw, self.train.label_smoothing);
+                let [bb, k] = logits.dims();
+                let p = read(probabilities(self.task, logits.detach()).reshape([bb * k]))?;
+                correct += p.chunks(k).zip(&bt).filter(|(row, &t)| predicted(self.task, row) == t).count();
+                let grads = l.backward();
+                let lv = read(l.detach())?.first().copied().unwrap_or(f32::NAN) as f64;
+                if !lv.is_finite() {
+                    return Err(TrainError::Diverged { stage: self.stage, epoch: epoch + 1 });
+                }
+                loss_sum += lv * idx.len() as f64;
+                seen += idx.len();
+                let grads = GradientsParams::from_grads(grads, &model);
+                model = optim.step(lr, model, grads);
+                bar.inc(1);
+                bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
+            }
+            bar.finish_and_clear();
+            // Validation: early stopping, best epoch.
+            let valid = model.valid();
+            let ev = evaluate(
+                &valid,
+                inputs,
+                self.val_set,
+                self.task,
+                &weights,
+                self.train.label_smoothing,
+                self.train.eval_batch_size,
+                self.norm,
+                self.infer_device,
+            )?;
+            let y: Vec<bool> = self.val_set.iter().map(|s| s.leukemia).collect();
+            let pl: Vec<f32> = ev.probs.iter().map(|r| crate::bundle::p_leukemia(self.meta, r)).collect();
+            let val_auc = auc(&y, &pl);
+            let better = match (&state.best, self.train.select_on) {
+                (None, _) => true,
+                (Some(b), SelectOn::ValLoss) => ev.loss < b.val_loss,
+                (Some(b), SelectOn::ValAuc) => match (val_auc, b.val_auc) {
+                    (Some(a), Some(bb)) => a > bb || (a == bb && ev.loss < b.val_loss),
+                    _ => ev.loss < b.val_loss,
+                },
+            };
+            if better {
+                state.best = Some(BestEpoch {
+                    stage: self.stage,
+                    epoch: epoch + 1,
+                    val_loss: ev.loss,
+                    val_auc,
+                    val_accuracy: ev.accuracy,
+                });
+                crate::bundle::save_weights(&model, &self.run_dir.join(crate::bundle::WEIGHTS_FILE))?;
+                state.bad_epochs = 0;
+            } else {
+                state.bad_epochs += 1;
+            }
+            let row = EpochRow {
+                stage: self.stage,
+                epoch: epoch + 1,
+                lr,
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_accuracy: correct as f64 / seen.max(1) as f64,
+                val_loss: ev.loss,
+                val_accuracy: ev.accuracy,
+                val_auc,
+                seconds: t0.elapsed().as_secs_f64(),
+                best: better,
+            };
+            log.line(&format!(
+                "stage {} epoch {:>2}/{}: lr {:.2e}  train loss {:.4} acc {:.3}  val loss {:.4} acc {:.3} auc {}  {:.0}s{}",
+                row.stage,
+                row.epoch,
+                self.cfg.epochs,
+                row.lr,
+                row.train_loss,
+                row.train_accuracy,
+                row.val_loss,
+                row.val_accuracy,
+                row.val_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into()),
+                row.seconds,
+                if better { "  *best" } else { "" }
+            ));
+            state.history.push(row);
+            state.stage = self.stage;
+            state.epoch = epoch + 1;
+            let stop = self.cfg.patience.is_some_and(|p| state.bad_epochs >= p);
+            state.stage_done = stop || epoch + 1 == self.cfg.epochs;
+            super::write_metrics(self.run_dir, &state.history)?;
+            checkpoint::save(self.run_dir, state, &model, Some(&optim))?;
+            if stop {
+                log.line(&format!(
+                    "stage {}: early stop after {} epochs without a better validation {}",
+                    self.stage,
+                    state.bad_epochs,
+                    match self.train.select_on {
+                        SelectOn::ValLoss => "loss",
+                        SelectOn::ValAuc => "AUC",
+                    }
+                ));
+                break;
+            }
+        }
+        Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_match_hand_computed_values() {
+        let d = Device::flex();
+        let z = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 2.0], [2, 1]), &d);
+        let l = read(loss(Task::Binary, z, &[1, 0], &[1.0, 1.0], 0.0)).unwrap()[0];
+        let want = ((2f32).ln() + (1.0 + 2f32.exp()).ln()) / 2.0;
+        assert!((l - want).abs() < 1e-5, "{l} vs {want}");
+        let z = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 0.0, 0.0], [1, 3]), &d);
+        let l = read(loss(Task::Subtype { num_classes: 3 }, z, &[2], &[2.0], 0.0)).unwrap()[0];
+        assert!((l - 3f32.ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn auc_and_schedule() {
+        assert_eq!(auc(&[false, true], &[0.1, 0.9]), Some(1.0));
+        assert_eq!(auc(&[false, true], &[0.5, 0.5]), Some(0.5));
+        assert_eq!(auc(&[true, true], &[0.5, 0.5]), None);
+        let cfg = StageConfig {
+            epochs: 10,
+            lr: 1.0,
+            min_lr: 0.0,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 1.0,
+            weight_decay: 0.0,
+            augment: true,
+            patience: None,
+            unfreeze: vec![],
+        };
+        assert!((learning_rate(&cfg, 0, 100, 10) - 0.1).abs() < 1e-9);
+        assert!((learning_rate(&cfg, 10, 100, 10) - 1.0).abs() < 1e-9);
+        assert!(learning_rate(&cfg, 99, 100, 10) < 0.01);
+    }
+}
