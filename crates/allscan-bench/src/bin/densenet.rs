@@ -33,6 +33,82 @@ struct Args {
     /// re-concatenation).
     #[arg(long, default_value = "folded")]
     mode: String,
+    /// Also print where one forward pass spends its time (per op kind), on stderr.
+    #[arg(long)]
+    breakdown: bool,
+}
+
+/// Times each kind of op in one eval forward pass (Flex runs eagerly, so wall time per call
+/// is the op's cost). Mirrors `DenseBlock::forward_buffer`.
+fn breakdown(model: &DenseNet, x: Tensor<4>) {
+    use std::collections::BTreeMap;
+    let mut t: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut time = |k: &'static str, t0: Instant| *t.entry(k).or_default() += t0.elapsed().as_secs_f64();
+    let f = &model.features;
+    let t0 = Instant::now();
+    let h = f.conv0.forward(x);
+    let h = if f.norm0_folded { h } else { f.norm0.forward(h) };
+    time("stem conv0", t0);
+    let t0 = Instant::now();
+    let h = burn::tensor::activation::relu(h);
+    time("stem relu", t0);
+    let t0 = Instant::now();
+    let mut h = f.pool0.forward(h);
+    time("stem maxpool", t0);
+    for (i, block) in f.denseblock.iter().enumerate() {
+        let [b, c0, hh, ww] = h.dims();
+        let total = c0 + block.added_channels();
+        let t0 = Instant::now();
+        let mut buf = Tensor::<4>::empty([b, total, hh, ww], &h.device());
+        buf = buf.slice_assign([0..b, 0..c0, 0..hh, 0..ww], h);
+        time("block buffer", t0);
+        let mut c = c0;
+        for l in &block.denselayer {
+            let t0 = Instant::now();
+            let a = match &l.norm1_affine {
+                Some(a) => a.relu(buf.clone().narrow(1, 0, c)),
+                None => burn::tensor::activation::relu(l.norm1.forward(buf.clone().narrow(1, 0, c))),
+            };
+            time("norm1+relu", t0);
+            let t0 = Instant::now();
+            let a = l.conv1.forward(a);
+            time("conv1 1x1", t0);
+            let t0 = Instant::now();
+            let a = if l.norm2_folded { a } else { l.norm2.forward(a) };
+            let a = burn::tensor::activation::relu(a);
+            time("norm2+relu", t0);
+            let t0 = Instant::now();
+            let a = l.conv2.forward(a);
+            time("conv2 3x3", t0);
+            let t0 = Instant::now();
+            let k = a.dims()[1];
+            buf = buf.slice_assign([0..b, c..c + k, 0..hh, 0..ww], a);
+            c += k;
+            time("slice_assign", t0);
+        }
+        h = buf;
+        if let Some(tr) = f.transition.get(i) {
+            let t0 = Instant::now();
+            let a = match &tr.norm_affine {
+                Some(a) => a.relu(h),
+                None => burn::tensor::activation::relu(tr.norm.forward(h)),
+            };
+            time("transition bn+relu", t0);
+            let t0 = Instant::now();
+            let a = tr.conv.forward(a);
+            time("transition conv", t0);
+            let t0 = Instant::now();
+            h = tr.pool.forward(a);
+            time("transition avgpool", t0);
+        }
+    }
+    let t0 = Instant::now();
+    let _ = model.forward_from(model.num_blocks(), h).into_data();
+    time("norm5+pool", t0);
+    let total: f64 = t.values().sum();
+    for (k, v) in &t {
+        eprintln!("{k:>14}: {:8.1} ms {:5.1}%", v * 1e3, 100.0 * v / total);
+    }
 }
 
 /// Peak resident set size of this process in MiB (Linux VmHWM), if available.
@@ -65,21 +141,25 @@ fn forward(model: &DenseNet, x: Tensor<4>, concat: bool) -> Tensor<2> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let variant = DenseNetVariant::from_name(&args.variant)
-        .with_context(|| format!("unknown variant {}", args.variant))?;
+    let variant =
+        DenseNetVariant::from_name(&args.variant).with_context(|| format!("unknown variant {}", args.variant))?;
     let device = Device::flex();
-    let model = DenseNet::new(&variant.config(), &device)?.valid();
+    let base = DenseNet::new(&variant.config(), &device)?.valid();
+    // `base` is moved or dropped here so that only one copy of the weights stays resident.
     let (model, concat) = match args.mode.as_str() {
-        "folded" => (model.fold_batchnorm(), false),
-        "plain" => (model, false),
-        "concat" => (model, true),
+        "folded" => {
+            let folded = base.fold_batchnorm();
+            drop(base);
+            (folded, false)
+        }
+        "plain" => (base, false),
+        "concat" => (base, true),
         other => anyhow::bail!("unknown mode {other}: use folded, plain or concat"),
     };
-    let x = Tensor::<4>::random(
-        [args.batch, 3, args.size, args.size],
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    );
+    let x = Tensor::<4>::random([args.batch, 3, args.size, args.size], Distribution::Normal(0.0, 1.0), &device);
+    if args.breakdown {
+        breakdown(&model, x.clone());
+    }
     // Warm-up: first-touch allocations and kernel selection.
     let _ = forward(&model, x.clone(), concat).into_data();
     let mut times = Vec::with_capacity(args.iters);
