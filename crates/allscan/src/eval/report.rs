@@ -412,7 +412,7 @@ pub fn render_report(input: &ReportInput) -> String {
             }
         }
         None => {
-            let _ = write!(h, "<p>Threshold {:.4} (not tuned on a validation part).</p>", b.threshold);
+            let _ = write!(h, "<p>Threshold {:.4}, as stored in the run bundle (no validation part of these data was used to choose it).</p>", b.threshold);
         }
     }
 
