@@ -82,6 +82,18 @@ pub fn fold_split(base: &SplitFile, k: usize) -> SplitFile {
 pub fn cross_validate(req: &CvRequest) -> Result<CvOutcome, EvalError> {
     let t = &req.train;
     let out = t.out.clone();
+    if out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(EvalError::Invalid {
+            what: "cross-validation",
+            reason: format!("{} already exists and is not empty; choose another --out", out.display()),
+        });
+    }
+    if req.folds < 2 {
+        return Err(EvalError::Invalid {
+            what: "cross-validation",
+            reason: format!("{} folds: at least 2", req.folds),
+        });
+    }
     let map = t.map.as_deref().map(LabelMap::parse).transpose()?;
     let index = DatasetIndex::build(&t.data, &IndexOptions { map, progress: t.progress, ..Default::default() })?;
     let cfg = SplitConfig { test: req.test, val: 0.0, folds: Some(req.folds), seed: t.seed };
