@@ -438,3 +438,27 @@ mod tests {
         assert!(learning_rate(&cfg, 99, 100, 10) < 0.01);
     }
 }
+
+#[cfg(test)]
+mod unfreeze_tests {
+    use burn::module::Module;
+    use burn::tensor::{Device, Tensor};
+    use densenet_burn::{DenseNetConfig, DenseNetVariant};
+
+    use crate::model::ClassifierConfig;
+
+    #[test]
+    fn stage_two_unfreezes_what_stage_one_froze() {
+        let device = Device::flex().autodiff();
+        let cfg = ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(DenseNetConfig::custom(
+            4,
+            vec![1, 1],
+            8,
+            None,
+        ));
+        let model = cfg.init(&device).unwrap().freeze_backbone().unfreeze();
+        let x = Tensor::<4>::ones([2, 3, 32, 32], &device);
+        let grads = model.forward(x).sum().backward();
+        assert!(model.backbone.features.conv0.weight.val().grad(&grads).is_some(), "stem stayed frozen");
+    }
+}
