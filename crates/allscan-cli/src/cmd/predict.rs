@@ -283,3 +283,45 @@ fn write_table(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -
     )?;
     Ok(())
 }
+
+/// The demo's last step: predicts the first field of each class folder under `data` with the
+/// run just trained, then prints the commands to explain and serve it.
+pub fn demo_step(run: &Path, data: &Path) -> anyhow::Result<()> {
+    println!("\n== step: predict a few synthetic fields with the trained run");
+    let (_bundle, predictor) = load_predictor(run)?;
+    let mut ignored = Vec::new();
+    let mut picks: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for p in collect_images(&[data.to_path_buf()], &mut ignored) {
+        let class = p.parent().map(Path::to_path_buf).unwrap_or_default();
+        if seen.insert(class) {
+            picks.push(p);
+        }
+    }
+    for path in picks.iter().take(4) {
+        let img = match decode_file(path, &predictor.preprocess().decode) {
+            Ok(i) => i,
+            Err(e) => {
+                println!("  {}: {}", path.display(), e.reason());
+                continue;
+            }
+        };
+        let f = predictor.predict_field(&img).with_context(|| format!("predicting {}", path.display()))?;
+        println!(
+            "  {}: {} (p_leukemia {:.3}{})",
+            path.display(),
+            f.prediction,
+            f.p_leukemia,
+            f.subtype.as_deref().map(|s| format!(", most likely {s}")).unwrap_or_default()
+        );
+    }
+    println!(
+        "\nExplain:  allscan explain {} {} --out {}",
+        run.display(),
+        data.display(),
+        run.join("gradcam").display()
+    );
+    println!("Serve:    allscan serve {}", run.display());
+    println!("Research use only, not a diagnostic device.");
+    Ok(())
+}
