@@ -99,9 +99,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 
 /// The last step of `allscan demo`: evaluates the demo's run on its dataset's test part
 /// (fewer resamples, so the demo stays quick), prints the table and returns the report path.
-// Called from `cmd::demo` once the demo's training steps land.
-#[allow(dead_code)]
 pub fn demo_step(run: &std::path::Path, data: &std::path::Path, out: &std::path::Path) -> anyhow::Result<PathBuf> {
+    println!("\n== step: evaluate on the held-out test part (metrics.json, report.html)");
     let req = EvalRequest { n_boot: 200, gallery: 6, ..EvalRequest::new(run, data, out) };
     let outcome = allscan::eval::evaluate(&req).with_context(|| format!("evaluating {}", run.display()))?;
     for w in &outcome.input.warnings {
