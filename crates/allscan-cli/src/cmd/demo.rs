@@ -47,8 +47,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let index = step_inspect(&demo)?;
     step_split(&demo, &index, &args)?;
     step_train(&demo, &args)?;
-    crate::cmd::predict::demo_step(&demo.run, &demo.data)?; // predict step (cmd/predict.rs)
     crate::cmd::eval::demo_step(&demo.run, &demo.data, &args.out.join("eval"))?; // eval step (cmd/eval.rs)
+    crate::cmd::predict::demo_step(&demo.run, &demo.data)?; // predict step (cmd/predict.rs)
     step_outputs(&demo, &args.out, t0);
     Ok(ExitCode::SUCCESS)
 }
