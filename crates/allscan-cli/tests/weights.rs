@@ -21,9 +21,7 @@ fn allscan(home: &Path, args: &[&str]) -> Output {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../densenet-burn/tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../densenet-burn/tests/fixtures").join(name)
 }
 
 fn assert_clean_failure(o: &Output) -> String {
@@ -41,13 +39,7 @@ fn not_a_state_dict_is_one_clear_error() {
     std::fs::write(&file, "these are not tensors\n").unwrap();
     let err = assert_clean_failure(&allscan(
         home.path(),
-        &[
-            "weights",
-            "import",
-            file.to_str().unwrap(),
-            "--variant",
-            "densenet201",
-        ],
+        &["weights", "import", file.to_str().unwrap(), "--variant", "densenet201"],
     ));
     assert!(err.contains("notes.pth"), "{err}");
     assert!(err.contains("PyTorch state_dict"), "{err}");
@@ -62,13 +54,7 @@ fn truncated_file_is_one_clear_error() {
         std::fs::write(&file, &bytes[..cut]).unwrap();
         let err = assert_clean_failure(&allscan(
             home.path(),
-            &[
-                "weights",
-                "import",
-                file.to_str().unwrap(),
-                "--variant",
-                "densenet121",
-            ],
+            &["weights", "import", file.to_str().unwrap(), "--variant", "densenet121"],
         ));
         assert!(err.contains(name), "{err}");
     }
@@ -80,39 +66,15 @@ fn wrong_network_names_keys_and_shapes() {
     let file = fixture("tiny.pth");
     let err = assert_clean_failure(&allscan(
         home.path(),
-        &[
-            "weights",
-            "import",
-            file.to_str().unwrap(),
-            "--variant",
-            "densenet201",
-        ],
+        &["weights", "import", file.to_str().unwrap(), "--variant", "densenet201"],
     ));
     assert!(err.contains("does not fit densenet201"), "{err}");
-    assert!(
-        err.contains("features.conv0.weight expected [64, 3, 7, 7] found [16, 3, 7, 7]"),
-        "{err}"
-    );
+    assert!(err.contains("features.conv0.weight expected [64, 3, 7, 7] found [16, 3, 7, 7]"), "{err}");
     assert!(err.contains("dense blocks 2/2/2/2"), "{err}");
-    assert!(
-        err.contains("missing keys: features.denseblock1.denselayer3"),
-        "{err}"
-    );
-    assert!(!home
-        .path()
-        .join("weights/densenet201-features.bpk")
-        .exists());
+    assert!(err.contains("missing keys: features.denseblock1.denselayer3"), "{err}");
+    assert!(!home.path().join("weights/densenet201-features.bpk").exists());
 
-    let o = allscan(
-        home.path(),
-        &[
-            "weights",
-            "check",
-            file.to_str().unwrap(),
-            "--variant",
-            "densenet201",
-        ],
-    );
+    let o = allscan(home.path(), &["weights", "check", file.to_str().unwrap(), "--variant", "densenet201"]);
     assert!(!o.status.success());
     let out = stdout(&o);
     assert!(out.contains("shape mismatches"), "{out}");
@@ -133,9 +95,7 @@ fn serve(body: Vec<u8>, announced: usize, send: usize) -> String {
                 }
                 line.clear();
             }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n"
-            );
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n");
             let _ = stream.write_all(head.as_bytes());
             let _ = stream.write_all(&body[..send.min(body.len())]);
         }
@@ -148,16 +108,10 @@ fn fetch_with_wrong_hash_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
     let body = std::fs::read(fixture("tiny.pth")).unwrap();
     let url = serve(body.clone(), body.len(), body.len());
-    let err = assert_clean_failure(&allscan(
-        home.path(),
-        &["weights", "fetch", "densenet121", "--base-url", &url],
-    ));
+    let err = assert_clean_failure(&allscan(home.path(), &["weights", "fetch", "densenet121", "--base-url", &url]));
     assert!(err.contains("does not start with a639ec97"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(home.path().join("weights"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left: Vec<_> =
+        std::fs::read_dir(home.path().join("weights")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
@@ -166,30 +120,18 @@ fn fetch_cut_mid_body_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
     let body = std::fs::read(fixture("tiny.pth")).unwrap();
     let url = serve(body.clone(), body.len(), body.len() / 3);
-    let err = assert_clean_failure(&allscan(
-        home.path(),
-        &["weights", "fetch", "densenet169", "--base-url", &url],
-    ));
+    let err = assert_clean_failure(&allscan(home.path(), &["weights", "fetch", "densenet169", "--base-url", &url]));
     assert!(err.contains("download of"), "{err}");
-    let left = std::fs::read_dir(home.path().join("weights"))
-        .unwrap()
-        .count();
+    let left = std::fs::read_dir(home.path().join("weights")).unwrap().count();
     assert_eq!(left, 0);
 }
 
 #[test]
 fn offline_fetch_says_where_to_put_the_file() {
     let home = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}/models");
-    let err = assert_clean_failure(&allscan(
-        home.path(),
-        &["weights", "fetch", "densenet201", "--base-url", &url],
-    ));
+    let err = assert_clean_failure(&allscan(home.path(), &["weights", "fetch", "densenet201", "--base-url", &url]));
     let expected = home.path().join("weights").join("densenet201-c1103571.pth");
     assert!(err.contains(&expected.display().to_string()), "{err}");
     assert!(err.contains("allscan weights import"), "{err}");

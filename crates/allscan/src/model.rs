@@ -167,10 +167,7 @@ impl ClassifierConfig {
 
     /// The seed's subtype classifier (`num_classes` outputs, softmax).
     pub fn subtype(variant: DenseNetVariant, num_classes: usize) -> Self {
-        Self {
-            task: Task::Subtype { num_classes },
-            ..Self::binary(variant)
-        }
+        Self { task: Task::Subtype { num_classes }, ..Self::binary(variant) }
     }
 
     /// The same head on a custom backbone.
@@ -186,15 +183,12 @@ impl ClassifierConfig {
             return Err(ModelError::InvalidConfig("hidden must be > 0".into()));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(ModelError::InvalidConfig(format!(
-                "dropout {} must be in [0, 1)",
-                self.dropout
-            )));
+            return Err(ModelError::InvalidConfig(format!("dropout {} must be in [0, 1)", self.dropout)));
         }
         match self.task {
-            Task::Subtype { num_classes } if num_classes < 2 => Err(ModelError::InvalidConfig(
-                format!("a subtype head needs >= 2 classes, got {num_classes}"),
-            )),
+            Task::Subtype { num_classes } if num_classes < 2 => {
+                Err(ModelError::InvalidConfig(format!("a subtype head needs >= 2 classes, got {num_classes}")))
+            }
             _ => Ok(()),
         }
     }
@@ -208,28 +202,17 @@ impl ClassifierConfig {
 
     /// A classifier on an already loaded backbone (e.g. torchvision weights from
     /// [`crate::weights::load_backbone`]); the head is freshly initialised.
-    pub fn init_with_backbone(
-        &self,
-        backbone: DenseNet,
-        device: &Device,
-    ) -> Result<LeukemiaClassifier, ModelError> {
+    pub fn init_with_backbone(&self, backbone: DenseNet, device: &Device) -> Result<LeukemiaClassifier, ModelError> {
         self.validate()?;
         let want = self.backbone.densenet();
         let have_channels = backbone.num_features();
-        if backbone.num_blocks() != want.block_config.len() || have_channels != want.num_features()
-        {
+        if backbone.num_blocks() != want.block_config.len() || have_channels != want.num_features() {
             return Err(ModelError::BackboneMismatch {
                 expected: self.backbone.describe(),
-                found: format!(
-                    "{} blocks with {have_channels} output channels",
-                    backbone.num_blocks()
-                ),
+                found: format!("{} blocks with {have_channels} output channels", backbone.num_blocks()),
             });
         }
-        let backbone = DenseNet {
-            classifier: None,
-            ..backbone
-        };
+        let backbone = DenseNet { classifier: None, ..backbone };
         Ok(self.init_head(backbone, device))
     }
 
@@ -246,27 +229,18 @@ impl ClassifierConfig {
     /// Reads `dir/classifier.json`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|source| ModelError::ConfigJson { path, source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let config: Self = serde_json::from_str(&text).map_err(|source| ModelError::ConfigJson { path, source })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Writes `dir/classifier.json` (creating `dir`).
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
         let path = dir.join(CONFIG_FILE);
-        let text = serde_json::to_string_pretty(self).map_err(|source| ModelError::ConfigJson {
-            path: path.clone(),
-            source,
-        })?;
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|source| ModelError::ConfigJson { path: path.clone(), source })?;
         std::fs::write(&path, text + "\n").map_err(|source| ModelError::Io { path, source })
     }
 }
@@ -321,29 +295,20 @@ impl LeukemiaClassifier {
 
     /// Freezes the whole backbone (gradients off, BatchNorm on running statistics): stage 1.
     pub fn freeze_backbone(self) -> Self {
-        Self {
-            backbone: self.backbone.freeze(),
-            ..self
-        }
+        Self { backbone: self.backbone.freeze(), ..self }
     }
 
     /// Freezes the backbone before dense block `block`, leaving later blocks, `norm5` and the
     /// head trainable: stage 2.
     pub fn freeze_backbone_until(self, block: usize) -> Self {
-        Self {
-            backbone: self.backbone.freeze_until(block),
-            ..self
-        }
+        Self { backbone: self.backbone.freeze_until(block), ..self }
     }
 
     /// Inference copy: eval mode with BatchNorms folded into convolutions (faster, same
     /// outputs within float rounding). Not for training or saving.
     pub fn for_inference(&self) -> Self {
         let valid = self.valid();
-        Self {
-            backbone: self.backbone.fold_batchnorm(),
-            ..valid
-        }
+        Self { backbone: self.backbone.fold_batchnorm(), ..valid }
     }
 
     /// Saves `dir/classifier.json` and `dir/classifier.bpk`.
@@ -352,10 +317,7 @@ impl LeukemiaClassifier {
         let path = dir.join(WEIGHTS_FILE);
         self.clone()
             .save_file(&path)
-            .map_err(|e| ModelError::Record {
-                path,
-                reason: format!("cannot save weights: {e}"),
-            })
+            .map_err(|e| ModelError::Record { path, reason: format!("cannot save weights: {e}") })
     }
 
     /// Rebuilds a classifier from a directory written by [`save`](Self::save).
@@ -363,10 +325,9 @@ impl LeukemiaClassifier {
         let config = ClassifierConfig::load(dir)?;
         let model = config.init(device)?;
         let path = dir.join(WEIGHTS_FILE);
-        let model = model.try_load_file(&path).map_err(|e| ModelError::Record {
-            path,
-            reason: format!("cannot load weights: {e}"),
-        })?;
+        let model = model
+            .try_load_file(&path)
+            .map_err(|e| ModelError::Record { path, reason: format!("cannot load weights: {e}") })?;
         Ok((config, model))
     }
 }
@@ -393,21 +354,16 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"densenet201\""), "{json}");
         assert_eq!(serde_json::from_str::<ClassifierConfig>(&json).unwrap(), c);
-        let custom =
-            ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(slim());
+        let custom = ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(slim());
         let json = serde_json::to_string(&custom).unwrap();
-        assert_eq!(
-            serde_json::from_str::<ClassifierConfig>(&json).unwrap(),
-            custom
-        );
+        assert_eq!(serde_json::from_str::<ClassifierConfig>(&json).unwrap(), custom);
     }
 
     #[test]
     fn binary_and_subtype_heads_have_the_right_shapes() {
         let device = Device::flex();
         let x = Tensor::<4>::random([2, 3, 64, 64], burn::tensor::Distribution::Default, &device);
-        let bin =
-            ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(slim());
+        let bin = ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(slim());
         let model = bin.init(&device).unwrap();
         assert_eq!(model.forward(x.clone()).dims(), [2, 1]);
         // 64 -> stem 16 -> one transition 8; channels 8 + 2*4 = 16 -> 8 -> 8 + 2*4 = 16.
@@ -416,8 +372,7 @@ mod tests {
         let p = p.into_data().try_to_vec::<f32>().unwrap();
         assert!(p.iter().all(|v| (0.0..=1.0).contains(v)));
 
-        let sub =
-            ClassifierConfig::subtype(DenseNetVariant::DenseNet121, 4).with_custom_backbone(slim());
+        let sub = ClassifierConfig::subtype(DenseNetVariant::DenseNet121, 4).with_custom_backbone(slim());
         let model = sub.init(&device).unwrap();
         let p = probabilities(sub.task, model.forward(x));
         assert_eq!(p.dims(), [2, 4]);
@@ -439,18 +394,13 @@ mod tests {
     fn save_and_load_reproduce_the_logits() {
         let device = Device::flex();
         let dir = tempfile::tempdir().unwrap();
-        let config =
-            ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(slim());
+        let config = ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(slim());
         let model = config.init(&device).unwrap();
         model.save(&config, dir.path()).unwrap();
         let (config2, model2) = LeukemiaClassifier::load(dir.path(), &device).unwrap();
         assert_eq!(config2, config);
         let x = Tensor::<4>::ones([1, 3, 32, 32], &device);
-        let a = model
-            .forward(x.clone())
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let a = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
         let b = model2.forward(x).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(a, b);
     }
@@ -458,18 +408,13 @@ mod tests {
     #[test]
     fn frozen_backbone_gets_no_gradients_but_the_head_does() {
         let device = Device::flex().autodiff();
-        let config =
-            ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(slim());
+        let config = ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(slim());
         let model = config.init(&device).unwrap().freeze_backbone_until(1);
         let x = Tensor::<4>::ones([2, 3, 32, 32], &device);
         let loss = model.forward(x).sum();
         let grads = loss.backward();
         let stem = model.backbone.features.conv0.weight.val().grad(&grads);
-        let late = model.backbone.features.denseblock[1].denselayer[0]
-            .conv2
-            .weight
-            .val()
-            .grad(&grads);
+        let late = model.backbone.features.denseblock[1].denselayer[0].conv2.weight.val().grad(&grads);
         let head = model.fc2.weight.val().grad(&grads);
         assert!(stem.is_none(), "frozen stem got a gradient");
         assert!(late.is_some(), "unfrozen block got no gradient");
@@ -479,22 +424,11 @@ mod tests {
     #[test]
     fn inference_copy_matches_eval_mode() {
         let device = Device::flex();
-        let config =
-            ClassifierConfig::subtype(DenseNetVariant::DenseNet121, 4).with_custom_backbone(slim());
+        let config = ClassifierConfig::subtype(DenseNetVariant::DenseNet121, 4).with_custom_backbone(slim());
         let model = config.init(&device).unwrap();
         let x = Tensor::<4>::ones([1, 3, 32, 32], &device);
-        let a = model
-            .valid()
-            .forward(x.clone())
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        let b = model
-            .for_inference()
-            .forward(x)
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
+        let a = model.valid().forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let b = model.for_inference().forward(x).into_data().try_to_vec::<f32>().unwrap();
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() < 1e-4, "{p} vs {q}");
         }

@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use burn::tensor::Device;
-use densenet_burn::weights::{
-    apply_torchvision, check_report, load_burnpack, save_burnpack, ImportReport,
-};
+use densenet_burn::weights::{apply_torchvision, check_report, load_burnpack, save_burnpack, ImportReport};
 use densenet_burn::{DenseNet, DenseNetError, DenseNetVariant};
 use sha2::{Digest, Sha256};
 
@@ -87,21 +85,14 @@ pub enum WeightsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError + '_ {
-    move |source| WeightsError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| WeightsError::Io { path: path.to_path_buf(), source }
 }
 
 /// `$ALLSCAN_HOME/weights`, else the platform cache dir (`$XDG_CACHE_HOME/allscan/weights`,
 /// `~/.cache/allscan/weights`, `~/Library/Caches/allscan/weights`,
 /// `%LOCALAPPDATA%\allscan\weights`).
 pub fn cache_dir() -> Result<PathBuf, WeightsError> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(home) = env(HOME_ENV) {
         return Ok(home.join("weights"));
     }
@@ -112,8 +103,7 @@ pub fn cache_dir() -> Result<PathBuf, WeightsError> {
     } else {
         env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|h| h.join(".cache")))
     };
-    base.map(|b| b.join("allscan").join("weights"))
-        .ok_or(WeightsError::NoCacheDir)
+    base.map(|b| b.join("allscan").join("weights")).ok_or(WeightsError::NoCacheDir)
 }
 
 /// Where the imported features-only backbone of `variant` lives in `dir`.
@@ -125,8 +115,7 @@ pub fn backbone_path(dir: &Path, variant: DenseNetVariant) -> PathBuf {
 pub fn sha256_prefix_from_name(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
     let (_, hash) = stem.rsplit_once('-')?;
-    (hash.len() >= 6 && hash.chars().all(|c| c.is_ascii_hexdigit()))
-        .then(|| hash.to_ascii_lowercase())
+    (hash.len() >= 6 && hash.chars().all(|c| c.is_ascii_hexdigit())).then(|| hash.to_ascii_lowercase())
 }
 
 /// Hex SHA-256 of a file.
@@ -159,16 +148,11 @@ pub struct ImportSummary {
 /// layer counts in the file.
 fn detect_variant(path: &Path, report: Option<&ImportReport>) -> Option<DenseNetVariant> {
     let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-    if let Some(v) = DenseNetVariant::ALL
-        .into_iter()
-        .find(|v| name.starts_with(v.name()))
-    {
+    if let Some(v) = DenseNetVariant::ALL.into_iter().find(|v| name.starts_with(v.name())) {
         return Some(v);
     }
     let blocks = &report?.file_blocks;
-    DenseNetVariant::ALL
-        .into_iter()
-        .find(|v| v.block_config().as_slice() == blocks.as_slice())
+    DenseNetVariant::ALL.into_iter().find(|v| v.block_config().as_slice() == blocks.as_slice())
 }
 
 /// Applies a torchvision file to a fresh features-only `variant` network (detected from the
@@ -210,11 +194,7 @@ pub fn import(
         if path.is_file() {
             let actual = sha256_file(path)?;
             if !actual.starts_with(&expected) {
-                return Err(WeightsError::HashMismatch {
-                    path: path.to_path_buf(),
-                    expected,
-                    actual,
-                });
+                return Err(WeightsError::HashMismatch { path: path.to_path_buf(), expected, actual });
             }
         }
     }
@@ -226,19 +206,11 @@ pub fn import(
     let tmp = saved_to.with_extension(format!("bpk.part{}", std::process::id()));
     save_burnpack(&model, &tmp)?;
     std::fs::rename(&tmp, &saved_to).map_err(io_err(&saved_to))?;
-    Ok(ImportSummary {
-        variant,
-        saved_to,
-        report,
-    })
+    Ok(ImportSummary { variant, saved_to, report })
 }
 
 /// Loads an imported backbone from the cache (`weights import` / `weights fetch` first).
-pub fn load_backbone(
-    dir: &Path,
-    variant: DenseNetVariant,
-    device: &Device,
-) -> Result<DenseNet, WeightsError> {
+pub fn load_backbone(dir: &Path, variant: DenseNetVariant, device: &Device) -> Result<DenseNet, WeightsError> {
     let path = backbone_path(dir, variant);
     if !path.is_file() {
         return Err(WeightsError::Io {
@@ -249,11 +221,7 @@ pub fn load_backbone(
             ),
         });
     }
-    Ok(load_burnpack(
-        &variant.config().features_only(),
-        &path,
-        device,
-    )?)
+    Ok(load_burnpack(&variant.config().features_only(), &path, device)?)
 }
 
 /// Progress callback for downloads: `(bytes so far, total if known)`.
@@ -271,9 +239,9 @@ impl<F: FnMut(u64, Option<u64>)> Progress for F {
 /// An indicatif progress bar for a byte download (hidden when stderr is not a terminal).
 pub fn progress_bar() -> impl Progress {
     let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
         bar.set_style(style);
     }
     move |done: u64, total: Option<u64>| {
@@ -320,11 +288,9 @@ fn download_to(
         .build()
         .into();
     let response = agent.get(url).call().map_err(|e| match e {
-        ureq::Error::StatusCode(code) => WeightsError::Download {
-            url: url.to_string(),
-            received: 0,
-            reason: format!("HTTP status {code}"),
-        },
+        ureq::Error::StatusCode(code) => {
+            WeightsError::Download { url: url.to_string(), received: 0, reason: format!("HTTP status {code}") }
+        }
         other => WeightsError::Offline {
             url: url.to_string(),
             reason: other.to_string(),
@@ -339,11 +305,7 @@ fn download_to(
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut received = 0u64;
-    let fail = |received: u64, reason: String| WeightsError::Download {
-        url: url.to_string(),
-        received,
-        reason,
-    };
+    let fail = |received: u64, reason: String| WeightsError::Download { url: url.to_string(), received, reason };
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -358,10 +320,7 @@ fn download_to(
     }
     if let Some(t) = total {
         if received != t {
-            return Err(fail(
-                received,
-                format!("connection closed early: expected {t} bytes"),
-            ));
+            return Err(fail(received, format!("connection closed early: expected {t} bytes")));
         }
     }
     file.sync_all().map_err(io_err(part))?;
@@ -418,11 +377,7 @@ pub fn fetch(
         download(&url, &pth, prefix.as_deref(), progress, variant)?;
     }
     let import = import(&pth, Some(variant), dir, device)?;
-    Ok(FetchSummary {
-        pth,
-        downloaded: !have,
-        import,
-    })
+    Ok(FetchSummary { pth, downloaded: !have, import })
 }
 
 #[cfg(test)]
@@ -446,9 +401,7 @@ mod tests {
                     }
                     line.clear();
                 }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n"
-                );
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n");
                 let _ = stream.write_all(head.as_bytes());
                 let _ = stream.write_all(&body[..send.min(body.len())]);
                 let _ = stream.flush();
@@ -487,14 +440,7 @@ mod tests {
         let url = serve(body.clone(), body.len(), body.len());
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("w.pth");
-        let err = download(
-            &url,
-            &dest,
-            Some("00000000"),
-            &mut |_, _| {},
-            DenseNetVariant::DenseNet121,
-        )
-        .unwrap_err();
+        let err = download(&url, &dest, Some("00000000"), &mut |_, _| {}, DenseNetVariant::DenseNet121).unwrap_err();
         assert!(matches!(err, WeightsError::HashMismatch { .. }), "{err}");
         assert!(!dest.exists());
         assert!(!dest.with_extension("part").exists());
@@ -506,14 +452,7 @@ mod tests {
         let url = serve(body.clone(), body.len(), 30_000);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("w.pth");
-        let err = download(
-            &url,
-            &dest,
-            None,
-            &mut |_, _| {},
-            DenseNetVariant::DenseNet121,
-        )
-        .unwrap_err();
+        let err = download(&url, &dest, None, &mut |_, _| {}, DenseNetVariant::DenseNet121).unwrap_err();
         assert!(matches!(err, WeightsError::Download { .. }), "{err}");
         assert!(!dest.exists());
         assert!(!dest.with_extension("part").exists());
@@ -522,11 +461,7 @@ mod tests {
     #[test]
     fn unreachable_server_says_where_to_put_the_file() {
         // Bind then drop: the port is (almost certainly) closed.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         let err = fetch(
             DenseNetVariant::DenseNet201,
@@ -544,10 +479,7 @@ mod tests {
 
     #[test]
     fn name_prefix_is_parsed() {
-        assert_eq!(
-            sha256_prefix_from_name(Path::new("/x/densenet201-c1103571.pth")).as_deref(),
-            Some("c1103571")
-        );
+        assert_eq!(sha256_prefix_from_name(Path::new("/x/densenet201-c1103571.pth")).as_deref(), Some("c1103571"));
         assert_eq!(sha256_prefix_from_name(Path::new("tiny.pth")), None);
     }
 }

@@ -50,9 +50,8 @@ pub enum WeightsCommand {
 }
 
 fn parse_variant(s: &str) -> Result<DenseNetVariant, String> {
-    DenseNetVariant::from_name(s).ok_or_else(|| {
-        format!("unknown DenseNet '{s}': use densenet121, densenet169 or densenet201")
-    })
+    DenseNetVariant::from_name(s)
+        .ok_or_else(|| format!("unknown DenseNet '{s}': use densenet121, densenet169 or densenet201"))
 }
 
 fn cache(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -77,20 +76,12 @@ fn print_import(s: &ImportSummary) {
 pub fn run(c: WeightsCommand) -> anyhow::Result<ExitCode> {
     let device = Device::flex();
     match c {
-        WeightsCommand::Fetch {
-            variant,
-            base_url,
-            dir,
-        } => {
+        WeightsCommand::Fetch { variant, base_url, dir } => {
             let dir = cache(dir)?;
             let mut bar = weights::progress_bar();
             let s = weights::fetch(variant, &dir, base_url.as_deref(), &mut bar, &device)
                 .with_context(|| format!("cannot fetch {variant} weights"))?;
-            println!(
-                "{} {}",
-                if s.downloaded { "downloaded" } else { "reused" },
-                s.pth.display()
-            );
+            println!("{} {}", if s.downloaded { "downloaded" } else { "reused" }, s.pth.display());
             print_import(&s.import);
             Ok(ExitCode::SUCCESS)
         }
@@ -102,8 +93,8 @@ pub fn run(c: WeightsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         WeightsCommand::Check { file, variant } => {
-            let (variant, _model, r) = weights::check(&file, variant, &device)
-                .with_context(|| format!("cannot check {}", file.display()))?;
+            let (variant, _model, r) =
+                weights::check(&file, variant, &device).with_context(|| format!("cannot check {}", file.display()))?;
             println!(
                 "{}: as {variant}: {} applied, {} missing, {} unused, {} shape mismatches, {} ignored",
                 file.display(),
@@ -114,10 +105,7 @@ pub fn run(c: WeightsCommand) -> anyhow::Result<ExitCode> {
                 r.ignored.len()
             );
             for m in r.shape_mismatches.iter().take(10) {
-                println!(
-                    "  shape {}: expected {:?}, found {:?}",
-                    m.key, m.expected, m.found
-                );
+                println!("  shape {}: expected {:?}, found {:?}", m.key, m.expected, m.found);
             }
             for k in r.missing.iter().take(10) {
                 println!("  missing {k}");
@@ -125,11 +113,7 @@ pub fn run(c: WeightsCommand) -> anyhow::Result<ExitCode> {
             for k in r.unused.iter().take(10) {
                 println!("  unused {k}");
             }
-            Ok(if r.is_complete() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if r.is_complete() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }
