@@ -11,7 +11,7 @@ mod cmd;
 /// Detect Acute Lymphoblastic Leukemia in peripheral blood smear images (research use only,
 /// not a diagnostic device).
 #[derive(Debug, Parser)]
-#[command(name = "allscan", version, about, long_about = None)]
+#[command(name = "allscan", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
