@@ -492,7 +492,8 @@ pub mod testing {
         model.backbone =
             crate::model::BackboneConfig::Custom(densenet_burn::DenseNetConfig::custom(4, vec![2, 2], 8, None));
         model.hidden = 8;
-        let mut preprocess = d.preprocess;
+        // The nucleus-crop path whatever the cpu profile's view is, so crops are exercised.
+        let mut preprocess = allscan_preprocess::PreprocessConfig::default();
         preprocess.input_size = 64;
         preprocess.roi.views = allscan_preprocess::RoiViews::All;
         preprocess.roi.max_crops = 4;
