@@ -30,7 +30,8 @@ fn serves_a_bundle_on_loopback() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
     let addr = line
         .split("http://")
         .nth(1)
@@ -47,6 +48,7 @@ fn serves_a_bundle_on_loopback() {
     });
     let _ = child.kill();
     let _ = child.wait();
+    drop(stdout);
     result.unwrap();
 
     let o = common::allscan(tmp.path(), &["serve", tmp.path().to_str().unwrap()]);

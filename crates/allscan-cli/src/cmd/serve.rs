@@ -54,8 +54,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener =
             tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
         let local = listener.local_addr().context("reading the bound address")?;
-        println!("allscan serving {} on http://{local}/ (Ctrl-C stops it)", args.run.display());
-        println!("Research use only, not a diagnostic device.");
+        // One write, errors ignored: a closed stdout (a supervisor that read the address and
+        // went away) must not take the server down.
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "allscan serving {} on http://{local}/ (Ctrl-C stops it)\nResearch use only, not a diagnostic device.",
+                args.run.display()
+            );
+            let _ = out.flush();
+        }
         allscan_server::serve(listener, state).await.context("serving")
     })?;
     Ok(ExitCode::SUCCESS)
