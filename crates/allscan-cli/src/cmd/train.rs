@@ -10,40 +10,22 @@ use allscan::device::DeviceKind;
 use allscan::train::{Profile, TaskKind, TrainRequest, WeightsSource};
 use anyhow::Context;
 
-/// Options of `allscan train`.
+/// Training options shared by `allscan train` and `allscan cv`.
 #[derive(Debug, clap::Args)]
-pub struct TrainArgs {
-    /// Dataset folder (Aria layout, class folders, C-NMC, ALL-IDB).
-    pub data: PathBuf,
-    /// Run folder to write (must not exist or be empty, unless --resume).
-    #[arg(long)]
-    pub out: PathBuf,
+pub struct TrainOptions {
     /// binary (leukemia vs healthy) or subtype (the dataset's classes).
     #[arg(long, default_value = "binary")]
     pub task: String,
-    /// cpu (slim DenseNet on nucleus crops, from scratch, 2-core budget) or paper (the seed:
+    /// cpu (slim DenseNet from scratch on the whole field, 2-core budget) or paper (the seed:
     /// DenseNet201, 224 px, ImageNet weights).
     #[arg(long, default_value = "cpu")]
     pub profile: String,
-    /// Split file from `allscan data split` (its fingerprint must match DATA); without it a
-    /// split is made with --seed and saved into the run folder.
-    #[arg(long)]
-    pub split: Option<PathBuf>,
-    /// Test fraction of the split made without --split.
-    #[arg(long)]
-    pub test: Option<f64>,
-    /// Validation fraction of the split made without --split.
-    #[arg(long)]
-    pub val: Option<f64>,
     /// Label map for class folders whose names say nothing: NAME=healthy|leukemia,...
     #[arg(long)]
     pub map: Option<String>,
     /// Starting weights: imagenet, none, or a .pth/.bpk backbone file (default: the profile's).
     #[arg(long)]
     pub weights: Option<String>,
-    /// Stage-2 trainable parts, e.g. denseblock4,norm5 or all (default: the profile's).
-    #[arg(long, value_delimiter = ',')]
-    pub unfreeze: Option<Vec<String>>,
     /// Epochs: N (stage 2) or S1,S2 (both stages).
     #[arg(long)]
     pub epochs: Option<String>,
@@ -59,15 +41,66 @@ pub struct TrainArgs {
     /// cpu, cuda or wgpu (GPU backends need a build with `--features cuda` / `--features wgpu`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Continue an interrupted run in --out (the options must be the same).
-    #[arg(long)]
-    pub resume: bool,
     /// No per-epoch lines on stdout (train.log still gets them).
     #[arg(long, short)]
     pub quiet: bool,
 }
 
-fn parse_epochs(s: &str) -> anyhow::Result<(Option<usize>, Option<usize>)> {
+impl TrainOptions {
+    /// A request for DATA -> OUT with these options; split, unfreeze and resume left to the caller.
+    pub fn request(&self, data: PathBuf, out: PathBuf) -> anyhow::Result<TrainRequest> {
+        Ok(TrainRequest {
+            data,
+            out,
+            task: self.task.parse::<TaskKind>()?,
+            profile: self.profile.parse::<Profile>()?,
+            split: None,
+            split_config: None,
+            map: self.map.clone(),
+            weights: self.weights.as_deref().map(str::parse::<WeightsSource>).transpose()?,
+            unfreeze: None,
+            epochs: self.epochs.as_deref().map(parse_epochs).transpose()?.unwrap_or((None, None)),
+            input_size: self.input_size,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            device: self.device.parse::<DeviceKind>()?,
+            resume: false,
+            progress: true,
+            echo: !self.quiet,
+        })
+    }
+}
+
+/// Options of `allscan train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Dataset folder (Aria layout, class folders, C-NMC, ALL-IDB).
+    pub data: PathBuf,
+    /// Run folder to write (must not exist or be empty, unless --resume).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub options: TrainOptions,
+    /// Split file from `allscan data split` (its fingerprint must match DATA); without it a
+    /// split is made with --seed and saved into the run folder.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// Test fraction of the split made without --split.
+    #[arg(long)]
+    pub test: Option<f64>,
+    /// Validation fraction of the split made without --split.
+    #[arg(long)]
+    pub val: Option<f64>,
+    /// Stage-2 trainable parts, e.g. denseblock4,norm5 or all (default: the profile's).
+    #[arg(long, value_delimiter = ',')]
+    pub unfreeze: Option<Vec<String>>,
+    /// Continue an interrupted run in --out (the options must be the same).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// Parses `--epochs N` (stage 2) or `--epochs S1,S2`.
+pub fn parse_epochs(s: &str) -> anyhow::Result<(Option<usize>, Option<usize>)> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let num = |p: &str| p.parse::<usize>().with_context(|| format!("--epochs {s}: `{p}` is not a number"));
     match parts.as_slice() {
@@ -78,34 +111,20 @@ fn parse_epochs(s: &str) -> anyhow::Result<(Option<usize>, Option<usize>)> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let task: TaskKind = args.task.parse()?;
-    let profile: Profile = args.profile.parse()?;
-    let device: DeviceKind = args.device.parse()?;
-    let weights = args.weights.as_deref().map(str::parse::<WeightsSource>).transpose()?;
-    let epochs = args.epochs.as_deref().map(parse_epochs).transpose()?.unwrap_or((None, None));
-    let split_config = (args.test.is_some() || args.val.is_some()).then(|| {
+    let mut req = args.options.request(args.data.clone(), args.out.clone())?;
+    let task = req.task;
+    req.split = args.split;
+    req.split_config = (args.test.is_some() || args.val.is_some()).then(|| {
         let d = SplitConfig::default();
-        SplitConfig { test: args.test.unwrap_or(d.test), val: args.val.unwrap_or(d.val), folds: None, seed: args.seed }
+        SplitConfig {
+            test: args.test.unwrap_or(d.test),
+            val: args.val.unwrap_or(d.val),
+            folds: None,
+            seed: args.options.seed,
+        }
     });
-    let req = TrainRequest {
-        data: args.data.clone(),
-        out: args.out.clone(),
-        task,
-        profile,
-        split: args.split,
-        split_config,
-        map: args.map,
-        weights,
-        unfreeze: args.unfreeze,
-        epochs,
-        input_size: args.input_size,
-        batch_size: args.batch_size,
-        seed: args.seed,
-        device,
-        resume: args.resume,
-        progress: true,
-        echo: !args.quiet,
-    };
+    req.unfreeze = args.unfreeze;
+    req.resume = args.resume;
     let outcome = allscan::train::train(&req).with_context(|| format!("training on {}", args.data.display()))?;
     if !outcome.skipped.is_empty() {
         eprintln!("note: skipped {} unreadable or unusable file(s) (listed in train.log)", outcome.skipped.len());
