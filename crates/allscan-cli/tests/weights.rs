@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -83,24 +82,7 @@ fn wrong_network_names_keys_and_shapes() {
 
 /// Serves `body` once, announcing `announced` bytes and closing after `send`.
 fn serve(body: Vec<u8>, announced: usize, send: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        if let Ok((mut stream, _)) = listener.accept() {
-            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok() {
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-                line.clear();
-            }
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n");
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&body[..send.min(body.len())]);
-        }
-    });
-    format!("http://{addr}/models")
+    allscan::weights::testing::serve_once(body, announced, send).unwrap()
 }
 
 #[test]

@@ -380,20 +380,22 @@ pub fn fetch(
     Ok(FetchSummary { pth, downloaded: !have, import })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::BufRead;
+/// Test support shared by this crate's tests and the CLI's: a loopback HTTP server.
+#[doc(hidden)]
+pub mod testing {
+    use std::io::{BufRead, Write};
     use std::net::TcpListener;
 
-    /// A one-shot HTTP server: answers one GET with `body`, announcing `announced` bytes and
-    /// cutting the connection after `send` bytes.
-    fn serve(body: Vec<u8>, announced: usize, send: usize) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// A one-shot HTTP server on 127.0.0.1: answers one GET with `body`, announcing `announced`
+    /// bytes and cutting the connection after `send` bytes (whatever path is asked for).
+    /// Returns the base URL `http://127.0.0.1:PORT/models`.
+    pub fn serve_once(body: Vec<u8>, announced: usize, send: usize) -> std::io::Result<String> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
         std::thread::spawn(move || {
             if let Ok((mut stream, _)) = listener.accept() {
-                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let Ok(read_half) = stream.try_clone() else { return };
+                let mut reader = std::io::BufReader::new(read_half);
                 let mut line = String::new();
                 while reader.read_line(&mut line).is_ok() {
                     if line == "\r\n" || line.is_empty() {
@@ -407,7 +409,17 @@ mod tests {
                 let _ = stream.flush();
             }
         });
-        format!("http://{addr}/models/file.pth")
+        Ok(format!("http://{addr}/models"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn serve(body: Vec<u8>, announced: usize, send: usize) -> String {
+        format!("{}/file.pth", super::testing::serve_once(body, announced, send).unwrap())
     }
 
     fn hash(bytes: &[u8]) -> String {
