@@ -18,6 +18,9 @@ pub enum SegmentMode {
     /// around nuclei. The default.
     #[default]
     Nucleus,
+    /// No segmentation: the whole field, resized. For small from-scratch models that see
+    /// the cell in its context (the `cpu` training profile).
+    Field,
 }
 
 impl std::fmt::Display for SegmentMode {
@@ -25,6 +28,7 @@ impl std::fmt::Display for SegmentMode {
         f.write_str(match self {
             SegmentMode::AriaHsv => "aria-hsv",
             SegmentMode::Nucleus => "nucleus",
+            SegmentMode::Field => "field",
         })
     }
 }

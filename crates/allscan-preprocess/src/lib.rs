@@ -62,6 +62,7 @@ pub fn prepare_input(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<RgbIm
             let segmented = apply_mask(&stained(img), &mask);
             Ok(vec![resize_field(&segmented, size)])
         }
+        SegmentMode::Field => Ok(vec![resize_field(&stained(img), size)]),
         SegmentMode::Nucleus => {
             let found = find_nuclei(img, &cfg.nucleus);
             let field = stained(img);
@@ -84,6 +85,16 @@ pub fn prepare_input(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<RgbIm
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_mode_is_the_whole_field_resized() {
+        let img = RgbImage::from_fn(100, 60, |x, y| image::Rgb([x as u8, y as u8, 200]));
+        let cfg = PreprocessConfig { mode: SegmentMode::Field, input_size: 32, ..Default::default() };
+        let views = prepare_input(&img, &cfg).unwrap();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0], resize_field(&img, 32));
+        assert_eq!(views[0].dimensions(), (32, 32));
+    }
 
     #[test]
     fn config_round_trips_through_json() {

@@ -298,6 +298,14 @@ impl Predictor {
                     height,
                 })
             }
+            SegmentMode::Field => Ok(FieldViews {
+                images: vec![resize_field(&stained(field), size)],
+                regions: vec![whole],
+                nucleus_of_view: vec![None],
+                nuclei: Vec::new(),
+                width,
+                height,
+            }),
             SegmentMode::Nucleus => {
                 let found = find_nuclei(field, &cfg.nucleus);
                 let stained_field = stained(field);

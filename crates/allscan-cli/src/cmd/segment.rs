@@ -162,7 +162,8 @@ fn segment_one(file: &Path, rel: &Path, out: &Path, cfg: &PreprocessConfig) -> a
             let found = nuclei_from_mask(&mask, &cfg.nucleus);
             (mask, found)
         }
-        SegmentMode::Nucleus => {
+        // `field` feeds the model the whole field; what there is to segment is the nuclei.
+        SegmentMode::Nucleus | SegmentMode::Field => {
             let found = find_nuclei(&img, &cfg.nucleus);
             (found.mask.clone(), found)
         }

@@ -3,7 +3,7 @@
 //! ImageNet weights, head then fine-tune) and `cpu` (a slim DenseNet on nucleus crops, from
 //! scratch, sized for 2 CPU cores).
 
-use allscan_preprocess::{Normalization, NucleusConfig, PreprocessConfig, RoiConfig, SegmentMode};
+use allscan_preprocess::{Normalization, PreprocessConfig, SegmentMode};
 use densenet_burn::{DenseNetConfig, DenseNetVariant};
 use serde::{Deserialize, Serialize};
 
@@ -278,13 +278,10 @@ fn cpu(task: Task) -> ProfileDefaults {
     // The whole field, resized: on Aria the cell's size relative to the field and its
     // neighbours carry class information that a nucleus-centred crop (rescaled to fill the
     // input) throws away; measured here, 64 px nucleus crops learned far slower than fields.
-    // The preprocessing crate has no plain-field mode, so the nucleus finder is told that no
-    // blob is a nucleus (smallest area > the field) and `fallback_to_field` resizes the field.
+    // The whole field: 64 px nucleus crops learned much more slowly from scratch.
     let preprocess = PreprocessConfig {
-        mode: SegmentMode::Nucleus,
+        mode: SegmentMode::Field,
         input_size: 80,
-        roi: RoiConfig { fallback_to_field: true, ..RoiConfig::default() },
-        nucleus: NucleusConfig { min_area_fraction: 2.0, ..NucleusConfig::default() },
         // From scratch: the input statistics are ours to choose; centre on mid-grey.
         normalization: Normalization { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
         ..PreprocessConfig::default()
