@@ -48,6 +48,31 @@ pub enum PreprocessError {
 /// Stain normalisation, when set, is applied to the field before cropping, after
 /// segmentation: the mask is computed on the raw colours the recipe was designed for.
 pub fn prepare_input(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<RgbImage>, PreprocessError> {
+    Ok(prepare_views(img, cfg)?.images)
+}
+
+/// The model's views of a field (see [`prepare_input`]) with where each came from, for
+/// per-cell outputs and overlays. Inference and training both go through here.
+#[derive(Debug, Clone)]
+pub struct PreparedViews {
+    /// Model inputs, `input_size` x `input_size` each.
+    pub images: Vec<RgbImage>,
+    /// The square each view was cut from; `None` for a whole-field view.
+    pub regions: Vec<Option<CropRegion>>,
+    /// Index of each view's nucleus in `nuclei` (`None` for a whole-field view).
+    pub nucleus_of_view: Vec<Option<usize>>,
+    /// Every nucleus found, largest first (empty outside `nucleus` mode).
+    pub nuclei: Vec<BBox>,
+}
+
+impl PreparedViews {
+    fn whole(image: RgbImage, nuclei: Vec<BBox>) -> Self {
+        PreparedViews { images: vec![image], regions: vec![None], nucleus_of_view: vec![None], nuclei }
+    }
+}
+
+/// [`prepare_input`], keeping each view's region and nucleus.
+pub fn prepare_views(img: &RgbImage, cfg: &PreprocessConfig) -> Result<PreparedViews, PreprocessError> {
     if cfg.input_size == 0 {
         return Err(PreprocessError::InvalidConfig("input_size must be > 0".into()));
     }
@@ -60,21 +85,27 @@ pub fn prepare_input(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<RgbIm
         SegmentMode::AriaHsv => {
             let mask = aria_hsv_mask(img);
             let segmented = apply_mask(&stained(img), &mask);
-            Ok(vec![resize_field(&segmented, size)])
+            Ok(PreparedViews::whole(resize_field(&segmented, size), Vec::new()))
         }
-        SegmentMode::Field => Ok(vec![resize_field(&stained(img), size)]),
+        SegmentMode::Field => Ok(PreparedViews::whole(resize_field(&stained(img), size), Vec::new())),
         SegmentMode::Nucleus => {
             let found = find_nuclei(img, &cfg.nucleus);
             let field = stained(img);
             let roi = RoiConfig { output_size: size, ..cfg.roi.clone() };
-            let crops: Vec<RgbImage> = match roi.views {
-                RoiViews::Largest => largest_nucleus_crop(&field, &found, &roi).into_iter().map(|c| c.image).collect(),
-                RoiViews::All => roi_crops(&field, &found, &roi).into_iter().map(|c| c.image).collect(),
+            let crops: Vec<RoiCrop> = match roi.views {
+                RoiViews::Largest => largest_nucleus_crop(&field, &found, &roi).into_iter().collect(),
+                RoiViews::All => roi_crops(&field, &found, &roi),
             };
+            let nuclei: Vec<BBox> = found.nuclei.iter().map(|n| n.bbox).collect();
             if !crops.is_empty() {
-                Ok(crops)
+                Ok(PreparedViews {
+                    regions: crops.iter().map(|c| Some(c.region)).collect(),
+                    nucleus_of_view: crops.iter().map(|c| Some(c.nucleus_index)).collect(),
+                    images: crops.into_iter().map(|c| c.image).collect(),
+                    nuclei,
+                })
             } else if roi.fallback_to_field {
-                Ok(vec![resize_field(&field, size)])
+                Ok(PreparedViews::whole(resize_field(&field, size), nuclei))
             } else {
                 Err(PreprocessError::NoNucleus { width: img.width(), height: img.height() })
             }

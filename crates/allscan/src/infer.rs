@@ -14,10 +14,7 @@
 //!
 //! Research use only, not a diagnostic device.
 
-use allscan_preprocess::{
-    apply_mask, aria_hsv_mask, find_nuclei, largest_nucleus_crop, resize_field, roi_crops, to_chw_normalized, BBox,
-    PreprocessConfig, RoiConfig, RoiViews, SegmentMode,
-};
+use allscan_preprocess::{prepare_views, to_chw_normalized, BBox, PreprocessConfig, PreprocessError};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
@@ -274,75 +271,28 @@ impl Predictor {
         matches!(self.model_config.task, Task::Subtype { .. })
     }
 
-    /// The model's views of a field: the same steps as
-    /// [`allscan_preprocess::prepare_input`], keeping where each crop came from.
+    /// The model's views of a field ([`allscan_preprocess::prepare_views`], the same path
+    /// training takes), with regions in field pixels.
     pub fn views(&self, field: &RgbImage) -> Result<FieldViews, InferError> {
-        let cfg = &self.preprocess;
-        let size = cfg.input_size;
         let (width, height) = field.dimensions();
-        let stained = |f: &RgbImage| match &cfg.stain {
-            Some(s) => s.apply(f),
-            None => f.clone(),
-        };
+        let v = prepare_views(field, &self.preprocess).map_err(|e| match e {
+            PreprocessError::NoNucleus { width, height } => InferError::NoNucleus { width, height },
+            other => InferError::InvalidConfig(other.to_string()),
+        })?;
         let whole = Region { x: 0, y: 0, width, height };
-        match cfg.mode {
-            SegmentMode::AriaHsv => {
-                let mask = aria_hsv_mask(field);
-                let segmented = apply_mask(&stained(field), &mask);
-                Ok(FieldViews {
-                    images: vec![resize_field(&segmented, size)],
-                    regions: vec![whole],
-                    nucleus_of_view: vec![None],
-                    nuclei: Vec::new(),
-                    width,
-                    height,
-                })
-            }
-            SegmentMode::Field => Ok(FieldViews {
-                images: vec![resize_field(&stained(field), size)],
-                regions: vec![whole],
-                nucleus_of_view: vec![None],
-                nuclei: Vec::new(),
-                width,
-                height,
-            }),
-            SegmentMode::Nucleus => {
-                let found = find_nuclei(field, &cfg.nucleus);
-                let stained_field = stained(field);
-                let roi = RoiConfig { output_size: size, ..cfg.roi.clone() };
-                let crops = match roi.views {
-                    RoiViews::Largest => largest_nucleus_crop(&stained_field, &found, &roi).into_iter().collect(),
-                    RoiViews::All => roi_crops(&stained_field, &found, &roi),
-                };
-                let nuclei: Vec<BBox> = found.nuclei.iter().map(|n| n.bbox).collect();
-                if crops.is_empty() {
-                    if !roi.fallback_to_field {
-                        return Err(InferError::NoNucleus { width, height });
-                    }
-                    return Ok(FieldViews {
-                        images: vec![resize_field(&stained_field, size)],
-                        regions: vec![whole],
-                        nucleus_of_view: vec![None],
-                        nuclei,
-                        width,
-                        height,
-                    });
-                }
-                let regions = crops
-                    .iter()
-                    .map(|c| Region { x: c.region.x, y: c.region.y, width: c.region.side, height: c.region.side })
-                    .collect();
-                let nucleus_of_view = crops.iter().map(|c| Some(c.nucleus_index)).collect();
-                Ok(FieldViews {
-                    images: crops.into_iter().map(|c| c.image).collect(),
-                    regions,
-                    nucleus_of_view,
-                    nuclei,
-                    width,
-                    height,
-                })
-            }
-        }
+        let regions = v
+            .regions
+            .iter()
+            .map(|r| r.map(|c| Region { x: c.x, y: c.y, width: c.side, height: c.side }).unwrap_or(whole))
+            .collect();
+        Ok(FieldViews {
+            images: v.images,
+            regions,
+            nucleus_of_view: v.nucleus_of_view,
+            nuclei: v.nuclei,
+            width,
+            height,
+        })
     }
 
     /// Normalised input tensor `[N, 3, S, S]` of views (all of one size).
@@ -558,6 +508,7 @@ pub mod testing {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use allscan_preprocess::{RoiConfig, RoiViews};
     use densenet_burn::{DenseNetConfig, DenseNetVariant};
 
     /// A tiny random binary classifier for fast tests.
