@@ -3,7 +3,8 @@
 # same machine, same thread count, same input size; prints images/s, peak RSS and the ratios.
 #
 # Input: env THREADS (default: nproc), VARIANT (densenet201), BATCHES ("1 8"), ITERS (5),
-#        MODES ("folded") — any of folded, plain, concat.
+#        MODES ("fast") — any of fast (BN folded + compiled NHWC plan, what predict uses),
+#        folded (BN folded, Burn modules), plain, concat.
 # Output: a table on stdout; each side runs in its own process per batch size and reports its
 #         own VmHWM from /proc/self/status, so both are measured the same way.
 # Creates (or reuses) the PyTorch venv at target/venv-torch (PyPI torch, ~5 GB, ~4 min).
@@ -14,7 +15,7 @@ THREADS="${THREADS:-$(nproc)}"
 VARIANT="${VARIANT:-densenet201}"
 BATCHES="${BATCHES:-1 8}"
 ITERS="${ITERS:-5}"
-MODES="${MODES:-folded}"
+MODES="${MODES:-fast}"
 VENV=target/venv-torch
 
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import torch, torchvision' 2>/dev/null; then

@@ -13,8 +13,11 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, Pa
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use std::sync::Arc;
+
 use crate::block::{bn_relu, conv_initializer, ChannelAffine, DenseBlock, Transition};
 use crate::config::transition_out;
+use crate::fast::InferencePlan;
 use crate::{DenseNetConfig, DenseNetError, DenseNetVariant};
 
 /// torchvision's `model.features` (an `nn.Sequential`), field for field.
@@ -48,6 +51,11 @@ pub struct DenseNet {
     pub features: Features,
     /// ImageNet-style `Linear(C, num_classes)`; `None` for the features-only network.
     pub classifier: Option<Linear>,
+    /// Compiled inference path, set by [`fold_batchnorm`](Self::fold_batchnorm):
+    /// [`forward_features`](Self::forward_features) uses it for inputs without autodiff.
+    /// A snapshot of the weights at folding time.
+    #[module(skip)]
+    pub inference_plan: Option<Arc<InferencePlan>>,
 }
 
 impl DenseNet {
@@ -96,7 +104,7 @@ impl DenseNet {
             l.bias = l.bias.map(|b| b.map(|t| t.zeros_like()));
             l
         });
-        Ok(Self { features, classifier })
+        Ok(Self { features, classifier, inference_plan: None })
     }
 
     /// Number of dense blocks.
@@ -151,7 +159,21 @@ impl DenseNet {
 
     /// Final feature map after `norm5` + ReLU: `[B, 3, H, W] -> [B, C, H/32, W/32]`
     /// (DenseNet201 at 224: `[B, 1920, 7, 7]`). The seam for Grad-CAM and feature caching.
+    ///
+    /// A BatchNorm-folded model ([`fold_batchnorm`](Self::fold_batchnorm)) runs inputs without
+    /// autodiff through its compiled [`InferencePlan`] (same values within float rounding).
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+        if let Some(plan) = &self.inference_plan {
+            if !x.is_autodiff() && x.dims()[1] == plan.in_channels() {
+                return plan.forward_features(x);
+            }
+        }
+        self.forward_features_modules(x)
+    }
+
+    /// [`forward_features`](Self::forward_features) through the Burn modules only (never the
+    /// compiled inference plan): the reference the plan is tested against.
+    pub fn forward_features_modules(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_from(0, self.forward_until(x, 0))
     }
 

@@ -12,6 +12,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 
+use std::sync::Arc;
+
+use crate::fast::InferencePlan;
 use crate::{ChannelAffine, DenseNet};
 
 /// `bn(conv(x)) = conv'(x)` with `w' = w * s`, `b' = (b - mean) * s + beta`,
@@ -57,6 +60,20 @@ impl DenseNet {
             t.norm_affine = Some(ChannelAffine::from_batchnorm(&t.norm));
         }
         f.norm5_affine = Some(ChannelAffine::from_batchnorm(&f.norm5));
+        model.inference_plan = InferencePlan::from_folded(&model).map(Arc::new);
         model
+    }
+
+    /// The inference-only trunk of this network's folded copy (see [`InferencePlan`]).
+    pub fn compile_inference(&self) -> InferencePlan {
+        match &self.inference_plan {
+            Some(plan) => (**plan).clone(),
+            None => {
+                let folded = self.fold_batchnorm();
+                let plan = folded.inference_plan.as_deref().cloned();
+                // fold_batchnorm sets every affine and folded flag, so from_folded succeeds.
+                plan.unwrap_or_else(|| unreachable!("a folded DenseNet always compiles"))
+            }
+        }
     }
 }

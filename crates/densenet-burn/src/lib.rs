@@ -18,6 +18,7 @@ mod block;
 mod config;
 mod densenet;
 mod error;
+mod fast;
 pub mod fold;
 pub mod weights;
 
@@ -28,3 +29,4 @@ pub use densenet::{
     Features,
 };
 pub use error::{DenseNetError, ShapeMismatch};
+pub use fast::InferencePlan;

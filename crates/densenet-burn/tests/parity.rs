@@ -2,7 +2,8 @@
 //! `scripts/densenet_parity.py` and compares eval-mode logits and feature maps.
 //!
 //! Input: `tests/fixtures/tiny*` (or `$DENSENET_PARITY_DIR/$DENSENET_PARITY_NAME*` for the full
-//! DenseNet201 check). Output: pass when max |Δ| <= 1e-4, for the plain and the BN-folded model.
+//! DenseNet201 check). Output: pass when max |Δ| <= 1e-4, for the plain and the BN-folded model
+//! (its compiled inference path and its Burn modules).
 
 use std::path::{Path, PathBuf};
 
@@ -56,8 +57,9 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
 
-/// Returns (logits Δ, features Δ) for the plain and the folded model.
-fn check(f: &Fixture, model: &DenseNet) -> [f32; 4] {
+/// Returns (logits Δ, features Δ) for the plain and the folded model (which runs the compiled
+/// inference path), and the features Δ of the folded model's Burn modules.
+fn check(f: &Fixture, model: &DenseNet) -> [f32; 5] {
     let feats = model.forward_features(f.input.clone());
     assert_eq!(feats.dims().to_vec(), f.features_shape);
     let d_feat = max_abs_diff(&values(feats), &f.features);
@@ -65,7 +67,9 @@ fn check(f: &Fixture, model: &DenseNet) -> [f32; 4] {
     let folded = model.fold_batchnorm();
     let d_feat_f = max_abs_diff(&values(folded.forward_features(f.input.clone())), &f.features);
     let d_logit_f = max_abs_diff(&values(folded.forward(f.input.clone())), &f.logits);
-    [d_logit, d_feat, d_logit_f, d_feat_f]
+    assert!(folded.inference_plan.is_some());
+    let d_feat_m = max_abs_diff(&values(folded.forward_features_modules(f.input.clone())), &f.features);
+    [d_logit, d_feat, d_logit_f, d_feat_f, d_feat_m]
 }
 
 fn run(dir: PathBuf, name: &str, file: &str) {
@@ -76,8 +80,9 @@ fn run(dir: PathBuf, name: &str, file: &str) {
     assert!(report.ignored.iter().all(|k| k.ends_with("num_batches_tracked")));
     let d = check(&f, &model);
     println!(
-        "{} ({file}): max |Δ| logits {:.3e}, features {:.3e}; BN-folded: logits {:.3e}, features {:.3e}",
-        f.name, d[0], d[1], d[2], d[3]
+        "{} ({file}): max |Δ| logits {:.3e}, features {:.3e}; BN-folded fast path: logits {:.3e}, \
+         features {:.3e}; BN-folded modules: features {:.3e}",
+        f.name, d[0], d[1], d[2], d[3], d[4]
     );
     for x in d {
         assert!(x <= 1e-4, "max |Δ| {x} > 1e-4");

@@ -28,10 +28,11 @@ struct Args {
     /// Timed iterations (after one warm-up pass).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Model path to time: `folded` (BatchNorm folded, preallocated block buffers; what
-    /// `predict` uses), `plain` (eval mode, buffers), or `concat` (eval mode, torchvision's
+    /// Model path to time: `fast` (BatchNorm folded + the compiled NHWC inference plan; what
+    /// `predict` uses), `folded` (BatchNorm folded, Burn modules with preallocated block
+    /// buffers), `plain` (eval mode, buffers), or `concat` (eval mode, torchvision's
     /// re-concatenation).
-    #[arg(long, default_value = "folded")]
+    #[arg(long, default_value = "fast")]
     mode: String,
     /// Also print where one forward pass spends its time (per op kind), on stderr.
     #[arg(long)]
@@ -147,14 +148,19 @@ fn main() -> anyhow::Result<()> {
     let base = DenseNet::new(&variant.config(), &device)?.valid();
     // `base` is moved or dropped here so that only one copy of the weights stays resident.
     let (model, concat) = match args.mode.as_str() {
-        "folded" => {
+        "fast" => {
             let folded = base.fold_batchnorm();
+            drop(base);
+            (folded, false)
+        }
+        "folded" => {
+            let folded = DenseNet { inference_plan: None, ..base.fold_batchnorm() };
             drop(base);
             (folded, false)
         }
         "plain" => (base, false),
         "concat" => (base, true),
-        other => anyhow::bail!("unknown mode {other}: use folded, plain or concat"),
+        other => anyhow::bail!("unknown mode {other}: use fast, folded, plain or concat"),
     };
     let x = Tensor::<4>::random([args.batch, 3, args.size, args.size], Distribution::Normal(0.0, 1.0), &device);
     if args.breakdown {
