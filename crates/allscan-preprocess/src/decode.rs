@@ -92,6 +92,11 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<
     if bytes.is_empty() {
         return Err(DecodeError::Empty { path: p() });
     }
+    if let Some(header) = JpegHeader::parse(bytes) {
+        if let Some(img) = decode_jpeg_direct(bytes, &header, path, limits)? {
+            return Ok(img);
+        }
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| DecodeError::Io { path: p(), source })?;
@@ -138,7 +143,108 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<
 /// little data after it).
 fn has_jpeg_end(bytes: &[u8]) -> bool {
     let tail = &bytes[bytes.len().saturating_sub(4096)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+    // From the end: the marker is almost always the last two bytes.
+    tail.windows(2).rev().any(|w| w == [0xFF, 0xD9])
+}
+
+/// What [`decode_bytes`] needs from a JPEG's markers before the scan: the frame size and
+/// layout, and the EXIF orientation. Read by a plain marker walk, so the common case (an
+/// 8-bit YCbCr or grey JPEG) costs one libjpeg pass and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct JpegHeader {
+    width: u32,
+    height: u32,
+    precision: u8,
+    components: u8,
+    orientation: image::metadata::Orientation,
+}
+
+impl JpegHeader {
+    /// `None` when the bytes are not a JPEG or its markers are not well formed up to the first
+    /// scan; the general path then decodes (or reports) the file.
+    fn parse(bytes: &[u8]) -> Option<JpegHeader> {
+        use image::metadata::Orientation;
+        if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            return None;
+        }
+        let mut pos = 2;
+        let mut frame = None;
+        let mut orientation = Orientation::NoTransforms;
+        loop {
+            if *bytes.get(pos)? != 0xFF {
+                return None;
+            }
+            // Any number of 0xFF fill bytes may precede a marker code.
+            while *bytes.get(pos)? == 0xFF {
+                pos += 1;
+            }
+            let marker = bytes[pos];
+            pos += 1;
+            match marker {
+                // Standalone markers (TEM, RSTn) carry no length.
+                0x01 | 0xD0..=0xD7 => continue,
+                0xD8 | 0xD9 | 0x00 => return None,
+                _ => {}
+            }
+            // The length counts its own two bytes.
+            let len = u16::from_be_bytes([*bytes.get(pos)?, *bytes.get(pos + 1)?]) as usize;
+            if len < 2 {
+                return None;
+            }
+            let seg = bytes.get(pos + 2..pos + len)?;
+            match marker {
+                // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+                0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                    if seg.len() < 6 {
+                        return None;
+                    }
+                    let height = u16::from_be_bytes([seg[1], seg[2]]) as u32;
+                    let width = u16::from_be_bytes([seg[3], seg[4]]) as u32;
+                    frame = Some((width, height, seg[0], seg[5]));
+                }
+                // APP1 Exif; the last one wins, as in the `image` crate's JPEG decoder.
+                0xE1 if seg.starts_with(b"Exif\0\0") => {
+                    orientation = Orientation::from_exif_chunk(&seg[6..]).unwrap_or(Orientation::NoTransforms);
+                }
+                0xDA => {
+                    let (width, height, precision, components) = frame?;
+                    return Some(JpegHeader { width, height, precision, components, orientation });
+                }
+                _ => {}
+            }
+            pos += len;
+        }
+    }
+}
+
+/// The common JPEG case straight through libjpeg: 8-bit samples, 1 or 3 components, a
+/// complete file. `Ok(None)` hands the file to the general path (CMYK, 12-bit, anything
+/// libjpeg rejects), which decodes it another way or names the error. Why a separate path:
+/// on the 224x224 Aria fields, the `image` crate's header reads (three zune-jpeg header
+/// parses, a copy of the input) and the final `to_rgb8` copy cost about a third of the
+/// libjpeg decode itself.
+fn decode_jpeg_direct(
+    bytes: &[u8],
+    header: &JpegHeader,
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<Option<RgbImage>, DecodeError> {
+    if header.width == 0 || header.height == 0 {
+        return Ok(None);
+    }
+    check_size(header.width, header.height, path, limits)?;
+    if header.precision != 8 || !matches!(header.components, 1 | 3) || !has_jpeg_end(bytes) {
+        return Ok(None);
+    }
+    let Some(img) = decode_jpeg_libjpeg(bytes, header.width, header.height) else {
+        return Ok(None);
+    };
+    if header.orientation == image::metadata::Orientation::NoTransforms {
+        return Ok(Some(img));
+    }
+    let mut dynamic = DynamicImage::ImageRgb8(img);
+    dynamic.apply_orientation(header.orientation);
+    Ok(Some(dynamic.into_rgb8()))
 }
 
 /// Decodes a JPEG the way libjpeg-turbo does (see the module docs). `None` when libjpeg
@@ -281,6 +387,49 @@ mod tests {
         png.extend_from_slice(&crc32(&chunk).to_be_bytes());
         let err = decode_bytes(&png, Path::new("huge.png"), &DecodeLimits::default()).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn jpeg_header_walk_reads_frame_and_orientation() {
+        let field =
+            DynamicImage::ImageRgb8(RgbImage::from_fn(40, 24, |x, y| image::Rgb([x as u8 * 6, y as u8 * 9, 90])));
+        let jpeg = encode(&field, ImageFormat::Jpeg);
+        let header = JpegHeader::parse(&jpeg).expect("a plain JPEG parses");
+        assert_eq!((header.width, header.height, header.precision, header.components), (40, 24, 8, 3));
+        assert_eq!(header.orientation, image::metadata::Orientation::NoTransforms);
+
+        // EXIF orientation 6 (rotate 90 degrees clockwise), plus fill bytes before a marker.
+        let mut tiff = b"MM\0*\0\0\0\x08".to_vec();
+        tiff.extend_from_slice(&[0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut rotated = vec![0xFF, 0xD8, 0xFF, 0xFF, 0xE1];
+        rotated.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        rotated.extend_from_slice(&app1);
+        rotated.extend_from_slice(&jpeg[2..]);
+        let header = JpegHeader::parse(&rotated).expect("fill bytes and EXIF parse");
+        assert_eq!(header.orientation, image::metadata::Orientation::Rotate90);
+        let img = decode_bytes(&rotated, Path::new("r.jpg"), &DecodeLimits::default()).unwrap();
+        assert_eq!(img.dimensions(), (24, 40));
+
+        // Cut inside the markers, or not a JPEG: no header, the general path decides.
+        assert_eq!(JpegHeader::parse(&jpeg[..20]), None);
+        assert_eq!(JpegHeader::parse(b"\x89PNG\r\n"), None);
+    }
+
+    #[test]
+    fn direct_jpeg_path_matches_libjpeg_through_the_general_path() {
+        let field = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+        }));
+        let jpeg = encode(&field, ImageFormat::Jpeg);
+        let direct = decode_bytes(&jpeg, Path::new("a.jpg"), &DecodeLimits::default()).unwrap();
+        let libjpeg = decode_jpeg_libjpeg(&jpeg, 64, 48).expect("libjpeg decodes it");
+        assert_eq!(direct, libjpeg);
+        // A 4-component (CMYK) frame is left to the general path.
+        let header = JpegHeader { components: 4, ..JpegHeader::parse(&jpeg).unwrap() };
+        let out = decode_jpeg_direct(&jpeg, &header, Path::new("a.jpg"), &DecodeLimits::default()).unwrap();
+        assert!(out.is_none());
     }
 
     fn crc32(data: &[u8]) -> u32 {

@@ -90,17 +90,90 @@ pub fn aria_in_range(hsv: [u8; 3]) -> bool {
     (0..3).all(|c| hsv[c] >= ARIA_HSV_LOWER[c] && hsv[c] <= ARIA_HSV_UPPER[c])
 }
 
-/// Whether the authors' recipe keeps a pixel given in true RGB order.
+/// The recipe pixel by pixel, straight from [`opencv_rgb2hsv`] (true RGB order in). The
+/// reference that [`KEPT_RED`] is built from and tested against; the mask functions use the
+/// table.
 #[inline]
-pub fn aria_hsv_keeps(rgb: [u8; 3]) -> bool {
+pub fn aria_hsv_keeps_reference(rgb: [u8; 3]) -> bool {
     let [r, g, b] = rgb;
-    // Cheap rejections first: V and S lower bounds (V = max channel whatever the order).
-    if r.max(g).max(b) < ARIA_HSV_LOWER[2] {
-        return false;
-    }
     // Quirk 1: the authors' image was BGR in memory and converted as if RGB, so OpenCV's
     // "R" is our blue and its "B" is our red.
     aria_in_range(opencv_rgb2hsv(b, g, r))
+}
+
+/// For each hue difference `diff = max - min` (1..=255) of OpenCV's "R" branch: the range of
+/// `h = G - B` (OpenCV's names, always negative here) whose fixed-point hue lands in
+/// 168..=179 after the `+180` wrap, i.e. `(h * HDIV180[diff] + 2048) >> 12` in -12..=-1.
+/// `[lo, hi]`, empty (lo > hi) when no `h` in -diff..=-1 qualifies.
+const HUE_KEPT: [[i32; 2]; 256] = {
+    let mut t = [[1i32, 0]; 256];
+    let mut diff = 1;
+    while diff < 256 {
+        let (mut lo, mut hi) = (1i32, 0i32);
+        let mut h = -1i32;
+        while h >= -(diff as i32) {
+            let hf = (h * HDIV180[diff] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT;
+            if hf <= -1 && hf >= -12 {
+                // h falls, so the first hit is the top of the range and the last the bottom.
+                if lo > hi {
+                    hi = h;
+                }
+                lo = h;
+            }
+            h -= 1;
+        }
+        t[diff] = [lo, hi];
+        diff += 1;
+    }
+    t
+};
+
+/// `KEPT_RED[blue << 8 | green] = [lo, hi]`: the recipe keeps a pixel (true RGB) exactly when
+/// `lo <= red <= hi` (empty ranges are `[255, 0]`). Why a table: the HSV conversion needs two
+/// reciprocal-table lookups and a three-way branch per pixel, and `inRange` then throws most
+/// of that away; this 128 KiB table (it stays in L2) answers with one load and two compares.
+///
+/// Derivation (OpenCV's channel names in quotes; "R" is our blue, "B" our red, quirk 1):
+/// hue 168..=179 only comes from the "R" branch (`v == "R"`, taken first on ties), whose hue
+/// is `("G" - "B") / 6 diff` of the circle, in -30..=30 OpenCV units; the "G" and "B" branches
+/// give 30..=150. So a kept pixel has blue = V >= 50, blue >= red and blue >= green, and
+/// `"G" - "B" = green - red < 0`, so red > green, min = green and `diff = blue - green`.
+/// S depends on (blue, diff) only, and the hue is monotone in red for a given (blue, green):
+/// the kept reds form one interval. `tests/opencv_parity.rs` checks the table against
+/// [`aria_hsv_keeps_reference`] and OpenCV's own mask on all 2^24 colours.
+pub static KEPT_RED: [[u8; 2]; 65536] = {
+    let mut t = [[255u8, 0]; 65536];
+    let mut b = ARIA_HSV_LOWER[2] as usize;
+    while b < 256 {
+        let mut g = 0usize;
+        while g < b {
+            let diff = b - g;
+            let s = (diff as i32 * SDIV[b] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT;
+            let [hlo, hhi] = HUE_KEPT[diff];
+            if s >= ARIA_HSV_LOWER[1] as i32 && hlo <= hhi {
+                // h = green - red, so red = green - h.
+                let lo = g as i32 - hhi;
+                let mut hi = g as i32 - hlo;
+                if hi > b as i32 {
+                    hi = b as i32;
+                }
+                if lo <= hi {
+                    t[b << 8 | g] = [lo as u8, hi as u8];
+                }
+            }
+            g += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Whether the authors' recipe keeps a pixel given in true RGB order (through [`KEPT_RED`]).
+#[inline]
+pub fn aria_hsv_keeps(rgb: [u8; 3]) -> bool {
+    let [r, g, b] = rgb;
+    let [lo, hi] = KEPT_RED[(b as usize) << 8 | g as usize];
+    (r >= lo) & (r <= hi)
 }
 
 /// The authors' `Segmented/` mask for a field in true RGB order: 255 where their OpenCV recipe
@@ -108,11 +181,36 @@ pub fn aria_hsv_keeps(rgb: [u8; 3]) -> bool {
 /// see exactly the pixels it saw.
 pub fn aria_hsv_mask(img: &RgbImage) -> GrayImage {
     let (w, h) = img.dimensions();
-    let mut mask = GrayImage::new(w, h);
-    for (m, px) in mask.as_mut().iter_mut().zip(img.as_raw().chunks_exact(3)) {
-        *m = if aria_hsv_keeps([px[0], px[1], px[2]]) { 255 } else { 0 };
+    let mut mask = vec![0u8; img.as_raw().len() / 3];
+    for (m, px) in mask.iter_mut().zip(img.as_raw().chunks_exact(3)) {
+        *m = keep_byte(px);
     }
-    mask
+    GrayImage::from_raw(w, h, mask).unwrap_or_else(|| GrayImage::new(w, h))
+}
+
+/// The recipe's two outputs, mask and segmented field, in one pass over the pixels: what
+/// `inRange` followed by `bitwise_and` computes, without reading the field twice.
+pub fn aria_hsv_segment(img: &RgbImage) -> (GrayImage, RgbImage) {
+    let (w, h) = img.dimensions();
+    let n = img.as_raw().len() / 3;
+    let mut mask = vec![0u8; n];
+    let mut segmented = vec![0u8; 3 * n];
+    for ((px, m), out) in img.as_raw().chunks_exact(3).zip(&mut mask).zip(segmented.chunks_exact_mut(3)) {
+        let keep = keep_byte(px);
+        *m = keep;
+        out[0] = px[0] & keep;
+        out[1] = px[1] & keep;
+        out[2] = px[2] & keep;
+    }
+    let mask = GrayImage::from_raw(w, h, mask).unwrap_or_else(|| GrayImage::new(w, h));
+    let segmented = RgbImage::from_raw(w, h, segmented).unwrap_or_else(|| RgbImage::new(w, h));
+    (mask, segmented)
+}
+
+/// 255 when the recipe keeps this RGB pixel, else 0, without a branch.
+#[inline(always)]
+fn keep_byte(px: &[u8]) -> u8 {
+    0u8.wrapping_sub(aria_hsv_keeps([px[0], px[1], px[2]]) as u8)
 }
 
 /// `bitwise_and(img, img, mask=mask)`: pixels where the mask is non-zero are kept, the rest

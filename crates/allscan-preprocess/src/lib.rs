@@ -17,7 +17,7 @@ pub mod stain;
 pub use config::{NucleusConfig, PreprocessConfig, RoiConfig, RoiViews, SegmentMode};
 pub use crop::{largest_nucleus_crop, resize_field, roi_crops, CropRegion, RoiCrop};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
-pub use hsv::{apply_mask, aria_hsv_mask, opencv_rgb2hsv};
+pub use hsv::{apply_mask, aria_hsv_mask, aria_hsv_segment, opencv_rgb2hsv};
 pub use normalize::{to_chw_normalized, Normalization};
 pub use nucleus::{find_nuclei, nuclei_from_mask, BBox, Nucleus, NucleusResult};
 pub use sheet::contact_sheet;
@@ -83,8 +83,11 @@ pub fn prepare_views(img: &RgbImage, cfg: &PreprocessConfig) -> Result<PreparedV
     };
     match cfg.mode {
         SegmentMode::AriaHsv => {
-            let mask = aria_hsv_mask(img);
-            let segmented = apply_mask(&stained(img), &mask);
+            // Without stain normalisation, mask and segmented field come from one pass.
+            let segmented = match &cfg.stain {
+                None => aria_hsv_segment(img).1,
+                Some(_) => apply_mask(&stained(img), &aria_hsv_mask(img)),
+            };
             Ok(PreparedViews::whole(resize_field(&segmented, size), Vec::new()))
         }
         SegmentMode::Field => Ok(PreparedViews::whole(resize_field(&stained(img), size), Vec::new())),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use allscan_preprocess::{
-    apply_mask, aria_hsv_mask, decode_file, find_nuclei, largest_nucleus_crop, DecodeLimits, NucleusConfig, RoiConfig,
+    aria_hsv_segment, decode_file, find_nuclei, largest_nucleus_crop, DecodeLimits, NucleusConfig, RoiConfig,
 };
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -80,7 +80,8 @@ fn main() -> Result<()> {
     let ncfg = NucleusConfig::default();
     let rcfg = RoiConfig::default();
 
-    // aria-hsv: read + decode once, mask, apply (what OpenCV's side times).
+    // aria-hsv: read + decode once, mask, apply (what OpenCV's side times: imread, cvtColor,
+    // inRange, bitwise_and); both outputs, mask and segmented field, are produced per image.
     let mut masks = Vec::with_capacity(paths.len());
     let mut hsv_best = f64::INFINITY;
     let mut keep_alive = 0u64;
@@ -88,8 +89,7 @@ fn main() -> Result<()> {
         let t = Instant::now();
         for p in &paths {
             let img = decode_file(p, &limits)?;
-            let mask = aria_hsv_mask(&img);
-            let seg = apply_mask(&img, &mask);
+            let (mask, seg) = aria_hsv_segment(&img);
             keep_alive += seg.as_raw()[0] as u64;
             if pass == 0 {
                 masks.push(mask);
