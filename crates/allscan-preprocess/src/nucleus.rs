@@ -141,52 +141,50 @@ fn label(mask: &GrayImage) -> image::ImageBuffer<Luma<u32>, Vec<u32>> {
     connected_components(mask, Connectivity::Eight, Luma([0u8]))
 }
 
-/// Sets every background pixel not 4-connected to the field border to foreground.
+/// Sets every background pixel not 4-connected to the field border to foreground. A flood
+/// fill from the border with a stack (the visiting order does not change the result).
 pub fn fill_holes(mask: &mut GrayImage) {
     let (w, h) = mask.dimensions();
     let (wu, hu) = (w as usize, h as usize);
+    if wu == 0 || hu == 0 {
+        return;
+    }
     let data = mask.as_mut();
-    let mut outside = vec![false; wu * hu];
-    let mut queue = VecDeque::new();
-    let seed = |i: usize, outside: &mut Vec<bool>, queue: &mut VecDeque<usize>| {
-        if data[i] == 0 && !outside[i] {
-            outside[i] = true;
-            queue.push_back(i);
+    // 0 = foreground or not reached yet; 1 = background reached from the border.
+    let mut outside = vec![0u8; wu * hu];
+    let mut stack: Vec<u32> = Vec::new();
+    let visit = |i: usize, outside: &mut Vec<u8>, stack: &mut Vec<u32>| {
+        if data[i] == 0 && outside[i] == 0 {
+            outside[i] = 1;
+            stack.push(i as u32);
         }
     };
     for x in 0..wu {
-        seed(x, &mut outside, &mut queue);
-        seed((hu - 1) * wu + x, &mut outside, &mut queue);
+        visit(x, &mut outside, &mut stack);
+        visit((hu - 1) * wu + x, &mut outside, &mut stack);
     }
     for y in 0..hu {
-        seed(y * wu, &mut outside, &mut queue);
-        seed(y * wu + wu - 1, &mut outside, &mut queue);
+        visit(y * wu, &mut outside, &mut stack);
+        visit(y * wu + wu - 1, &mut outside, &mut stack);
     }
-    while let Some(i) = queue.pop_front() {
+    while let Some(i) = stack.pop() {
+        let i = i as usize;
         let (x, y) = (i % wu, i / wu);
-        let mut visit = |j: usize| {
-            if data[j] == 0 && !outside[j] {
-                outside[j] = true;
-                queue.push_back(j);
-            }
-        };
         if x > 0 {
-            visit(i - 1);
+            visit(i - 1, &mut outside, &mut stack);
         }
         if x + 1 < wu {
-            visit(i + 1);
+            visit(i + 1, &mut outside, &mut stack);
         }
         if y > 0 {
-            visit(i - wu);
+            visit(i - wu, &mut outside, &mut stack);
         }
         if y + 1 < hu {
-            visit(i + wu);
+            visit(i + wu, &mut outside, &mut stack);
         }
     }
     for (p, o) in data.iter_mut().zip(outside) {
-        if !o {
-            *p = 255;
-        }
+        *p |= 0u8.wrapping_sub(1 - o); // not reached -> 255
     }
 }
 
@@ -253,17 +251,17 @@ fn split_touching(mask: &GrayImage) -> image::ImageBuffer<Luma<u32>, Vec<u32>> {
     }
     let mut out = vec![0u32; wu * hu];
     let mut queue = VecDeque::new();
-    for i in 0..wu * hu {
+    for (i, o) in out.iter_mut().enumerate() {
         let l = labels.as_raw()[i] as usize;
         if l == 0 {
             continue;
         }
         if cores_per_component[l] < 2 {
-            out[i] = comp_label[l];
+            *o = comp_label[l];
         } else {
             let c = cores.as_raw()[i] as usize;
             if c != 0 {
-                out[i] = core_label[c];
+                *o = core_label[c];
                 queue.push_back(i);
             }
         }
@@ -296,54 +294,55 @@ fn split_touching(mask: &GrayImage) -> image::ImageBuffer<Luma<u32>, Vec<u32>> {
 }
 
 /// Binary dilation by a disc of radius `r` (offsets with dx^2 + dy^2 <= r^2; outside the
-/// field counts as background). Row-wise sliding counts make it O(pixels * (2r + 1)) instead
-/// of a distance transform per call, which dominated the finder's time.
+/// field counts as background). The disc is a stack of horizontal segments: each row of the
+/// output ORs the rows `dy` away, dilated horizontally by the segment's half-width
+/// `floor(sqrt(r^2 - dy^2))`. The horizontal dilations are built one pixel of width at a
+/// time from three shifted rows, which the compiler vectorises: O(pixels * r) byte ops with
+/// no branch per pixel (prefix counts per row were a third of the finder's time).
 fn dilate_disc(mask: &GrayImage, r: u8) -> GrayImage {
     let (w, h) = mask.dimensions();
     let (wu, hu) = (w as usize, h as usize);
-    let r = r as i64;
-    let src = mask.as_raw();
-    // Horizontal dilations for each half-width the disc needs, via row prefix counts.
-    let half: Vec<usize> = (-r..=r).map(|dy| ((r * r - dy * dy) as f64).sqrt().floor() as usize).collect();
-    let mut widths: Vec<usize> = half.clone();
-    widths.sort_unstable();
-    widths.dedup();
-    let mut prefix = vec![0u32; wu + 1];
-    let mut horiz: Vec<Vec<u8>> = vec![vec![0u8; wu * hu]; widths.len()];
+    let r = r as usize;
+    let half: Vec<usize> = (0..=r).map(|dy| ((r * r - dy * dy) as f64).sqrt().floor() as usize).collect();
+    // horiz[k] = the mask (0/1) dilated horizontally by k pixels, for k = 0..=r.
+    let mut horiz: Vec<Vec<u8>> = Vec::with_capacity(r + 1);
+    horiz.push(mask.as_raw().iter().map(|&m| (m != 0) as u8).collect());
+    for k in 1..=r {
+        let mut next = vec![0u8; wu * hu];
+        dilate_rows_by_one(&horiz[k - 1], &mut next, wu);
+        horiz.push(next);
+    }
+    let mut out = vec![0u8; wu * hu];
     for y in 0..hu {
-        let row = &src[y * wu..(y + 1) * wu];
-        for x in 0..wu {
-            prefix[x + 1] = prefix[x] + (row[x] != 0) as u32;
-        }
-        for (k, &hw) in widths.iter().enumerate() {
-            let out = &mut horiz[k][y * wu..(y + 1) * wu];
-            for (x, o) in out.iter_mut().enumerate() {
-                let lo = x.saturating_sub(hw);
-                let hi = (x + hw + 1).min(wu);
-                *o = (prefix[hi] > prefix[lo]) as u8;
+        let dst = &mut out[y * wu..(y + 1) * wu];
+        for (dy, &hw) in half.iter().enumerate() {
+            let hz = &horiz[hw];
+            for sy in [y.checked_sub(dy), Some(y + dy).filter(|&v| v < hu && dy > 0)].into_iter().flatten() {
+                for (d, s) in dst.iter_mut().zip(&hz[sy * wu..(sy + 1) * wu]) {
+                    *d |= *s;
+                }
             }
         }
-    }
-    let mut out = GrayImage::new(w, h);
-    let dst = out.as_mut();
-    for (i, dy) in (-r..=r).enumerate() {
-        let k = widths.iter().position(|&x| x == half[i]).unwrap_or(0);
-        let hz = &horiz[k];
-        for y in 0..hu {
-            let sy = y as i64 + dy;
-            if sy < 0 || sy >= hu as i64 {
-                continue;
-            }
-            let srow = &hz[sy as usize * wu..(sy as usize + 1) * wu];
-            for (d, s) in dst[y * wu..(y + 1) * wu].iter_mut().zip(srow) {
-                *d |= *s;
-            }
+        for d in dst.iter_mut() {
+            *d = 0u8.wrapping_sub(*d); // 1 -> 255
         }
     }
-    for d in dst.iter_mut() {
-        *d = if *d != 0 { 255 } else { 0 };
+    GrayImage::from_raw(w, h, out).unwrap_or_else(|| GrayImage::new(w, h))
+}
+
+/// `dst` = `src` (rows of `wu` 0/1 bytes) dilated horizontally by one pixel within each row.
+fn dilate_rows_by_one(src: &[u8], dst: &mut [u8], wu: usize) {
+    for (s, d) in src.chunks_exact(wu).zip(dst.chunks_exact_mut(wu)) {
+        if wu < 2 {
+            d.copy_from_slice(s);
+            continue;
+        }
+        d[0] = s[0] | s[1];
+        d[wu - 1] = s[wu - 1] | s[wu - 2];
+        for (((o, a), b), c) in d[1..wu - 1].iter_mut().zip(&s[..wu - 2]).zip(&s[1..wu - 1]).zip(&s[2..]) {
+            *o = a | b | c;
+        }
     }
-    out
 }
 
 /// Binary erosion by a disc of radius `r` (outside the field counts as foreground, so objects
@@ -548,6 +547,65 @@ mod tests {
             assert_eq!(dilate_disc(&mask, r), imageproc::morphology::dilate(&mask, Norm::L2, r), "dilate r={r}");
             assert_eq!(erode_disc(&mask, r), imageproc::morphology::erode(&mask, Norm::L2, r), "erode r={r}");
         }
+    }
+
+    /// The definition, pixel by pixel: any foreground pixel within the disc, inside the field.
+    fn dilate_brute(mask: &GrayImage, r: i64) -> GrayImage {
+        let (w, h) = (mask.width() as i64, mask.height() as i64);
+        GrayImage::from_fn(w as u32, h as u32, |x, y| {
+            let hit = (-r..=r).any(|dy| {
+                (-r..=r).any(|dx| {
+                    let (sx, sy) = (x as i64 + dx, y as i64 + dy);
+                    dx * dx + dy * dy <= r * r
+                        && (0..w).contains(&sx)
+                        && (0..h).contains(&sy)
+                        && mask.get_pixel(sx as u32, sy as u32)[0] != 0
+                })
+            });
+            Luma([if hit { 255 } else { 0 }])
+        })
+    }
+
+    #[test]
+    fn disc_dilation_matches_its_definition() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for (w, h) in [(1u32, 1u32), (1, 9), (2, 5), (9, 1), (17, 13), (40, 30)] {
+            for density in [1u64, 4, 8] {
+                let mask = GrayImage::from_fn(w, h, |_, _| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    Luma([if state % 16 < density { 1 + (state % 255) as u8 } else { 0 }])
+                });
+                for r in 0..7u8 {
+                    assert_eq!(dilate_disc(&mask, r), dilate_brute(&mask, r as i64), "{w}x{h} r={r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn holes_are_filled_but_border_background_is_not() {
+        let mut mask = mask_ring(12, 10);
+        fill_holes(&mut mask);
+        assert_eq!(mask.get_pixel(5, 5)[0], 255, "enclosed hole");
+        assert_eq!(mask.get_pixel(0, 0)[0], 0, "background touching the border");
+        assert_eq!(mask.get_pixel(11, 9)[0], 0);
+        // A ring cut open to the border is not a hole.
+        let mut open = mask_ring(12, 10);
+        open.put_pixel(5, 2, Luma([0]));
+        open.put_pixel(5, 3, Luma([0]));
+        fill_holes(&mut open);
+        assert_eq!(open.get_pixel(5, 5)[0], 0);
+    }
+
+    /// A square ring (foreground 2..=8 x 2..=7, background inside 4..=6 x 4..=5).
+    fn mask_ring(w: u32, h: u32) -> GrayImage {
+        GrayImage::from_fn(w, h, |x, y| {
+            let outer = (2..=8).contains(&x) && (2..=7).contains(&y);
+            let inner = (4..=6).contains(&x) && (4..=5).contains(&y);
+            Luma([if outer && !inner { 255 } else { 0 }])
+        })
     }
 
     #[test]

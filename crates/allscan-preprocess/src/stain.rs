@@ -229,16 +229,14 @@ fn jacobi_eigen(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
             let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
             let t = if theta == 0.0 { 1.0 } else { t };
             let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
-            for k in 0..3 {
-                let (akp, akq) = (a[k][p], a[k][q]);
-                a[k][p] = c * akp - s * akq;
-                a[k][q] = s * akp + c * akq;
+            for row in a.iter_mut() {
+                let (akp, akq) = (row[p], row[q]);
+                row[p] = c * akp - s * akq;
+                row[q] = s * akp + c * akq;
             }
-            for k in 0..3 {
-                let (apk, aqk) = (a[p][k], a[q][k]);
-                a[p][k] = c * apk - s * aqk;
-                a[q][k] = s * apk + c * aqk;
-            }
+            let (ap, aq) = (a[p], a[q]);
+            a[p] = std::array::from_fn(|k| c * ap[k] - s * aq[k]);
+            a[q] = std::array::from_fn(|k| s * ap[k] + c * aq[k]);
             for row in v.iter_mut() {
                 let (vkp, vkq) = (row[p], row[q]);
                 row[p] = c * vkp - s * vkq;
