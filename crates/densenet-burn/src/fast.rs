@@ -284,8 +284,13 @@ impl InferencePlan {
                                 continue;
                             }
                             let line = &plane[iy as usize * w..(iy as usize + 1) * w];
+                            let x0 = (2 * ox) as isize - 3;
+                            if x0 >= 0 && x0 as usize + 7 <= w {
+                                seg.copy_from_slice(&line[x0 as usize..x0 as usize + 7]);
+                                continue;
+                            }
                             for (kx, v) in seg.iter_mut().enumerate() {
-                                let ix = (2 * ox + kx) as isize - 3;
+                                let ix = x0 + kx as isize;
                                 *v = if ix < 0 || ix >= w as isize { 0.0 } else { line[ix as usize] };
                             }
                         }

@@ -14,6 +14,11 @@
 //! let fmap = model.forward_features(Tensor::zeros([1, 3, 224, 224], &device)); // [1, 1920, 7, 7]
 //! ```
 
+// DenseNetError::Incompatible carries every offending key and shape so the message can list
+// them; it is built at most once per failed load, so its size (> 128 bytes) costs nothing
+// that boxing it would save, and boxing would make matching on its fields clumsier.
+#![allow(clippy::result_large_err)]
+
 mod block;
 mod config;
 mod densenet;
