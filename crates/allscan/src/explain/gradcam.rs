@@ -112,6 +112,36 @@ impl Heatmap {
         }
         inside / total
     }
+
+    /// Share of the hot region (pixels at or above `level`, e.g. 0.5 of a normalised map) that
+    /// lies inside `[x0, y0, x1, y1)`: what a reader of the overlay sees as "where the heat
+    /// is". `None` when no pixel reaches `level`.
+    pub fn hot_share_inside(&self, bbox: [u32; 4], level: f32) -> Option<f32> {
+        let (mut hot, mut inside) = (0usize, 0usize);
+        for y in 0..self.height {
+            for x in 0..self.width {
+                if self.get(x, y) >= level {
+                    hot += 1;
+                    if x >= bbox[0] && x < bbox[2] && y >= bbox[1] && y < bbox[3] {
+                        inside += 1;
+                    }
+                }
+            }
+        }
+        (hot > 0).then(|| inside as f32 / hot as f32)
+    }
+
+    /// Position `(x, y)` of the hottest pixel (the first in row-major order on ties).
+    pub fn argmax(&self) -> (u32, u32) {
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for (i, &v) in self.values.iter().enumerate() {
+            if v > best.1 {
+                best = (i, v);
+            }
+        }
+        let w = self.width.max(1) as usize;
+        ((best.0 % w) as u32, (best.0 / w) as u32)
+    }
 }
 
 /// Grad-CAM maps of `input` (`[B, 3, H, W]`, normalised) for `target`, one per view, at the
@@ -148,14 +178,9 @@ pub fn grad_cam(
     let score = (logits * select).sum();
     let grads = score.backward();
     let grad = leaf.grad(&grads).ok_or_else(|| ExplainError::Backend("no gradient reached the feature map".into()))?;
-    let grad_dbg = grad.clone();
     let weights = grad.mean_dims(&[2, 3]); // [B, C, 1, 1]
     let cam = (features * weights.without_autodiff()).sum_dim(1); // [B, 1, h, w]
     let cam = read(cam.into_data())?;
-    if std::env::var("ALLSCAN_DEBUG_CAM").is_ok() {
-        let g = read(grad_dbg.into_data())?;
-        eprintln!("grad abs sum {} cam {:?}", g.iter().map(|v| v.abs()).sum::<f32>(), &cam[..cam.len().min(16)]);
-    }
     let plane = h * w;
     debug_assert_eq!(cam.len(), b * plane, "channels {c}");
     Ok((0..b)
