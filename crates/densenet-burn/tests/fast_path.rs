@@ -82,3 +82,21 @@ fn compiled_plan_equals_the_attached_one() {
     let d = rel_diff(&a, &values(folded.forward_features_modules(x)));
     assert!(d <= 1e-4, "{d}");
 }
+
+#[test]
+fn batch_split_into_row_tiles_matches_one_image_per_thread() {
+    // Fewer images than threads run as one batch split into row tiles; as many run one image
+    // per thread. Both must give the modules' values.
+    let device = Device::flex();
+    let config = DenseNetConfig::custom(4, vec![2, 2], 8, None);
+    let model = random_densenet(&config, &device);
+    let folded = model.fold_batchnorm();
+    let x = Tensor::<4>::random([3, 3, 37, 35], Distribution::Normal(0.0, 1.0), &device);
+    let reference = values(model.forward_features(x.clone()));
+    for threads in [1, 2, 4] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let fast = pool.install(|| values(folded.forward_features(x.clone())));
+        let d = rel_diff(&fast, &reference);
+        assert!(d <= 1e-4, "{threads} threads: {d}");
+    }
+}
