@@ -5,9 +5,13 @@
 #      bitwise_and) on every image, timed, and writes its masks to target/opencv-masks/;
 #   3. the all-colour fixture for the CI parity test is regenerated into target/ and compared
 #      with the committed one (crates/allscan-preprocess/tests/fixtures/opencv_hsv.json);
-#   4. the Rust bench times `aria-hsv` and `nucleus` on the same images, prints images/s and
-#      the ratio to OpenCV, and the mask agreement with OpenCV's masks and with Segmented/.
-# Usage: scripts/bench-preprocess.sh [DATA_DIR]   (default ../shared/data/aria)
+#   4. ROUNDS interleaved rounds (OpenCV, then allscan, each best of 3 passes) time `aria-hsv`;
+#      each side's best round is reported. Why interleaved: on a shared machine the load moves
+#      between a phase of one side and a phase of the other; measured one after the other, the
+#      ratio swung from 0.86x to 1.7x between runs minutes apart;
+#   5. the Rust bench times `nucleus` on the same images, prints images/s and the ratio to
+#      OpenCV, and the mask agreement with OpenCV's masks and with Segmented/.
+# Usage: [ROUNDS=3] scripts/bench-preprocess.sh [DATA_DIR]   (default ../shared/data/aria)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/aria}"
@@ -31,6 +35,20 @@ same = all(new[k] == old[k] for k in ("cube_hsv_sha256", "cube_mask_sha256", "cu
 print(f"OpenCV {new['opencv_version']} vs fixture from {old['opencv_version']}: "
       + ("identical on all 2^24 colours" if same else "DIFFERENT: regenerate and check the Rust side"))
 PY
+echo "== aria-hsv speed: ${ROUNDS:=3} interleaved rounds, 1 thread each side, decode included"
+# Only the rounds count for the ratio (the masks step above ran at another moment).
+CV_RATE=0
+RS_RATE=0
+for round in $(seq "$ROUNDS"); do
+    CV=$("$VENV/bin/python" scripts/opencv_hsv.py time "$DATA/Original")
+    CV=$("$VENV/bin/python" -c 'import json,sys; print(json.loads(sys.argv[1])["images_per_s"])' "$CV")
+    RS=$(target/release/preprocess --data "$DATA" --hsv-only)
+    printf 'round %s: OpenCV %.0f images/s, allscan %.0f images/s -> %.2fx (load %s)\n' "$round" "$CV" "$RS" \
+        "$("$VENV/bin/python" -c 'import sys; print(float(sys.argv[2]) / float(sys.argv[1]))' "$CV" "$RS")" \
+        "$(cut -d' ' -f1 /proc/loadavg)"
+    CV_RATE=$("$VENV/bin/python" -c 'import sys; print(max(map(float, sys.argv[1:])))' "$CV_RATE" "$CV")
+    RS_RATE=$("$VENV/bin/python" -c 'import sys; print(max(map(float, sys.argv[1:])))' "$RS_RATE" "$RS")
+done
 echo "== allscan (Rust), same images"
 target/release/preprocess --data "$DATA" --opencv-masks target/opencv-masks --opencv-rate "$CV_RATE" \
-    --json target/bench-preprocess.json
+    --aria-hsv-rate "$RS_RATE" --json target/bench-preprocess.json

@@ -5,6 +5,7 @@ Run by scripts/bench-preprocess.sh inside target/venv-opencv (opencv-python-head
 
   opencv_hsv.py masks   DATA_DIR OUT_DIR   write OpenCV's masks (PNG, 255 = kept) under OUT_DIR,
                                            keeping relative paths, and print images/s as JSON
+  opencv_hsv.py time    DATA_DIR         time the recipe only (best of 3 passes), print images/s
   opencv_hsv.py fixture OUT_JSON           OpenCV's HSV and inRange results for every 8-bit
                                            colour, hashed, plus sampled pixels (quirks included)
 
@@ -41,6 +42,24 @@ def list_images(root):
                 out.append(os.path.relpath(os.path.join(d, f), root))
     out.sort()
     return out
+
+
+def cmd_time(data_dir):
+    """Timing only (no masks written): one round of the bench script's interleaved rounds."""
+    rels = list_images(data_dir)
+    dt = float("inf")
+    n = 0
+    for _ in range(REPEAT):
+        t0 = time.perf_counter()
+        n = 0
+        for rel in rels:
+            img = cv2.imread(os.path.join(data_dir, rel), cv2.IMREAD_COLOR)
+            if img is None:
+                continue
+            mask, segmented = recipe(img)
+            n += 1
+        dt = min(dt, time.perf_counter() - t0)
+    print(json.dumps({"images": n, "seconds": dt, "images_per_s": n / dt if dt > 0 else 0.0}))
 
 
 def cmd_masks(data_dir, out_dir):
@@ -133,6 +152,8 @@ if __name__ == "__main__":
     cv2.setNumThreads(1)  # like the Rust side by default; see bench-preprocess.sh
     if len(sys.argv) == 4 and sys.argv[1] == "masks":
         cmd_masks(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 3 and sys.argv[1] == "time":
+        cmd_time(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "fixture":
         cmd_fixture(sys.argv[2])
     else:

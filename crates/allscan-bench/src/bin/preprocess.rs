@@ -25,6 +25,14 @@ struct Args {
     /// OpenCV-Python's rate on the same images (images/s), to print the ratio.
     #[arg(long)]
     opencv_rate: Option<f64>,
+    /// Only time `aria-hsv` (best of `--repeat` passes), print its images/s and exit: one
+    /// round of the script's interleaved OpenCV / allscan rounds.
+    #[arg(long)]
+    hsv_only: bool,
+    /// `aria-hsv` images/s already measured by the script's interleaved rounds: reported
+    /// instead of timing again here (the masks are still computed, once, for the parity check).
+    #[arg(long)]
+    aria_hsv_rate: Option<f64>,
     /// Timed passes over the images; the best pass is reported (both sides see a warm cache).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -52,6 +60,10 @@ fn list_jpgs(dir: &Path) -> Result<Vec<PathBuf>> {
     out.sort();
     Ok(out)
 }
+
+/// (image path relative to `Original/`, allscan vs OpenCV, allscan vs Segmented/, OpenCV vs
+/// Segmented/), each a fraction of pixels.
+type ParityRow = (PathBuf, Option<f64>, Option<f64>, Option<f64>);
 
 fn agreement(a: &GrayImage, b: &GrayImage) -> f64 {
     if a.dimensions() != b.dimensions() || a.as_raw().is_empty() {
@@ -85,17 +97,22 @@ fn main() -> Result<()> {
     let mut masks = Vec::with_capacity(paths.len());
     let mut hsv_best = f64::INFINITY;
     let mut keep_alive = 0u64;
-    for pass in 0..args.repeat.max(1) {
+    let hsv_passes = if args.aria_hsv_rate.is_some() { 1 } else { args.repeat.max(1) };
+    for pass in 0..hsv_passes {
         let t = Instant::now();
         for p in &paths {
             let img = decode_file(p, &limits)?;
             let (mask, seg) = aria_hsv_segment(&img);
             keep_alive += seg.as_raw()[0] as u64;
-            if pass == 0 {
+            if pass == 0 && !args.hsv_only {
                 masks.push(mask);
             }
         }
         hsv_best = hsv_best.min(t.elapsed().as_secs_f64());
+    }
+    if args.hsv_only {
+        println!("{}", paths.len() as f64 / hsv_best);
+        return Ok(());
     }
     // nucleus: read + decode once, find nuclei, crop the largest.
     let mut nuc_best = f64::INFINITY;
@@ -117,7 +134,7 @@ fn main() -> Result<()> {
         }
     }
     let n = paths.len() as f64;
-    let hsv_rate = n / hsv_best;
+    let hsv_rate = args.aria_hsv_rate.unwrap_or(n / hsv_best);
     let nuc_rate = n / nuc_best;
     println!("images: {} (checksum {keep_alive})", paths.len());
     println!("aria-hsv (allscan, 1 thread): {hsv_rate:.0} images/s");
@@ -144,7 +161,7 @@ fn main() -> Result<()> {
 
     // Parity: with OpenCV's own masks, and with the authors' Segmented/ files.
     let segmented_dir = args.data.join("Segmented");
-    let mut rows = Vec::new(); // (rel, vs opencv, ours vs segmented, opencv vs segmented)
+    let mut rows: Vec<ParityRow> = Vec::new();
     for (p, mask) in paths.iter().zip(&masks) {
         let rel = p.strip_prefix(&original)?.to_path_buf();
         let vs_cv = match &args.opencv_masks {
@@ -164,7 +181,7 @@ fn main() -> Result<()> {
         };
         rows.push((rel, vs_cv.map(|(a, _)| a), vs_seg.map(|(a, _)| a), vs_seg.and_then(|(_, b)| b)));
     }
-    let mean = |f: &dyn Fn(&(PathBuf, Option<f64>, Option<f64>, Option<f64>)) -> Option<f64>| {
+    let mean = |f: &dyn Fn(&ParityRow) -> Option<f64>| {
         let v: Vec<f64> = rows.iter().filter_map(f).collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
