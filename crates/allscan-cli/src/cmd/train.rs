@@ -32,6 +32,10 @@ pub struct TrainOptions {
     /// Model input side in pixels (default: the profile's).
     #[arg(long)]
     pub input_size: Option<u32>,
+    /// What the model sees: field (the whole field, resized), nucleus (a crop around the
+    /// largest nucleus) or aria-hsv (the authors' HSV-masked field); default: the profile's.
+    #[arg(long, value_parser = parse_view)]
+    pub view: Option<allscan_preprocess::SegmentMode>,
     /// Training batch size (default: the profile's).
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -61,6 +65,7 @@ impl TrainOptions {
             unfreeze: None,
             epochs: self.epochs.as_deref().map(parse_epochs).transpose()?.unwrap_or((None, None)),
             input_size: self.input_size,
+            view: self.view,
             batch_size: self.batch_size,
             seed: self.seed,
             device: self.device.parse::<DeviceKind>()?,
@@ -139,4 +144,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         if outcome.resumed { ", resumed" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--view` values.
+fn parse_view(s: &str) -> Result<allscan_preprocess::SegmentMode, String> {
+    use allscan_preprocess::SegmentMode;
+    match s {
+        "field" => Ok(SegmentMode::Field),
+        "nucleus" => Ok(SegmentMode::Nucleus),
+        "aria-hsv" => Ok(SegmentMode::AriaHsv),
+        other => Err(format!("unknown view `{other}` (field, nucleus or aria-hsv)")),
+    }
 }

@@ -54,7 +54,7 @@ pub(crate) fn sample_stain(rng: &mut impl Rng, scale: f32) -> Stain {
     let cyto_hue: f32 = rng.gen_range(0.0..1.0);
     let cytoplasm = scale3(mix3([0.34, 0.20, 0.05], [0.28, 0.24, 0.10], cyto_hue), rng.gen_range(0.4..1.5));
     let rbc_hue: f32 = rng.gen_range(0.0..1.0);
-    let red_cell = scale3(mix3([0.40, 0.36, 0.20], [0.26, 0.34, 0.20], rbc_hue), rng.gen_range(0.5..1.7));
+    let red_cell = scale3(mix3([0.40, 0.31, 0.24], [0.30, 0.30, 0.24], rbc_hue), rng.gen_range(0.5..1.7));
 
     // Background: white light tinted violet, blue-grey or yellow (all three occur in Aria).
     let tints = [[0.97, 0.93, 1.0], [0.90, 0.94, 0.98], [1.0, 1.0, 0.86], [1.0, 1.0, 1.0]];

@@ -114,6 +114,9 @@ pub struct TrainRequest {
     pub epochs: (Option<usize>, Option<usize>),
     /// Model input side.
     pub input_size: Option<u32>,
+    /// What the model sees of a field (`field`, `nucleus` crops, `aria-hsv`); the profile's
+    /// when `None`.
+    pub view: Option<allscan_preprocess::SegmentMode>,
     /// Training batch size.
     pub batch_size: Option<usize>,
     /// Seed of everything random.
@@ -316,6 +319,9 @@ fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
     let mut train = d.train;
     if let Some(s) = req.input_size {
         preprocess.input_size = s;
+    }
+    if let Some(v) = req.view {
+        preprocess.mode = v;
     }
     if let Some(b) = req.batch_size {
         train.batch_size = b;
