@@ -278,8 +278,9 @@ fn cpu(task: Task) -> ProfileDefaults {
     // The whole field, resized: on Aria the cell's size relative to the field and its
     // neighbours carry class information that a nucleus-centred crop (rescaled to fill the
     // input) throws away; measured here, 64 px nucleus crops learned far slower than fields.
-    // 112 px rather than 80: on Aria (split seed 1) 92.5% subtype in 40 epochs / 16 min
-    // against 89.5% at 80 px in 60 epochs / 18 min (2 cores, 2026-11-29).
+    // 112 px rather than 80: on Aria (split seed 1, 389 held-out fields, 2 cores, 2026-11-29)
+    // 94.3% subtype / 98.5% binary / 93.6% specificity in 60 epochs (24 min), 92.5% subtype in
+    // 40 epochs (16 min), against 89.5% at 80 px in 60 epochs.
     let preprocess = PreprocessConfig {
         mode: SegmentMode::Field,
         input_size: 112,
@@ -302,9 +303,9 @@ fn cpu(task: Task) -> ProfileDefaults {
             unfreeze: Vec::new(),
         },
         stage2: StageConfig {
-            // ~23 s per epoch on Aria's 1,363 training fields at 112 px with 2 cores: 40
-            // epochs take 16 minutes of the 30-minute budget.
-            epochs: 40,
+            // ~24 s per epoch on Aria's 1,363 training fields at 112 px with 2 cores: 60
+            // epochs take 24 minutes of the 30-minute budget.
+            epochs: 60,
             lr: 2e-3,
             min_lr: 2e-5,
             schedule: Schedule::Cosine,
