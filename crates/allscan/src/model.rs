@@ -26,9 +26,10 @@ pub enum ModelError {
     /// The configuration cannot build a network.
     #[error("invalid classifier config: {0}")]
     InvalidConfig(String),
-    /// The backbone failed to build or load.
+    /// The backbone failed to build or load (boxed: `DenseNetError` carries key lists and
+    /// would make every `Result` of this crate that can hold a `ModelError` large).
     #[error(transparent)]
-    Backbone(#[from] DenseNetError),
+    Backbone(Box<DenseNetError>),
     /// A pretrained backbone does not match the configured one.
     #[error("backbone mismatch: config wants {expected}, weights are {found}")]
     BackboneMismatch {
@@ -61,6 +62,12 @@ pub enum ModelError {
         /// Burn's message.
         reason: String,
     },
+}
+
+impl From<DenseNetError> for ModelError {
+    fn from(e: DenseNetError) -> Self {
+        Self::Backbone(Box::new(e))
+    }
 }
 
 /// Which DenseNet the classifier stands on.

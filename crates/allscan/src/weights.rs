@@ -79,9 +79,15 @@ pub enum WeightsError {
         /// Why.
         reason: String,
     },
-    /// Loading or saving the network failed.
+    /// Loading or saving the network failed (boxed: the key lists make it large).
     #[error(transparent)]
-    DenseNet(#[from] DenseNetError),
+    DenseNet(Box<DenseNetError>),
+}
+
+impl From<DenseNetError> for WeightsError {
+    fn from(e: DenseNetError) -> Self {
+        Self::DenseNet(Box::new(e))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError + '_ {
