@@ -33,6 +33,19 @@ impl std::fmt::Display for SegmentMode {
     }
 }
 
+impl std::str::FromStr for SegmentMode {
+    type Err = String;
+    /// The spellings [`Display`](std::fmt::Display) writes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "aria-hsv" => Ok(SegmentMode::AriaHsv),
+            "nucleus" => Ok(SegmentMode::Nucleus),
+            "field" => Ok(SegmentMode::Field),
+            other => Err(format!("unknown view `{other}` (field, nucleus or aria-hsv)")),
+        }
+    }
+}
+
 /// Which crops [`crate::prepare_input`] returns in `nucleus` mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -34,7 +34,7 @@ pub struct TrainOptions {
     pub input_size: Option<u32>,
     /// What the model sees: field (the whole field, resized), nucleus (a crop around the
     /// largest nucleus) or aria-hsv (the authors' HSV-masked field); default: the profile's.
-    #[arg(long, value_parser = parse_view)]
+    #[arg(long)]
     pub view: Option<allscan_preprocess::SegmentMode>,
     /// Training batch size (default: the profile's).
     #[arg(long)]
@@ -144,15 +144,4 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         if outcome.resumed { ", resumed" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// `--view` values.
-fn parse_view(s: &str) -> Result<allscan_preprocess::SegmentMode, String> {
-    use allscan_preprocess::SegmentMode;
-    match s {
-        "field" => Ok(SegmentMode::Field),
-        "nucleus" => Ok(SegmentMode::Nucleus),
-        "aria-hsv" => Ok(SegmentMode::AriaHsv),
-        other => Err(format!("unknown view `{other}` (field, nucleus or aria-hsv)")),
-    }
 }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 pub use config::{
     parse_unfreeze, Balance, Profile, ProfileDefaults, Schedule, SelectOn, StageConfig, TaskKind, TrainConfig,
@@ -582,23 +582,9 @@ fn run(
         } else {
             let t = Instant::now();
             let valid = frozen.valid();
-            let key = cache_key(&valid, cfg, "pooled")?;
-            let bar = progress::bar((p.train.len() + p.val.len()) as u64, "caching", req.progress);
-            let cache = cache::FeatureCache::build(
-                &[&p.train, &p.val],
-                cfg.train.eval_batch_size,
-                norm,
-                &infer,
-                key,
-                &|x| {
-                    let f = crate::model::LeukemiaClassifier::forward_features(&valid, x);
-                    let pooled = densenet_burn::DenseNet::pool(f); // [B, C]
-                    let dims = pooled.dims().to_vec();
-                    (stage::read(pooled).unwrap_or_default(), dims)
-                },
-                &|n| bar.inc(n as u64),
-            );
-            bar.finish_and_clear();
+            let cache = build_cache(&valid, cfg, "pooled", p, norm, &infer, req.progress, &|x| {
+                flat(densenet_burn::DenseNet::pool(valid.forward_features(x))) // [B, C]
+            })?;
             log.line(&format!(
                 "stage 1: head on cached backbone features ({} images x {:?}, {:.1} MB, {:.1} s)",
                 cache.len(),
@@ -641,22 +627,9 @@ fn run(
         let inputs = match unfrozen {
             Unfrozen::From(k) if !(s2.augment && cfg.train.augment.enabled) => {
                 let valid = model2.valid();
-                let key = cache_key(&valid, cfg, &format!("block{k}"))?;
-                let bar = progress::bar((p.train.len() + p.val.len()) as u64, "caching", req.progress);
-                let cache = cache::FeatureCache::build(
-                    &[&p.train, &p.val],
-                    cfg.train.eval_batch_size,
-                    norm,
-                    &infer,
-                    key,
-                    &|x| {
-                        let a = valid.forward_until(x, k); // [B, C_k, h, w]
-                        let dims = a.dims().to_vec();
-                        (stage::read(a).unwrap_or_default(), dims)
-                    },
-                    &|n| bar.inc(n as u64),
-                );
-                bar.finish_and_clear();
+                let cache = build_cache(&valid, cfg, &format!("block{k}"), p, norm, &infer, req.progress, &|x| {
+                    flat(valid.forward_until(x, k)) // [B, C_k, h, w]
+                })?;
                 log.line(&format!(
                     "stage 2: training from dense block {} on cached activations ({:.1} MB)",
                     k + 1,
@@ -725,6 +698,35 @@ fn run(
 }
 
 /// Cache key from the frozen model's weights and the view settings.
+/// Runs the frozen part of `valid` (`frozen`) once over the deterministic training and
+/// validation views and keeps its outputs, keyed by the backbone weights, `what` and the view.
+#[allow(clippy::too_many_arguments)]
+fn build_cache(
+    valid: &LeukemiaClassifier,
+    cfg: &RunConfig,
+    what: &str,
+    p: &Prepared,
+    norm: &allscan_preprocess::Normalization,
+    infer: &Device,
+    show_progress: bool,
+    frozen: &dyn Fn(Tensor<4>) -> (Vec<f32>, Vec<usize>),
+) -> Result<cache::FeatureCache, TrainError> {
+    let key = cache_key(valid, cfg, what)?;
+    let bar = progress::bar((p.train.len() + p.val.len()) as u64, "caching", show_progress);
+    let cache =
+        cache::FeatureCache::build(&[&p.train, &p.val], cfg.train.eval_batch_size, norm, infer, key, frozen, &|n| {
+            bar.inc(n as u64)
+        });
+    bar.finish_and_clear();
+    Ok(cache)
+}
+
+/// A tensor's values and shape, for the feature cache.
+fn flat<const D: usize>(t: Tensor<D>) -> (Vec<f32>, Vec<usize>) {
+    let dims = t.dims().to_vec();
+    (stage::read(t).unwrap_or_default(), dims)
+}
+
 fn cache_key(valid: &LeukemiaClassifier, cfg: &RunConfig, what: &str) -> Result<String, TrainError> {
     let bytes = valid.backbone.clone().into_record().into_bytes().map_err(|e| TrainError::Internal(format!("{e}")))?;
     let view = serde_json::to_string(&cfg.preprocess).unwrap_or_default();
