@@ -48,12 +48,17 @@ fn cpu_profile_writes_a_complete_bundle_that_reopens() {
     let data = tiny_set(tmp.path(), "data", 10, 64);
     let out = tmp.path().join("run");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let r = allscan(tmp.path(), &train_args(d, o, &["--task", "subtype", "--epochs", "1,2"]));
+    let sets = ["--set", "train.augment.hue=0", "--set", "model.backbone.block_config=[2,2]"];
+    let mut extra = vec!["--task", "subtype", "--epochs", "1,2"];
+    extra.extend_from_slice(&sets);
+    let r = allscan(tmp.path(), &train_args(d, o, &extra));
     assert!(r.status.success(), "{}{}", stdout(&r), stderr(&r));
     for f in ["config.json", "metadata.json", "model.bpk", "metrics.csv", "train.log", "split.json"] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     let b = RunBundle::open(&out).unwrap();
+    assert_eq!(b.config.train.augment.hue, 0.0, "--set reaches the config tree");
+    assert_eq!(b.config.model.backbone.densenet().block_config, [2, 2]);
     assert_eq!(b.metadata.class_names, ["Benign", "Early", "Pre", "Pro"]);
     assert_eq!(b.metadata.leukemia_classes, ["Early", "Pre", "Pro"]);
     assert_eq!(b.metadata.input_size, 32);
@@ -177,6 +182,15 @@ fn bad_inputs_are_clear_errors_without_a_partial_bundle() {
     assert!(!r.status.success());
     assert!(stderr(&r).contains("different dataset"), "{}", stderr(&r));
     assert!(!out.exists());
+
+    // A --set key that is not in the config tree, and one whose value does not fit.
+    for (set, want) in [("train.augment.hue_shift=0", "hue_shift"), ("train.shards=0", "shards")] {
+        let out = tmp.path().join("bad-set");
+        let r = allscan(tmp.path(), &train_args(d, out.to_str().unwrap(), &["--epochs", "0,1", "--set", set]));
+        assert!(!r.status.success(), "--set {set} was accepted");
+        assert!(stderr(&r).contains(want), "--set {set}: {}", stderr(&r));
+        assert!(!out.exists(), "--set {set} left a run folder");
+    }
 
     // --resume with another config leaves the run as it was.
     let out = tmp.path().join("run");

@@ -289,6 +289,22 @@ impl LeukemiaClassifier {
         self.fc2.forward(self.dropout.forward(x)) // [B, outputs]
     }
 
+    /// Head on pooled features with a dropout mask drawn by the caller (`[B, hidden]`, entries
+    /// 0 or `1 / (1 - p)`), so that replicas trained on parallel threads draw reproducible
+    /// masks instead of sharing the device's random stream. `None`: no dropout.
+    pub fn forward_pooled_masked(&self, pooled: Tensor<2>, mask: Option<Tensor<2>>) -> Tensor<2> {
+        let x = relu(self.fc1.forward(pooled)); // [B, hidden]
+        self.fc2.forward(match mask {
+            Some(m) => x * m,
+            None => x,
+        }) // [B, outputs]
+    }
+
+    /// Width of the head's hidden layer (the dropout mask's second dimension).
+    pub fn hidden(&self) -> usize {
+        self.fc1.weight.dims()[1]
+    }
+
     /// Runs the backbone up to dense block `block` (see [`DenseNet::forward_until`]):
     /// the activation stage-2 fine-tuning caches.
     pub fn forward_until(&self, images: Tensor<4>, block: usize) -> Tensor<4> {

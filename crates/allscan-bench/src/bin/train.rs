@@ -8,6 +8,7 @@ use std::time::Instant;
 use allscan::model::ClassifierConfig;
 use allscan::train::stage::{loss, optimizer};
 use allscan::train::{Profile, TaskKind};
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
@@ -16,7 +17,7 @@ use densenet_burn::DenseNetVariant;
 /// DenseNet train-step images/s on Burn Flex.
 #[derive(Debug, Parser)]
 struct Args {
-    /// densenet121, densenet169 or densenet201.
+    /// densenet121, densenet169, densenet201, or `cpu` (the cpu profile's slim model).
     #[arg(long, default_value = "densenet201")]
     variant: String,
     /// Images per step.
@@ -25,6 +26,13 @@ struct Args {
     /// Input side.
     #[arg(long, default_value_t = 224)]
     size: usize,
+    /// With `--variant cpu`: another trunk, `growth,init,b1,b2,...` (e.g. `24,48,3,6,8,6`).
+    #[arg(long)]
+    trunk: Option<String>,
+    /// Split each batch into this many parts run on parallel threads (as `allscan train` does
+    /// with `train.shards`).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -41,14 +49,26 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let variant =
-        DenseNetVariant::from_name(&args.variant).ok_or_else(|| anyhow::anyhow!("unknown variant {}", args.variant))?;
     let device = Device::flex().autodiff();
     device.seed(0);
-    let cfg = ClassifierConfig::binary(variant);
+    // `cpu`: the cpu profile's slim classifier (4 subtypes) with that profile's stage settings;
+    // otherwise a torchvision DenseNet with the paper profile's, so the step is the one
+    // `allscan train` runs.
+    let (cfg, defaults) = if args.variant == "cpu" {
+        let d = Profile::Cpu.defaults(TaskKind::Subtype, 4);
+        let mut model = d.model.clone();
+        if let Some(t) = &args.trunk {
+            let v: Vec<usize> = t.split(',').map(|x| x.trim().parse()).collect::<Result<_, _>>()?;
+            anyhow::ensure!(v.len() >= 3, "--trunk growth,init,blocks...");
+            model = model.with_custom_backbone(densenet_burn::DenseNetConfig::custom(v[0], v[2..].to_vec(), v[1], None));
+        }
+        (model, d)
+    } else {
+        let variant = DenseNetVariant::from_name(&args.variant)
+            .ok_or_else(|| anyhow::anyhow!("unknown variant {} (densenet121/169/201 or cpu)", args.variant))?;
+        (ClassifierConfig::binary(variant), Profile::Paper.defaults(TaskKind::Binary, 2))
+    };
     let mut model = cfg.init(&device)?;
-    // The paper profile's stage settings, so the step is the one `allscan train` runs.
-    let defaults = Profile::Paper.defaults(TaskKind::Binary, 2);
     let mut optim = optimizer(&defaults.train.stage2, &defaults.train);
     let x = Tensor::<4>::random([args.batch, 3, args.size, args.size], Distribution::Default, &device);
     let targets: Vec<usize> = (0..args.batch).map(|i| i % 2).collect();
@@ -56,9 +76,37 @@ fn main() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for i in 0..=args.iters {
         let t = Instant::now();
-        let logits = model.forward(x.clone()); // [B, 1]
-        let l = loss(cfg.task, logits, &targets, &weights, 0.0);
-        let grads = GradientsParams::from_grads(l.backward(), &model);
+        let grads = if args.shards <= 1 {
+            let logits = model.forward(x.clone()); // [B, 1]
+            let l = loss(cfg.task, logits, &targets, &weights, 0.0);
+            GradientsParams::from_grads(l.backward(), &model)
+        } else {
+            let per = args.batch / args.shards;
+            let shards: Vec<_> = (0..args.shards).map(|_| model.valid().train()).collect();
+            let parts: Vec<GradientsParams> = std::thread::scope(|sc| {
+                let hs: Vec<_> = shards
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| {
+                        let x = x.clone().narrow(0, k * per, per);
+                        let (t, w) = (&targets[k * per..(k + 1) * per], &weights[k * per..(k + 1) * per]);
+                        let task = cfg.task;
+                        let n = args.shards as f64;
+                        sc.spawn(move || {
+                            let l = loss(task, m.forward(x), t, w, 0.0).div_scalar(n);
+                            GradientsParams::from_grads(l.backward(), m)
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let mut acc = burn::optim::GradientsAccumulator::new();
+            for g in parts {
+                acc.accumulate(&shards[0], g);
+            }
+            model = shards.into_iter().next().unwrap();
+            acc.grads()
+        };
         model = optim.step(1e-4, model, grads);
         // Force the update to finish before the clock stops.
         let _ = model.fc2.weight.val().into_data();

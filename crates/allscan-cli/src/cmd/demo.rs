@@ -105,6 +105,7 @@ fn step_train(demo: &Demo, args: &DemoArgs) -> anyhow::Result<()> {
         input_size: Some(64),
         view: Some(allscan_preprocess::SegmentMode::Nucleus),
         batch_size: Some(16),
+        overrides: Vec::new(),
         seed: args.seed,
         device: DeviceKind::Cpu,
         resume: false,

@@ -39,6 +39,10 @@ pub struct TrainOptions {
     /// Training batch size (default: the profile's).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Override any part of the config tree: KEY=VALUE, repeatable, e.g.
+    /// `--set train.augment.hue=0 --set model.backbone.growth_rate=16` (keys as in config.json).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
     /// Seed of the split, initialisation, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -67,6 +71,7 @@ impl TrainOptions {
             input_size: self.input_size,
             view: self.view,
             batch_size: self.batch_size,
+            overrides: self.overrides.clone(),
             seed: self.seed,
             device: self.device.parse::<DeviceKind>()?,
             resume: false,

@@ -34,7 +34,8 @@ use crate::bundle::{
 };
 use crate::data::{DataError, DatasetIndex, IndexOptions, LabelMap, SplitConfig, SplitFile};
 use crate::device::{DeviceError, DeviceKind};
-use crate::model::{BackboneConfig, LeukemiaClassifier, ModelError, Task};
+use crate::model::{BackboneConfig, ClassifierConfig, LeukemiaClassifier, ModelError, Task};
+use allscan_preprocess::PreprocessConfig;
 use checkpoint::{EpochRow, TrainState};
 use dataset::{Prepared, Sample};
 use stage::{evaluate, Inputs, StageRun};
@@ -119,6 +120,9 @@ pub struct TrainRequest {
     pub view: Option<allscan_preprocess::SegmentMode>,
     /// Training batch size.
     pub batch_size: Option<usize>,
+    /// `KEY=VALUE` overrides of the config tree, applied after the options above, e.g.
+    /// `train.augment.hue=0` or `model.backbone.growth_rate=16` (see [`apply_overrides`]).
+    pub overrides: Vec<String>,
     /// Seed of everything random.
     pub seed: u64,
     /// Compute device.
@@ -285,6 +289,41 @@ fn config_diff(a: &RunConfig, b: &RunConfig) -> Vec<String> {
     out
 }
 
+/// Applies `KEY=VALUE` overrides to the `model`, `preprocess` and `train` parts of the config
+/// tree. `KEY` is a dotted path that must already exist (`train.stage2.epochs`,
+/// `train.augment.hue`, `model.backbone.block_config`); `VALUE` is read as JSON when it parses
+/// (`0.1`, `[4,8,12,8]`, `null`) and as a string otherwise. The result must still be a valid tree.
+pub fn apply_overrides(
+    overrides: &[String],
+    model: ClassifierConfig,
+    preprocess: PreprocessConfig,
+    train: TrainConfig,
+) -> Result<(ClassifierConfig, PreprocessConfig, TrainConfig), TrainError> {
+    let bad = |o: &str, why: String| TrainError::Config(format!("--set {o}: {why}"));
+    let mut tree = serde_json::json!({ "model": model, "preprocess": preprocess, "train": train });
+    for o in overrides {
+        let (key, value) = o.split_once('=').ok_or_else(|| bad(o, "expected KEY=VALUE".into()))?;
+        let value = serde_json::from_str(value.trim()).unwrap_or_else(|_| serde_json::Value::String(value.trim().into()));
+        let mut node = &mut tree;
+        for part in key.trim().split('.') {
+            node = match node {
+                serde_json::Value::Object(m) => m.get_mut(part),
+                serde_json::Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+                _ => None,
+            }
+            .ok_or_else(|| bad(o, format!("the config tree has no `{key}` (model.*, preprocess.*, train.*)")))?;
+        }
+        *node = value;
+    }
+    let part = |name: &str| tree.get(name).cloned().unwrap_or_default();
+    let err = |e: serde_json::Error| TrainError::Config(format!("--set: the changed config does not read back: {e}"));
+    Ok((
+        serde_json::from_value(part("model")).map_err(err)?,
+        serde_json::from_value(part("preprocess")).map_err(err)?,
+        serde_json::from_value(part("train")).map_err(err)?,
+    ))
+}
+
 /// Index, split, config tree and preprocessing: all checks that can fail on bad input.
 fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
     let map = req.map.as_deref().map(LabelMap::parse).transpose()?;
@@ -334,6 +373,9 @@ fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
     }
     if let Some(u) = &req.unfreeze {
         train.stage2.unfreeze = u.clone();
+    }
+    if !req.overrides.is_empty() {
+        (model, preprocess, train) = apply_overrides(&req.overrides, model, preprocess, train)?;
     }
     let weights = req.weights.clone().unwrap_or(d.weights);
     if weights == WeightsSource::Imagenet && matches!(model.backbone, BackboneConfig::Custom(_)) {

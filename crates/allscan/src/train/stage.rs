@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
@@ -22,6 +22,8 @@ use crate::data::batcher::{
     activations_tensor, balanced_order, batches, images_tensor, mix, rows_tensor, shuffled_order,
 };
 use crate::model::{probabilities, LeukemiaClassifier, Task};
+use densenet_burn::DenseNet;
+use rand::Rng;
 
 /// What the trainable part of the model reads.
 pub enum Inputs {
@@ -34,9 +36,8 @@ pub enum Inputs {
 }
 
 impl Inputs {
-    /// Logits `[B, outputs]` for the samples `idx` of `samples`.
-    #[allow(clippy::too_many_arguments)]
-    fn logits(
+    /// Pooled backbone features `[B, C]` for the samples `idx` of `samples`: what the head reads.
+    fn pooled(
         &self,
         model: &LeukemiaClassifier,
         samples: &[Sample],
@@ -46,29 +47,63 @@ impl Inputs {
         device: &Device,
     ) -> Result<Tensor<2>, TrainError> {
         let missing = |s: &Sample| TrainError::Internal(format!("{} is not in the feature cache", s.path));
+        fn cached<'c>(
+            cache: &'c FeatureCache,
+            samples: &[Sample],
+            idx: &[usize],
+            missing: impl Fn(&Sample) -> TrainError,
+        ) -> Result<Vec<&'c [f32]>, TrainError> {
+            idx.iter().map(|&i| cache.get(&samples[i].sha256).ok_or_else(|| missing(&samples[i]))).collect()
+        }
         Ok(match self {
             Inputs::Images => {
                 let crops: Vec<_> = idx.iter().map(|&i| &samples[i].crop).collect();
-                model.forward(images_tensor(&crops, augment, norm, device)) // [B, outputs]
+                DenseNet::pool(model.forward_features(images_tensor(&crops, augment, norm, device))) // [B, C]
             }
-            Inputs::Pooled(cache) => {
-                let rows = idx
-                    .iter()
-                    .map(|&i| cache.get(&samples[i].sha256).ok_or_else(|| missing(&samples[i])))
-                    .collect::<Result<Vec<_>, _>>()?;
-                model.forward_pooled(rows_tensor(&rows, device)) // [B, C] -> [B, outputs]
-            }
+            Inputs::Pooled(cache) => rows_tensor(&cached(cache, samples, idx, missing)?, device), // [B, C]
             Inputs::Activations(block, cache) => {
-                let rows = idx
-                    .iter()
-                    .map(|&i| cache.get(&samples[i].sha256).ok_or_else(|| missing(&samples[i])))
-                    .collect::<Result<Vec<_>, _>>()?;
                 let shape = [cache.shape[0], cache.shape[1], cache.shape[2]];
-                model.forward_from(*block, activations_tensor(&rows, shape, device))
-                // [B, C, h, w] -> [B, outputs]
+                let act = activations_tensor(&cached(cache, samples, idx, missing)?, shape, device); // [B, C, h, w]
+                DenseNet::pool(model.backbone.forward_from(*block, act)) // [B, C']
             }
         })
     }
+
+    /// Logits `[B, outputs]` of the inference copy `model` (no augmentation, no dropout).
+    fn logits(
+        &self,
+        model: &LeukemiaClassifier,
+        samples: &[Sample],
+        idx: &[usize],
+        norm: &allscan_preprocess::Normalization,
+        device: &Device,
+    ) -> Result<Tensor<2>, TrainError> {
+        Ok(model.forward_pooled(self.pooled(model, samples, idx, None, norm, device)?))
+    }
+}
+
+/// What one part of a batch contributes to the step.
+struct ShardOut {
+    grads: GradientsParams,
+    /// This part's share of the batch loss (summing the parts gives the batch loss).
+    loss: f64,
+    correct: usize,
+}
+
+/// `idx` cut into `n` contiguous parts of near-equal size (fewer when `idx` is shorter).
+fn shard(idx: &[usize], n: usize) -> Vec<&[usize]> {
+    let size = idx.len().div_ceil(n.max(1)).max(1);
+    idx.chunks(size).collect()
+}
+
+/// A dropout mask for the head, `[n, hidden]`: 0 with probability `p`, else `1 / (1 - p)`.
+fn dropout_mask(n: usize, hidden: usize, p: f64, rng: &mut ChaCha8Rng, device: &Device) -> Option<Tensor<2>> {
+    if p <= 0.0 {
+        return None;
+    }
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let v: Vec<f32> = (0..n * hidden).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
+    Some(Tensor::from_data(TensorData::new(v, [n, hidden]), device))
 }
 
 /// Weighted, label-smoothed loss, mean over the batch: BCE on the logit for binary,
@@ -127,7 +162,7 @@ pub fn evaluate(
     let (mut loss_sum, mut wsum, mut correct) = (0.0f64, 0.0f64, 0usize);
     let all: Vec<usize> = (0..samples.len()).collect();
     for idx in all.chunks(batch.max(1)) {
-        let logits = inputs.logits(model, samples, idx, None, norm, device)?;
+        let logits = inputs.logits(model, samples, idx, norm, device)?;
         let targets: Vec<usize> = idx.iter().map(|&i| samples[i].target).collect();
         let w: Vec<f32> = targets.iter().map(|&t| weights.get(t).copied().unwrap_or(1.0)).collect();
         let l = read(loss(task, logits.clone(), &targets, &w, smoothing))?;
@@ -287,29 +322,69 @@ impl StageRun<'_> {
                 let step = epoch * steps_per_epoch + b;
                 lr = learning_rate(self.cfg, step, total, steps_per_epoch);
                 let seeds: Vec<u64> = idx.iter().map(|&i| mix(&[epoch_seed, b as u64, i as u64])).collect();
-                let logits = inputs.logits(
-                    &model,
-                    self.train_set,
-                    idx,
-                    augment.map(|a| (a, seeds.as_slice())),
-                    self.norm,
-                    self.device,
-                )?;
-                let bt: Vec<usize> = idx.iter().map(|&i| targets[i]).collect();
-                let bw: Vec<f32> = bt.iter().map(|&t| weights.get(t).copied().unwrap_or(1.0)).collect();
-                let l = loss(self.task, logits.clone(), &bt, &bw, self.train.label_smoothing);
-                let [bb, k] = logits.dims();
-                let p = read(probabilities(self.task, logits.detach()).reshape([bb * k]))?;
-                correct += p.chunks(k).zip(&bt).filter(|(row, &t)| predicted(self.task, row) == t).count();
-                let grads = l.backward();
-                let lv = read(l.detach())?.first().copied().unwrap_or(f32::NAN) as f64;
+                let bw_total: f64 = idx.iter().map(|&i| weights.get(targets[i]).copied().unwrap_or(1.0) as f64).sum();
+                let parts = shard(idx, self.train.shards);
+                // One replica per part: the same weights as separate autodiff leaves (so each
+                // part's graph runs on its own thread), each with its own BatchNorm running
+                // statistics; replica 0 carries on, so the run stays deterministic.
+                let replicas: Vec<LeukemiaClassifier> = if parts.len() == 1 {
+                    vec![model]
+                } else {
+                    parts.iter().map(|_| model.valid().train()).collect()
+                };
+                let step = |k: usize, replica: &LeukemiaClassifier| -> Result<ShardOut, TrainError> {
+                    let part = parts[k];
+                    let offset: usize = parts[..k].iter().map(|p| p.len()).sum();
+                    let part_seeds = &seeds[offset..offset + part.len()];
+                    let pooled = inputs.pooled(
+                        replica,
+                        self.train_set,
+                        part,
+                        augment.map(|a| (a, part_seeds)),
+                        self.norm,
+                        self.device,
+                    )?;
+                    let mut rng = ChaCha8Rng::seed_from_u64(mix(&[epoch_seed, b as u64, k as u64, 0xd1]));
+                    let mask = dropout_mask(part.len(), replica.hidden(), replica.dropout.prob, &mut rng, self.device);
+                    let logits = replica.forward_pooled_masked(pooled, mask); // [n, outputs]
+                    let bt: Vec<usize> = part.iter().map(|&i| targets[i]).collect();
+                    let bw: Vec<f32> = bt.iter().map(|&t| weights.get(t).copied().unwrap_or(1.0)).collect();
+                    let share = bw.iter().map(|&w| w as f64).sum::<f64>() / bw_total.max(1e-12);
+                    let l = loss(self.task, logits.clone(), &bt, &bw, self.train.label_smoothing).mul_scalar(share);
+                    let [bb, k] = logits.dims();
+                    let p = read(probabilities(self.task, logits.detach()).reshape([bb * k]))?;
+                    let correct = p.chunks(k).zip(&bt).filter(|(row, &t)| predicted(self.task, row) == t).count();
+                    let grads = GradientsParams::from_grads(l.backward(), replica);
+                    let loss = read(l.detach())?.first().copied().unwrap_or(f32::NAN) as f64;
+                    Ok(ShardOut { grads, loss, correct })
+                };
+                let outs: Vec<Result<ShardOut, TrainError>> = if replicas.len() == 1 {
+                    vec![step(0, &replicas[0])]
+                } else {
+                    std::thread::scope(|sc| {
+                        let handles: Vec<_> =
+                            replicas.iter().enumerate().map(|(k, r)| sc.spawn(move || step(k, r))).collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Internal("a training thread panicked".into()))))
+                            .collect()
+                    })
+                };
+                let mut lv = 0.0f64;
+                let mut acc = GradientsAccumulator::new();
+                for out in outs {
+                    let out = out?;
+                    lv += out.loss;
+                    correct += out.correct;
+                    acc.accumulate(&replicas[0], out.grads);
+                }
                 if !lv.is_finite() {
                     return Err(TrainError::Diverged { stage: self.stage, epoch: epoch + 1 });
                 }
                 loss_sum += lv * idx.len() as f64;
                 seen += idx.len();
-                let grads = GradientsParams::from_grads(grads, &model);
-                model = optim.step(lr, model, grads);
+                model = replicas.into_iter().next().ok_or_else(|| TrainError::Internal("no replica".into()))?;
+                model = optim.step(lr, model, acc.grads());
                 bar.inc(1);
                 bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
             }
