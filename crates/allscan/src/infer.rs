@@ -318,7 +318,8 @@ impl Predictor {
         let k = self.model_config.task.num_outputs();
         for chunk in views.chunks(self.batch_size) {
             let x = self.input_tensor(chunk)?;
-            let p = probabilities(self.model_config.task, self.model.forward(x)); // [b, k]
+            let logits = self.model.forward_views(x, self.model_config.test_views); // [b, k]
+            let p = probabilities(self.model_config.task, logits);
             let flat = p.into_data().try_to_vec::<f32>().map_err(|e| InferError::Output(format!("{e:?}")))?;
             if flat.len() != chunk.len() * k {
                 return Err(InferError::Output(format!("{} values for {} views x {k}", flat.len(), chunk.len())));

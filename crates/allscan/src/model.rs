@@ -151,6 +151,31 @@ pub struct ClassifierConfig {
     /// Dropout probability after the hidden layer (the seed: 0.5).
     #[serde(default = "default_dropout")]
     pub dropout: f64,
+    /// Which views of an input the prediction averages (test-time augmentation).
+    #[serde(default)]
+    pub test_views: TestViews,
+}
+
+/// Views of one input whose logits a prediction averages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestViews {
+    /// The input as it is.
+    #[default]
+    Single,
+    /// The 8 flips and 90-degree rotations of the input (a cell on a slide has no up; the
+    /// model is trained on all 8), logits averaged: 8x the inference cost.
+    Dihedral,
+}
+
+impl TestViews {
+    /// Number of forward passes per input.
+    pub fn count(self) -> usize {
+        match self {
+            Self::Single => 1,
+            Self::Dihedral => 8,
+        }
+    }
 }
 
 fn default_hidden() -> usize {
@@ -169,6 +194,7 @@ impl ClassifierConfig {
             task: Task::Binary,
             hidden: default_hidden(),
             dropout: default_dropout(),
+            test_views: TestViews::Single,
         }
     }
 
@@ -270,6 +296,32 @@ impl LeukemiaClassifier {
     /// Logits: `[B, 3, H, W] -> [B, outputs]` (`[B, 1]` binary, `[B, num_classes]` subtype).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_head(self.forward_features(images))
+    }
+
+    /// Logits averaged over `views` of each input: `[B, 3, H, W] -> [B, outputs]`. Square
+    /// inputs only for the transposed views.
+    pub fn forward_views(&self, images: Tensor<4>, views: TestViews) -> Tensor<2> {
+        match views {
+            TestViews::Single => self.forward(images),
+            TestViews::Dihedral => {
+                let mut sum: Option<Tensor<2>> = None;
+                for v in 0..8 {
+                    let mut x = if v & 4 != 0 { images.clone().swap_dims(2, 3) } else { images.clone() };
+                    if v & 1 != 0 {
+                        x = x.flip([3]);
+                    }
+                    if v & 2 != 0 {
+                        x = x.flip([2]);
+                    }
+                    let logits = self.forward(x); // [B, outputs]
+                    sum = Some(match sum {
+                        Some(s) => s + logits,
+                        None => logits,
+                    });
+                }
+                sum.map(|s| s.div_scalar(8.0)).unwrap_or_else(|| self.forward(images))
+            }
+        }
     }
 
     /// Backbone feature map after `norm5` + ReLU: `[B, 3, H, W] -> [B, C, H/32, W/32]`
@@ -401,6 +453,31 @@ mod tests {
         assert_eq!(p.dims(), [2, 4]);
         let sums = p.sum_dim(1).into_data().try_to_vec::<f32>().unwrap();
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn dihedral_test_views_make_predictions_invariant_to_flips_and_rotations() {
+        let device = Device::flex();
+        device.seed(4);
+        let cfg = ClassifierConfig::subtype(DenseNetVariant::DenseNet121, 4).with_custom_backbone(slim());
+        let model = cfg.init(&device).unwrap().for_inference();
+        let x = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+        let read = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        let single = read(model.forward_views(x.clone(), TestViews::Single));
+        let tta = read(model.forward_views(x.clone(), TestViews::Dihedral));
+        let rotated = x.clone().swap_dims(2, 3).flip([3]); // 90 degrees
+        assert_ne!(
+            read(model.forward_views(rotated.clone(), TestViews::Single)),
+            single,
+            "a random net is not invariant"
+        );
+        for other in [rotated, x.clone().flip([2]), x.swap_dims(2, 3)] {
+            let o = read(model.forward_views(other, TestViews::Dihedral));
+            let diff = o.iter().zip(&tta).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "dihedral average changed by {diff} under a symmetry");
+        }
+        let json = serde_json::to_string(&ClassifierConfig { test_views: TestViews::Dihedral, ..cfg }).unwrap();
+        assert!(json.contains("\"test_views\":\"dihedral\""), "{json}");
     }
 
     #[test]

@@ -107,6 +107,23 @@ impl DenseNet {
         Ok(Self { features, classifier, inference_plan: None })
     }
 
+    /// The same network with every BatchNorm's running-statistics momentum set to `momentum`
+    /// (Burn's default is 0.1). Re-estimating the statistics as an exact average over `k`
+    /// batches takes momentum `1 / (i + 1)` for batch `i`.
+    pub fn with_batchnorm_momentum(mut self, momentum: f64) -> Self {
+        let f = &mut self.features;
+        f.norm0.momentum = momentum;
+        f.norm5.momentum = momentum;
+        for layer in f.denseblock.iter_mut().flat_map(|b| b.denselayer.iter_mut()) {
+            layer.norm1.momentum = momentum;
+            layer.norm2.momentum = momentum;
+        }
+        for t in &mut f.transition {
+            t.norm.momentum = momentum;
+        }
+        self
+    }
+
     /// Number of dense blocks.
     pub fn num_blocks(&self) -> usize {
         self.features.denseblock.len()

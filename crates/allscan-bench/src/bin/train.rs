@@ -60,7 +60,8 @@ fn main() -> anyhow::Result<()> {
         if let Some(t) = &args.trunk {
             let v: Vec<usize> = t.split(',').map(|x| x.trim().parse()).collect::<Result<_, _>>()?;
             anyhow::ensure!(v.len() >= 3, "--trunk growth,init,blocks...");
-            model = model.with_custom_backbone(densenet_burn::DenseNetConfig::custom(v[0], v[2..].to_vec(), v[1], None));
+            model =
+                model.with_custom_backbone(densenet_burn::DenseNetConfig::custom(v[0], v[2..].to_vec(), v[1], None));
         }
         (model, d)
     } else {

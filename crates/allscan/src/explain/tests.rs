@@ -70,6 +70,7 @@ fn gradcam_heat_falls_on_the_leukocyte_of_a_trained_model() {
     let config = ClassifierConfig {
         hidden: 16,
         dropout: 0.0,
+        test_views: crate::model::TestViews::Single,
         ..ClassifierConfig::binary(DenseNetVariant::DenseNet121).with_custom_backbone(DenseNetConfig::custom(
             8,
             vec![4],

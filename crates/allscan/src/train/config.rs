@@ -8,7 +8,7 @@ use densenet_burn::{DenseNetConfig, DenseNetVariant};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
-use crate::model::{BackboneConfig, ClassifierConfig, Task};
+use crate::model::{BackboneConfig, ClassifierConfig, Task, TestViews};
 
 use super::TrainError;
 
@@ -194,6 +194,12 @@ pub struct TrainConfig {
     /// Flex keeps only ~1.25 of 2 cores busy on one small-network graph; 4 parts keep ~1.7.
     #[serde(default = "one")]
     pub shards: usize,
+    /// After every epoch, re-estimate the BatchNorm running statistics as the average over
+    /// this many batches of clean (unaugmented) training views, before validation (0: off).
+    /// Under strong colour jitter the running statistics otherwise describe jittered batches
+    /// while validation, test and inference see clean ones.
+    #[serde(default)]
+    pub bn_recalibration_batches: usize,
 }
 
 fn one() -> usize {
@@ -233,6 +239,7 @@ fn paper(task: Task) -> ProfileDefaults {
         task,
         hidden: 256,
         dropout: 0.5,
+        test_views: TestViews::Single,
     };
     let preprocess = PreprocessConfig {
         mode: SegmentMode::AriaHsv,
@@ -272,6 +279,7 @@ fn paper(task: Task) -> ProfileDefaults {
         target_sensitivity: 0.99,
         clip_grad_norm: None,
         shards: 1,
+        bn_recalibration_batches: 0,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::Imagenet }
 }
@@ -286,6 +294,8 @@ fn cpu(task: Task) -> ProfileDefaults {
         task,
         hidden: 128,
         dropout: 0.2,
+        // Trained on all 8 flips/rotations; inference at 112 px is cheap enough to average them.
+        test_views: TestViews::Dihedral,
     };
     // The whole field, resized: on Aria the cell's size relative to the field and its
     // neighbours carry class information that a nucleus-centred crop (rescaled to fill the
@@ -336,6 +346,7 @@ fn cpu(task: Task) -> ProfileDefaults {
         // 32 = 4 x 8: measured with `train --variant cpu --shards 1|2|4|8` (allscan-bench),
         // 537 / 428 / 366 / 878 ms per step on 2 cores.
         shards: 4,
+        bn_recalibration_batches: 8,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::None }
 }

@@ -303,7 +303,8 @@ pub fn apply_overrides(
     let mut tree = serde_json::json!({ "model": model, "preprocess": preprocess, "train": train });
     for o in overrides {
         let (key, value) = o.split_once('=').ok_or_else(|| bad(o, "expected KEY=VALUE".into()))?;
-        let value = serde_json::from_str(value.trim()).unwrap_or_else(|_| serde_json::Value::String(value.trim().into()));
+        let value =
+            serde_json::from_str(value.trim()).unwrap_or_else(|_| serde_json::Value::String(value.trim().into()));
         let mut node = &mut tree;
         for part in key.trim().split('.') {
             node = match node {
@@ -699,8 +700,18 @@ fn run(
         crate::bundle::save_weights(&model, &best_path)?;
     }
     let best = load_weights(cfg, &best_path, &infer)?.for_inference();
-    let ev_val =
-        evaluate(&best, &Inputs::Images, &p.val, task, &class_weights, 0.0, cfg.train.eval_batch_size, norm, &infer)?;
+    let ev_val = evaluate(
+        &best,
+        &Inputs::Images,
+        &p.val,
+        cfg.model.test_views,
+        task,
+        &class_weights,
+        0.0,
+        cfg.train.eval_batch_size,
+        norm,
+        &infer,
+    )?;
     let yv: Vec<bool> = p.val.iter().map(|s| s.leukemia).collect();
     let pv: Vec<f64> = ev_val.probs.iter().map(|r| crate::bundle::p_leukemia(&meta, r) as f64).collect();
     let (threshold, rule) = match crate::eval::threshold_for_sensitivity(&yv, &pv, cfg.train.target_sensitivity) {
@@ -797,6 +808,7 @@ fn held_out(
         model,
         &Inputs::Images,
         test,
+        cfg.model.test_views,
         task,
         weights,
         0.0,

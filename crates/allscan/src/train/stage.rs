@@ -21,7 +21,7 @@ use crate::bundle::{BestEpoch, BundleMetadata};
 use crate::data::batcher::{
     activations_tensor, balanced_order, batches, images_tensor, mix, rows_tensor, shuffled_order,
 };
-use crate::model::{probabilities, LeukemiaClassifier, Task};
+use crate::model::{probabilities, LeukemiaClassifier, Task, TestViews};
 use densenet_burn::DenseNet;
 use rand::Rng;
 
@@ -58,7 +58,8 @@ impl Inputs {
         Ok(match self {
             Inputs::Images => {
                 let crops: Vec<_> = idx.iter().map(|&i| &samples[i].crop).collect();
-                DenseNet::pool(model.forward_features(images_tensor(&crops, augment, norm, device))) // [B, C]
+                DenseNet::pool(model.forward_features(images_tensor(&crops, augment, norm, device)))
+                // [B, C]
             }
             Inputs::Pooled(cache) => rows_tensor(&cached(cache, samples, idx, missing)?, device), // [B, C]
             Inputs::Activations(block, cache) => {
@@ -69,15 +70,21 @@ impl Inputs {
         })
     }
 
-    /// Logits `[B, outputs]` of the inference copy `model` (no augmentation, no dropout).
+    /// Logits `[B, outputs]` of the inference copy `model` (no augmentation, no dropout),
+    /// averaged over `views` where the inputs are images.
     fn logits(
         &self,
         model: &LeukemiaClassifier,
         samples: &[Sample],
         idx: &[usize],
+        views: TestViews,
         norm: &allscan_preprocess::Normalization,
         device: &Device,
     ) -> Result<Tensor<2>, TrainError> {
+        if let (Inputs::Images, TestViews::Dihedral) = (self, views) {
+            let crops: Vec<_> = idx.iter().map(|&i| &samples[i].crop).collect();
+            return Ok(model.forward_views(images_tensor(&crops, None, norm, device), views));
+        }
         Ok(model.forward_pooled(self.pooled(model, samples, idx, None, norm, device)?))
     }
 }
@@ -104,6 +111,28 @@ fn dropout_mask(n: usize, hidden: usize, p: f64, rng: &mut ChaCha8Rng, device: &
     let keep = (1.0 / (1.0 - p)) as f32;
     let v: Vec<f32> = (0..n * hidden).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
     Some(Tensor::from_data(TensorData::new(v, [n, hidden]), device))
+}
+
+/// Replaces the BatchNorm running statistics of the trainable layers by their average over
+/// `k` batches of clean views of `samples` (taken in `order`): forward passes in training
+/// mode with momentum `1 / (i + 1)` for batch `i`, no backward. Frozen layers keep theirs.
+pub fn recalibrate_batchnorm(
+    model: LeukemiaClassifier,
+    samples: &[Sample],
+    order: &[usize],
+    k: usize,
+    batch: usize,
+    norm: &allscan_preprocess::Normalization,
+    device: &Device,
+) -> LeukemiaClassifier {
+    let mut model = model;
+    for (i, idx) in batches(order, batch).into_iter().take(k).enumerate() {
+        model.backbone = model.backbone.with_batchnorm_momentum(1.0 / (i + 1) as f64);
+        let crops: Vec<_> = idx.iter().map(|&j| &samples[j].crop).collect();
+        let _ = model.forward_features(images_tensor(&crops, None, norm, device).detach());
+    }
+    model.backbone = model.backbone.with_batchnorm_momentum(0.1);
+    model
 }
 
 /// Weighted, label-smoothed loss, mean over the batch: BCE on the logit for binary,
@@ -145,12 +174,13 @@ pub struct Evaluation {
     pub accuracy: f64,
 }
 
-/// Runs `model` (inference copy) over `samples` through `inputs`.
+/// Runs `model` (inference copy) over `samples` through `inputs`, averaging `views`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &LeukemiaClassifier,
     inputs: &Inputs,
     samples: &[Sample],
+    views: TestViews,
     task: Task,
     weights: &[f32],
     smoothing: f64,
@@ -162,7 +192,7 @@ pub fn evaluate(
     let (mut loss_sum, mut wsum, mut correct) = (0.0f64, 0.0f64, 0usize);
     let all: Vec<usize> = (0..samples.len()).collect();
     for idx in all.chunks(batch.max(1)) {
-        let logits = inputs.logits(model, samples, idx, norm, device)?;
+        let logits = inputs.logits(model, samples, idx, views, norm, device)?;
         let targets: Vec<usize> = idx.iter().map(|&i| samples[i].target).collect();
         let w: Vec<f32> = targets.iter().map(|&t| weights.get(t).copied().unwrap_or(1.0)).collect();
         let l = read(loss(task, logits.clone(), &targets, &w, smoothing))?;
@@ -327,11 +357,8 @@ impl StageRun<'_> {
                 // One replica per part: the same weights as separate autodiff leaves (so each
                 // part's graph runs on its own thread), each with its own BatchNorm running
                 // statistics; replica 0 carries on, so the run stays deterministic.
-                let replicas: Vec<LeukemiaClassifier> = if parts.len() == 1 {
-                    vec![model]
-                } else {
-                    parts.iter().map(|_| model.valid().train()).collect()
-                };
+                let replicas: Vec<LeukemiaClassifier> =
+                    if parts.len() == 1 { vec![model] } else { parts.iter().map(|_| model.valid().train()).collect() };
                 let step = |k: usize, replica: &LeukemiaClassifier| -> Result<ShardOut, TrainError> {
                     let part = parts[k];
                     let offset: usize = parts[..k].iter().map(|p| p.len()).sum();
@@ -366,7 +393,10 @@ impl StageRun<'_> {
                             replicas.iter().enumerate().map(|(k, r)| sc.spawn(move || step(k, r))).collect();
                         handles
                             .into_iter()
-                            .map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Internal("a training thread panicked".into()))))
+                            .map(|h| {
+                                h.join()
+                                    .unwrap_or_else(|_| Err(TrainError::Internal("a training thread panicked".into())))
+                            })
                             .collect()
                     })
                 };
@@ -389,12 +419,26 @@ impl StageRun<'_> {
                 bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
             }
             bar.finish_and_clear();
+            if let (Inputs::Images, k @ 1..) = (inputs, self.train.bn_recalibration_batches) {
+                model = recalibrate_batchnorm(
+                    model,
+                    self.train_set,
+                    &order,
+                    k,
+                    self.train.batch_size,
+                    self.norm,
+                    self.device,
+                );
+            }
             // Validation: early stopping, best epoch.
             let valid = model.valid();
+            // Per-epoch validation on single views (cheap); the final threshold and test report
+            // use the model's test views.
             let ev = evaluate(
                 &valid,
                 inputs,
                 self.val_set,
+                TestViews::Single,
                 self.task,
                 &weights,
                 self.train.label_smoothing,
@@ -490,6 +534,39 @@ mod tests {
         let z = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 0.0, 0.0], [1, 3]), &d);
         let l = read(loss(Task::Subtype { num_classes: 3 }, z, &[2], &[2.0], 0.0)).unwrap()[0];
         assert!((l - 3f32.ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn batchnorm_recalibration_averages_clean_batches() {
+        use burn::module::Module;
+        let device = Device::flex().autodiff();
+        device.seed(2);
+        let cfg = crate::model::ClassifierConfig::subtype(densenet_burn::DenseNetVariant::DenseNet121, 2)
+            .with_custom_backbone(densenet_burn::DenseNetConfig::custom(4, vec![1], 8, None));
+        let model = cfg.init(&device).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let samples: Vec<Sample> = (0..6)
+            .map(|i| Sample {
+                crop: image::RgbImage::from_fn(16, 16, |_, _| image::Rgb([rng.gen(), rng.gen(), rng.gen()])),
+                target: i % 2,
+                leukemia: i % 2 == 1,
+                path: format!("{i}.png"),
+                sha256: format!("{i}"),
+            })
+            .collect();
+        let norm = allscan_preprocess::Normalization { mean: [0.5; 3], std: [0.25; 3] };
+        // Batches of 2 in this order; 2 batches: images 5, 3, 1, 0 (4 and 2 unused).
+        let order = [5, 3, 1, 0, 4, 2];
+        let model = recalibrate_batchnorm(model, &samples, &order, 2, 2, &norm, &device).valid();
+        let got = model.backbone.features.norm0.running_mean.value().into_data().try_to_vec::<f32>().unwrap();
+        // norm0 reads conv0's output: its mean over the 4 images, per channel.
+        let crops: Vec<_> = [5, 3, 1, 0].iter().map(|&j| &samples[j].crop).collect();
+        let x = images_tensor(&crops, None, &norm, &Device::flex());
+        let stem = model.backbone.features.conv0.forward(x); // [4, 8, 8, 8]
+        let want = stem.mean_dim(0).mean_dim(2).mean_dim(3).reshape([8]).into_data().try_to_vec::<f32>().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "running mean {got:?} vs clean-batch mean {want:?}");
+        }
     }
 
     #[test]
