@@ -2,7 +2,9 @@
 # DenseNet training-step benchmark: allscan (Burn Flex, autodiff) against PyTorch/torchvision in
 # the same script, same thread count, same batch and input size. One step = forward of the
 # seed's classifier (DenseNet201 + Linear(1920,256)-ReLU-Dropout-Linear(256,1)), BCE loss,
-# backward, Adam update. Prints images/s of each side and the ratio burn/torch.
+# backward, Adam update. allscan runs the step as `allscan train --profile paper` does: the batch
+# in `train.shards` parts (2) on parallel threads, gradients summed (env SHARDS overrides).
+# Prints images/s of each side and the ratio burn/torch.
 #
 # Input: env THREADS (default: nproc), VARIANT (densenet201), BATCH (8), SIZE (224), ITERS (3).
 # Creates (or reuses) the PyTorch venv at target/venv-torch (PyPI torch, several minutes).
@@ -53,7 +55,7 @@ print(json.dumps(dict(side="torch", torch=torch.__version__, ms_per_step=median 
                       images_per_s=batch / median, peak_rss_mib=int(hwm.split()[1]) / 1024)))
 PY
 )
-burn=$(RAYON_NUM_THREADS="$THREADS" target/release/train --variant "$VARIANT" --batch "$BATCH" --size "$SIZE" --iters "$ITERS")
+burn=$(RAYON_NUM_THREADS="$THREADS" target/release/train --variant "$VARIANT" --batch "$BATCH" --size "$SIZE" --iters "$ITERS" ${SHARDS:+--shards "$SHARDS"})
 
 echo "DenseNet train step, $VARIANT ${SIZE}x${SIZE}, batch $BATCH, $THREADS threads, median of $ITERS steps, $(date -u +%FT%TZ)"
 python3 - "$torch" "$burn" <<'PY'

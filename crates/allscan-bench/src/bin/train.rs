@@ -29,10 +29,10 @@ struct Args {
     /// With `--variant cpu`: another trunk, `growth,init,b1,b2,...` (e.g. `24,48,3,6,8,6`).
     #[arg(long)]
     trunk: Option<String>,
-    /// Split each batch into this many parts run on parallel threads (as `allscan train` does
-    /// with `train.shards`).
-    #[arg(long, default_value_t = 1)]
-    shards: usize,
+    /// Split each batch into this many parts run on parallel threads (default: the profile's
+    /// `train.shards`, as `allscan train` does).
+    #[arg(long)]
+    shards: Option<usize>,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         (ClassifierConfig::binary(variant), Profile::Paper.defaults(TaskKind::Binary, 2))
     };
     let mut model = cfg.init(&device)?;
+    let shards = args.shards.unwrap_or(defaults.train.shards).clamp(1, args.batch);
     let mut optim = optimizer(&defaults.train.stage2, &defaults.train);
     let x = Tensor::<4>::random([args.batch, 3, args.size, args.size], Distribution::Default, &device);
     let targets: Vec<usize> = (0..args.batch).map(|i| i % 2).collect();
@@ -77,22 +78,22 @@ fn main() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for i in 0..=args.iters {
         let t = Instant::now();
-        let grads = if args.shards <= 1 {
+        let grads = if shards <= 1 {
             let logits = model.forward(x.clone()); // [B, 1]
             let l = loss(cfg.task, logits, &targets, &weights, 0.0);
             GradientsParams::from_grads(l.backward(), &model)
         } else {
-            let per = args.batch / args.shards;
-            let shards: Vec<_> = (0..args.shards).map(|_| model.valid().train()).collect();
+            let per = args.batch / shards;
+            let replicas: Vec<_> = (0..shards).map(|_| model.valid().train()).collect();
             let parts: Vec<GradientsParams> = std::thread::scope(|sc| {
-                let hs: Vec<_> = shards
+                let hs: Vec<_> = replicas
                     .iter()
                     .enumerate()
                     .map(|(k, m)| {
                         let x = x.clone().narrow(0, k * per, per);
                         let (t, w) = (&targets[k * per..(k + 1) * per], &weights[k * per..(k + 1) * per]);
                         let task = cfg.task;
-                        let n = args.shards as f64;
+                        let n = shards as f64;
                         sc.spawn(move || {
                             let l = loss(task, m.forward(x), t, w, 0.0).div_scalar(n);
                             GradientsParams::from_grads(l.backward(), m)
@@ -103,9 +104,9 @@ fn main() -> anyhow::Result<()> {
             });
             let mut acc = burn::optim::GradientsAccumulator::new();
             for g in parts {
-                acc.accumulate(&shards[0], g);
+                acc.accumulate(&replicas[0], g);
             }
-            model = shards.into_iter().next().unwrap();
+            model = replicas.into_iter().next().unwrap();
             acc.grads()
         };
         model = optim.step(1e-4, model, grads);
@@ -121,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "side": "burn", "backend": "flex", "variant": args.variant, "batch": args.batch, "size": args.size,
-            "ms_per_step": median * 1e3, "images_per_s": args.batch as f64 / median, "peak_rss_mib": peak_rss_mib(),
+            "shards": shards, "ms_per_step": median * 1e3, "images_per_s": args.batch as f64 / median, "peak_rss_mib": peak_rss_mib(),
         })
     );
     Ok(())
