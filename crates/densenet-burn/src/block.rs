@@ -217,3 +217,36 @@ impl Transition {
         self.pool.forward(x)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn matmul_1x1_conv_matches_conv2d_values_and_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let conv = Conv2dConfig::new([6, 5], [1, 1]).with_bias(false).init(&device);
+        let x = Tensor::<4>::random([3, 6, 4, 5], Distribution::Default, &device);
+        let r = Tensor::<4>::random([3, 5, 4, 5], Distribution::Default, &device);
+        let read = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+        let mut out = Vec::new();
+        for matmul in [false, true] {
+            let xg = x.clone().detach().require_grad();
+            let y = if matmul { conv1x1_matmul(&conv, xg.clone()) } else { conv.forward(xg.clone()) };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            let gw = conv.weight.val().grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let gx = xg.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            out.push((read(y), gw, gx));
+        }
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            let d = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(d < 1e-4, "{what} differs by {d}");
+        };
+        close(&out[0].0, &out[1].0, "output");
+        close(&out[0].1, &out[1].1, "weight gradient");
+        close(&out[0].2, &out[1].2, "input gradient");
+    }
+}
