@@ -125,13 +125,17 @@ pub fn recalibrate_batchnorm(
     norm: &allscan_preprocess::Normalization,
     device: &Device,
 ) -> LeukemiaClassifier {
-    let mut model = model;
+    // A copy whose parameters need no gradient: Burn records no graph for its forward (a graph
+    // that is never run backward stays alive: with the trainable model here a 60-epoch Aria run
+    // reached 3.3 GB RSS, and 12 synthetic epochs at 64 px peaked at 497 MB against 255 MB),
+    // while its BatchNorms, still in training mode, share their running statistics with `model`.
+    let mut probe = model.clone().no_grad();
     for (i, idx) in batches(order, batch).into_iter().take(k).enumerate() {
-        model.backbone = model.backbone.with_batchnorm_momentum(1.0 / (i + 1) as f64);
+        probe.backbone = probe.backbone.with_batchnorm_momentum(1.0 / (i + 1) as f64);
         let crops: Vec<_> = idx.iter().map(|&j| &samples[j].crop).collect();
-        let _ = model.forward_features(images_tensor(&crops, None, norm, device).detach());
+        let _ = probe.forward_features(images_tensor(&crops, None, norm, device));
     }
-    model.backbone = model.backbone.with_batchnorm_momentum(0.1);
+    drop(probe);
     model
 }
 
