@@ -38,10 +38,12 @@ impl ChannelAffine {
     }
 }
 
-/// `relu(bn(x))`, through the precomputed affine form when there is one.
+/// `relu(bn(x))`, through the precomputed affine form when there is one, and as one fused
+/// operation when training on the CPU (see [`crate::bn`]).
 pub(crate) fn bn_relu(bn: &BatchNorm, affine: &Option<ChannelAffine>, x: Tensor<4>) -> Tensor<4> {
     match affine {
         Some(a) => a.relu(x),
+        None if x.is_autodiff() && bn.training.is_enabled() => crate::bn::bn_relu_train(bn, x),
         None => relu(bn.forward(x)),
     }
 }

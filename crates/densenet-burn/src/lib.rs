@@ -20,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 mod block;
+mod bn;
 mod config;
 mod densenet;
 mod error;
