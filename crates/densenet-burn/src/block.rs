@@ -120,7 +120,11 @@ impl DenseLayer {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = conv1x1(&self.conv1, bn_relu(&self.norm1, &self.norm1_affine, x)); // [B, bn_size*k, H, W]
         let x = if self.norm2_folded { relu(x) } else { bn_relu(&self.norm2, &None, x) };
-        self.conv2.forward(x) // [B, k, H, W]
+        if x.is_autodiff() {
+            crate::conv::conv_train(&self.conv2, x) // [B, k, H, W]
+        } else {
+            self.conv2.forward(x)
+        }
     }
 }
 

@@ -22,6 +22,7 @@
 mod block;
 mod bn;
 mod config;
+mod conv;
 mod densenet;
 mod error;
 mod fast;

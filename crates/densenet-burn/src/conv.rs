@@ -1,0 +1,378 @@
+//! Training-mode stride-1 convolution (DenseNet's 3x3 `conv2`) as one autodiff operation on
+//! the Flex CPU backend, in NCHW throughout.
+//!
+//! Flex's generic convolution converts the input to NHWC, builds its im2col matrix one channel
+//! at a time, and differentiates through a transposed convolution (col2im with scalar adds)
+//! and a second convolution over swapped axes for the weight. Here, per image,
+//! `im2col` copies whole shifted rows, the forward is `W [O, C*k*k] x col [C*k*k, P]`, the
+//! weight gradient `dy [O, P] x col^T` and the input gradient `W^T x dy` followed by col2im
+//! with row additions; every product is one call of the `gemm` crate, images in parallel on
+//! rayon's pool.
+//!
+//! Like [`crate::bn`], it uses Burn's backend-extension API and applies only to
+//! `Autodiff<Flex>` f32 tensors without gradient checkpointing; anything else falls back to
+//! `Conv2d::forward`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{DType, Tensor, TensorData};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+type Ad = Autodiff<Flex, NoCheckpointing>;
+
+/// `conv.forward(x)` for a bias-free, stride-1, undilated, ungrouped convolution with square
+/// kernel and symmetric explicit padding, through the fused operation on `Autodiff<Flex>`;
+/// every other case goes to `Conv2d::forward`. `[B, C, H, W] -> [B, O, H', W']`.
+pub(crate) fn conv_train(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match geometry(conv) {
+        Some(g) => fused(conv, g, x.clone()).unwrap_or_else(|| conv.forward(x)),
+        None => conv.forward(x),
+    }
+}
+
+/// Kernel side and padding, when the convolution is one this module handles.
+fn geometry(conv: &Conv2d) -> Option<Geometry> {
+    let [_, _, kh, kw] = conv.weight.dims();
+    let padding = match &conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => *t,
+        PaddingConfig2d::Valid => 0,
+        _ => return None,
+    };
+    let plain = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1 && conv.bias.is_none();
+    (plain && kh == kw && padding < kh).then_some(Geometry { k: kh, pad: padding, c: 0, h: 0, w: 0, o: 0 })
+}
+
+/// A convolution's sizes: kernel `k`x`k`, padding `pad`, input `[c, h, w]`, `o` outputs.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    k: usize,
+    pad: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+}
+
+impl Geometry {
+    fn out_h(&self) -> usize {
+        self.h + 2 * self.pad + 1 - self.k
+    }
+    fn out_w(&self) -> usize {
+        self.w + 2 * self.pad + 1 - self.k
+    }
+    /// Rows of the im2col matrix.
+    fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    /// Columns of the im2col matrix (output pixels).
+    fn cols(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+}
+
+fn fused(conv: &Conv2d, geometry: Geometry, x: Tensor<4>) -> Option<Tensor<4>> {
+    let x = x.try_into_primitive::<Ad>().ok()?;
+    let weight = conv.weight.val().try_into_primitive::<Ad>().ok()?;
+    if x.primitive().dtype() != DType::F32 || weight.primitive().dtype() != DType::F32 {
+        return None;
+    }
+    let guards = [x.node(), weight.node()];
+    let (xp, wp) = (contiguous(x.into_primitive()), contiguous(weight.into_primitive()));
+    let shape = xp.layout().shape().clone();
+    let [o, c, _, _] = conv.weight.dims();
+    let g = Geometry { c, h: shape[2], w: shape[3], o, ..geometry };
+    if shape[1] != c || g.h + 2 * g.pad < g.k || g.w + 2 * g.pad < g.k {
+        return None;
+    }
+    let output = forward_kernel(&xp, slice(&wp), g);
+    let output = match ConvOps.prepare::<NoCheckpointing>(guards).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(ConvState { x: xp, weight: wp, geometry: g }, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Some(Tensor::from_primitive::<Ad>(output))
+}
+
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+/// `col[(ci, kh, kw), oh * W' + ow] = x[ci, oh + kh - pad, ow + kw - pad]` (zero outside).
+fn im2col(x: &[f32], g: Geometry, col: &mut [f32]) {
+    let (ho, wo, p) = (g.out_h(), g.out_w(), g.cols());
+    for ci in 0..g.c {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for kh in 0..g.k {
+            for kw in 0..g.k {
+                let row = &mut col[((ci * g.k + kh) * g.k + kw) * p..][..p];
+                // Output columns whose input column `ow + kw - pad` lies inside the image.
+                let lo = g.pad.saturating_sub(kw);
+                let hi = (g.w + g.pad).saturating_sub(kw).min(wo);
+                for oh in 0..ho {
+                    let dst = &mut row[oh * wo..(oh + 1) * wo];
+                    let ih = (oh + kh).wrapping_sub(g.pad);
+                    if ih >= g.h || lo >= hi {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    let start = ih * g.w + lo + kw - g.pad;
+                    dst[lo..hi].copy_from_slice(&plane[start..start + (hi - lo)]);
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx[ci, ih, iw] += dcol[(ci, kh, kw), ...]` over every use.
+fn col2im(dcol: &[f32], g: Geometry, dx: &mut [f32]) {
+    let (ho, wo, p) = (g.out_h(), g.out_w(), g.cols());
+    dx.fill(0.0);
+    for ci in 0..g.c {
+        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for kh in 0..g.k {
+            for kw in 0..g.k {
+                let row = &dcol[((ci * g.k + kh) * g.k + kw) * p..][..p];
+                let lo = g.pad.saturating_sub(kw);
+                let hi = (g.w + g.pad).saturating_sub(kw).min(wo);
+                if lo >= hi {
+                    continue;
+                }
+                for oh in 0..ho {
+                    let ih = (oh + kh).wrapping_sub(g.pad);
+                    if ih >= g.h {
+                        continue;
+                    }
+                    let start = ih * g.w + lo + kw - g.pad;
+                    for (d, &v) in plane[start..start + (hi - lo)].iter_mut().zip(&row[oh * wo + lo..oh * wo + hi]) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst = lhs x rhs` (`accumulate`: `dst += ...`), each matrix given by its pointer, column
+/// stride and row stride; one thread.
+///
+/// # Safety
+/// Every pointer must cover its matrix with the given strides.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    accumulate: bool,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.1,
+            dst.2,
+            accumulate,
+            lhs.0,
+            lhs.1,
+            lhs.2,
+            rhs.0,
+            rhs.1,
+            rhs.2,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// `y[n] = W [O, K] x im2col(x[n]) [K, P]`, images in parallel.
+fn forward_kernel(x: &FlexTensor, weight: &[f32], g: Geometry) -> FlexTensor {
+    let xs = slice(x);
+    let b = x.layout().shape()[0];
+    let (rows, p) = (g.rows(), g.cols());
+    let mut out = vec![0f32; b * g.o * p];
+    out.par_chunks_mut(g.o * p).zip(xs.par_chunks(g.c * g.h * g.w)).for_each_init(
+        || vec![0f32; rows * p],
+        |col, (y, xn)| {
+            im2col(xn, g, col);
+            // SAFETY: y is [O, P], weight [O, K], col [K, P], all row-major.
+            unsafe {
+                gemm(
+                    [g.o, p, rows],
+                    (y.as_mut_ptr(), 1, p as isize),
+                    (weight.as_ptr(), 1, rows as isize),
+                    (col.as_ptr(), 1, p as isize),
+                    false,
+                )
+            };
+        },
+    );
+    FlexTensor::from_data(TensorData::new(out, [b, g.o, g.out_h(), g.out_w()]))
+}
+
+#[derive(Debug)]
+struct ConvOps;
+
+#[derive(Clone, Debug)]
+struct ConvState {
+    x: FlexTensor,
+    weight: FlexTensor,
+    geometry: Geometry,
+}
+
+impl Backward<Flex, 2> for ConvOps {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let s = ops.state;
+        let (dx, dw) =
+            backward_kernel(&s.x, slice(&s.weight), slice(&dy), s.geometry, node_x.is_some(), node_w.is_some());
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, s.x.layout().shape().clone())));
+        }
+        if let (Some(node), Some(dw)) = (node_w, dw) {
+            grads.register::<Flex>(
+                node.id,
+                FlexTensor::from_data(TensorData::new(dw, s.weight.layout().shape().clone())),
+            );
+        }
+    }
+}
+
+/// Per image: `dW += dy [O, P] x col^T [P, K]` and `dx = col2im(W^T [K, O] x dy [O, P])`.
+/// The images are cut into at most [`WEIGHT_GROUPS`] fixed groups that run in parallel; each
+/// sums its images' `dW` in order and the group sums are added in order, so the result does
+/// not depend on the thread count or on scheduling (a resumed run must give the same weights).
+fn backward_kernel(
+    x: &FlexTensor,
+    weight: &[f32],
+    dy: &[f32],
+    g: Geometry,
+    want_dx: bool,
+    want_dw: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let xs = slice(x);
+    let b = x.layout().shape()[0];
+    let (rows, p, plane) = (g.rows(), g.cols(), g.c * g.h * g.w);
+    let per_group = b.div_ceil(WEIGHT_GROUPS).max(1);
+    let mut dx = if want_dx { vec![0f32; b * plane] } else { Vec::new() };
+    let mut dx_groups: Vec<Option<&mut [f32]>> = if want_dx {
+        dx.chunks_mut(per_group * plane).map(Some).collect()
+    } else {
+        (0..b.div_ceil(per_group)).map(|_| None).collect()
+    };
+    let partials: Vec<Vec<f32>> = dx_groups
+        .par_iter_mut()
+        .enumerate()
+        .map(|(group, dx_group)| {
+            let mut dw = vec![0f32; if want_dw { g.o * rows } else { 0 }];
+            let mut col = vec![0f32; rows * p];
+            let images = group * per_group..((group + 1) * per_group).min(b);
+            for (i, n) in images.enumerate() {
+                let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
+                if want_dw {
+                    im2col(&xs[n * plane..(n + 1) * plane], g, &mut col);
+                    // SAFETY: dw is [O, K]; dy [O, P]; col^T is col [K, P] read with swapped strides.
+                    unsafe {
+                        gemm(
+                            [g.o, rows, p],
+                            (dw.as_mut_ptr(), 1, rows as isize),
+                            (dyn_.as_ptr(), 1, p as isize),
+                            (col.as_ptr(), p as isize, 1),
+                            i > 0,
+                        )
+                    };
+                }
+                if let Some(dx_group) = dx_group.as_deref_mut() {
+                    // SAFETY: col is [K, P]; W^T is weight [O, K] read with swapped strides; dy [O, P].
+                    unsafe {
+                        gemm(
+                            [rows, p, g.o],
+                            (col.as_mut_ptr(), 1, p as isize),
+                            (weight.as_ptr(), rows as isize, 1),
+                            (dyn_.as_ptr(), 1, p as isize),
+                            false,
+                        )
+                    };
+                    col2im(&col, g, &mut dx_group[i * plane..(i + 1) * plane]);
+                }
+            }
+            dw
+        })
+        .collect();
+    let dw = want_dw.then(|| {
+        let mut parts = partials.into_iter();
+        let mut dw = parts.next().unwrap_or_default();
+        for part in parts {
+            dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+        }
+        dw
+    });
+    (want_dx.then_some(dx), dw)
+}
+
+/// Fixed number of image groups in the backward pass (see [`backward_kernel`]).
+const WEIGHT_GROUPS: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    /// Values and gradients equal Flex's `Conv2d` for 3x3 (padding 1), 3x3 without padding and
+    /// 1x1 kernels, on a strided (permuted) input.
+    #[test]
+    fn fused_conv_matches_conv2d() {
+        let device = Device::flex().autodiff();
+        for (k, pad) in [(3, 1), (3, 0), (1, 0), (5, 2)] {
+            let conv = Conv2dConfig::new([5, 4], [k, k])
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_bias(false)
+                .init(&device);
+            assert!(geometry(&conv).is_some());
+            let data = Tensor::<4>::random([5, 6, 7, 6], Distribution::Normal(0.3, 1.0), &device).into_data();
+            let view = |leaf: &Tensor<4>| leaf.clone().permute([1, 0, 2, 3]);
+            let xa = Tensor::<4>::from_data(data.clone(), &device).require_grad();
+            let xb = Tensor::<4>::from_data(data, &device).require_grad();
+            let ya = conv.forward(view(&xa));
+            let yb = fused(&conv, geometry(&conv).unwrap(), view(&xb)).expect("the fused path must be the one tested");
+            ya.to_data().assert_approx_eq::<f32>(&yb.to_data(), Tolerance::absolute(1e-4));
+            let weights = Tensor::<4>::random(ya.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let ga = ya.mul(weights.clone()).sum().backward();
+            let gb = yb.mul(weights).sum().backward();
+            xa.grad(&ga)
+                .unwrap()
+                .to_data()
+                .assert_approx_eq::<f32>(&xb.grad(&gb).unwrap().to_data(), Tolerance::absolute(1e-4));
+            let w = conv.weight.val();
+            w.grad(&ga)
+                .unwrap()
+                .to_data()
+                .assert_approx_eq::<f32>(&w.grad(&gb).unwrap().to_data(), Tolerance::absolute(1e-3));
+        }
+    }
+}
