@@ -395,7 +395,8 @@ pub fn render_report(input: &ReportInput) -> String {
             let _ = write!(
                 h,
                 "<p>Threshold {:.4}, chosen on the validation part ({} leukemia, {} healthy \
-                 images) as the largest threshold with sensitivity &ge; {:.3}; there it reached \
+                 images) for sensitivity &ge; {:.3}, midway between the validation scores around it; \
+                 there it reached \
                  sensitivity {} and specificity {}. On this test part: sensitivity {}, \
                  specificity {}.</p>",
                 t.threshold,

@@ -40,7 +40,9 @@ const SCORE_CHUNK: usize = 16;
 /// Side of gallery thumbnails.
 const THUMB: u32 = 200;
 /// Prefix of the threshold rule written by training (and by `eval` when it re-chooses).
-const TUNED_RULE: &str = "largest threshold with validation sensitivity";
+pub(crate) const TUNED_RULE: &str = "tuned for validation sensitivity";
+/// The same prefix in bundles written before the threshold got its margin (2026-11-30).
+const TUNED_RULE_BEFORE_MARGIN: &str = "largest threshold with validation sensitivity";
 
 /// What `allscan eval` asks for.
 #[derive(Debug, Clone)]
@@ -431,7 +433,7 @@ fn leakage_items(index: &DatasetIndex, indices: &[usize]) -> Vec<LeakageItem> {
 
 /// Whether the bundle's threshold was tuned on a validation part.
 fn threshold_is_tuned(meta: &BundleMetadata) -> bool {
-    meta.threshold_rule.starts_with(TUNED_RULE)
+    meta.threshold_rule.starts_with(TUNED_RULE) || meta.threshold_rule.starts_with(TUNED_RULE_BEFORE_MARGIN)
 }
 
 /// The run's training data (the same index in same-dataset mode, the run's data folder in
@@ -540,7 +542,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
             threshold = choice.threshold;
             bundle.metadata.threshold = threshold;
             bundle.metadata.threshold_rule = format!(
-                "{TUNED_RULE} >= {target} ({} leukemia / {} healthy validation images; chosen by `allscan eval`)",
+                "{TUNED_RULE} >= {target}, midway between the validation scores around it ({} leukemia / {} healthy validation images; chosen by `allscan eval`)",
                 choice.n_leukemia, choice.n_healthy
             );
             bundle.write_metadata()?;

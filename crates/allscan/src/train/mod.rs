@@ -722,7 +722,8 @@ fn run(
             (
                 choice.threshold,
                 format!(
-                    "largest threshold with validation sensitivity >= {} ({} leukemia / {} healthy validation images)",
+                    "{} >= {}, midway between the validation scores around it ({} leukemia / {} healthy validation images)",
+                    crate::eval::run::TUNED_RULE,
                     cfg.train.target_sensitivity, choice.n_leukemia, choice.n_healthy
                 ),
             )
