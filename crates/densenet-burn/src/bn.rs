@@ -22,7 +22,22 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-type Ad = Autodiff<Flex, NoCheckpointing>;
+/// The autodiff backend `Device::flex().autodiff()` runs on.
+pub(crate) type Ad = Autodiff<Flex, NoCheckpointing>;
+
+/// `t` itself when its f32 values are one contiguous run, else a contiguous copy.
+pub(crate) fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The f32 values of a tensor that [`contiguous`] returned.
+pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
 
 /// `relu(bn(x))` with batch statistics, updating `bn`'s running mean and variance exactly as
 /// Burn's `BatchNorm::forward` does in training (biased variance, `momentum`).
@@ -67,18 +82,6 @@ fn fused(bn: &BatchNorm, x: Tensor<4>) -> Option<(Tensor<4>, Vec<f32>, Vec<f32>)
         OpsKind::UnTracked(prep) => prep.finish(forward.output),
     };
     Some((Tensor::from_primitive::<Ad>(output), forward.mean, forward.variance))
-}
-
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
 }
 
 /// `(batch, channels, spatial)` of an `[B, C, ...]` tensor.
@@ -230,6 +233,18 @@ fn backward_kernel(
     (dx, dgamma, dbeta)
 }
 
+/// Asserts that `a`'s gradient in `ga` equals `b`'s in `gb` within `tol` (the fused operations'
+/// tests compare them with Burn's own).
+#[cfg(test)]
+pub(crate) fn assert_same_grad<const D: usize>(
+    (a, ga): (&Tensor<D>, &burn::tensor::Gradients),
+    (b, gb): (&Tensor<D>, &burn::tensor::Gradients),
+    tol: f32,
+) {
+    let grad = |t: &Tensor<D>, g| t.grad(g).expect("a gradient").to_data();
+    grad(a, ga).assert_approx_eq::<f32>(&grad(b, gb), burn::tensor::Tolerance::absolute(tol));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,20 +281,11 @@ mod tests {
         ya.to_data().assert_approx_eq::<f32>(&yb.to_data(), Tolerance::absolute(1e-5));
         let ga = ya.mul(weights.clone()).sum().backward();
         let gb = yb.mul(weights).sum().backward();
-        xa.grad(&ga)
-            .unwrap()
-            .to_data()
-            .assert_approx_eq::<f32>(&xb.grad(&gb).unwrap().to_data(), Tolerance::absolute(1e-4));
+        assert_same_grad((&xa, &ga), (&xb, &gb), 1e-4);
         let (pa, pb) = (reference.gamma.val(), fused_bn.gamma.val());
-        pa.grad(&ga)
-            .unwrap()
-            .to_data()
-            .assert_approx_eq::<f32>(&pb.grad(&gb).unwrap().to_data(), Tolerance::absolute(1e-3));
+        assert_same_grad((&pa, &ga), (&pb, &gb), 1e-3);
         let (pa, pb) = (reference.beta.val(), fused_bn.beta.val());
-        pa.grad(&ga)
-            .unwrap()
-            .to_data()
-            .assert_approx_eq::<f32>(&pb.grad(&gb).unwrap().to_data(), Tolerance::absolute(1e-3));
+        assert_same_grad((&pa, &ga), (&pb, &gb), 1e-3);
         for (a, b) in
             [(&reference.running_mean, &fused_bn.running_mean), (&reference.running_var, &fused_bn.running_var)]
         {

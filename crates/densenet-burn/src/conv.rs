@@ -18,14 +18,14 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{DType, Tensor, TensorData};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-type Ad = Autodiff<Flex, NoCheckpointing>;
+use crate::bn::{contiguous, slice, Ad};
 
 /// `conv.forward(x)` for a bias-free, stride-1, undilated, ungrouped convolution with square
 /// kernel and symmetric explicit padding, through the fused operation on `Autodiff<Flex>`;
@@ -97,18 +97,6 @@ fn fused(conv: &Conv2d, geometry: Geometry, x: Tensor<4>) -> Option<Tensor<4>> {
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
     Some(Tensor::from_primitive::<Ad>(output))
-}
-
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
 }
 
 /// `col[(ci, kh, kw), oh * W' + ow] = x[ci, oh + kh - pad, ow + kw - pad]` (zero outside).
@@ -364,15 +352,9 @@ mod tests {
             let weights = Tensor::<4>::random(ya.dims(), Distribution::Normal(0.0, 1.0), &device);
             let ga = ya.mul(weights.clone()).sum().backward();
             let gb = yb.mul(weights).sum().backward();
-            xa.grad(&ga)
-                .unwrap()
-                .to_data()
-                .assert_approx_eq::<f32>(&xb.grad(&gb).unwrap().to_data(), Tolerance::absolute(1e-4));
+            crate::bn::assert_same_grad((&xa, &ga), (&xb, &gb), 1e-4);
             let w = conv.weight.val();
-            w.grad(&ga)
-                .unwrap()
-                .to_data()
-                .assert_approx_eq::<f32>(&w.grad(&gb).unwrap().to_data(), Tolerance::absolute(1e-3));
+            crate::bn::assert_same_grad((&w, &ga), (&w, &gb), 1e-3);
         }
     }
 }
