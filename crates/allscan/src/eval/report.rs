@@ -395,7 +395,7 @@ pub fn render_report(input: &ReportInput) -> String {
             let _ = write!(
                 h,
                 "<p>Threshold {:.4}, chosen on the validation part ({} leukemia, {} healthy \
-                 images) for sensitivity &ge; {:.3}, midway between the validation scores around it; \
+                 images) for sensitivity &ge; {:.3}, at the best validation specificity, midway between the nearest healthy and leukemia scores; \
                  there it reached \
                  sensitivity {} and specificity {}. On this test part: sensitivity {}, \
                  specificity {}.</p>",

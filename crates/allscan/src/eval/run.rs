@@ -542,7 +542,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
             threshold = choice.threshold;
             bundle.metadata.threshold = threshold;
             bundle.metadata.threshold_rule = format!(
-                "{TUNED_RULE} >= {target}, midway between the validation scores around it ({} leukemia / {} healthy validation images; chosen by `allscan eval`)",
+                "{TUNED_RULE} >= {target}, at the best validation specificity, midway between the nearest healthy and leukemia scores ({} leukemia / {} healthy validation images; chosen by `allscan eval`)",
                 choice.n_leukemia, choice.n_healthy
             );
             bundle.write_metadata()?;

@@ -722,7 +722,7 @@ fn run(
             (
                 choice.threshold,
                 format!(
-                    "{} >= {}, midway between the validation scores around it ({} leukemia / {} healthy validation images)",
+                    "{} >= {}, at the best validation specificity, midway between the nearest healthy and leukemia scores ({} leukemia / {} healthy validation images)",
                     crate::eval::run::TUNED_RULE,
                     cfg.train.target_sensitivity, choice.n_leukemia, choice.n_healthy
                 ),
