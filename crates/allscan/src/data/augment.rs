@@ -65,6 +65,25 @@ impl AugmentConfig {
         }
     }
 
+    /// Geometry as in [`strong`](Self::strong), colour/stain jitter at half its strength
+    /// (hue ±0.04, saturation and per-channel gains ±20% / ±7%, brightness and contrast ±12%,
+    /// 5% grey views): the cpu profile's default. On Aria (split seed 1, 389 held-out fields,
+    /// 75 epochs at 112 px, 2026-11-30) held-out subtype accuracy was 96.4% with `strong`,
+    /// 99.49% with this and 99.74% with no colour jitter at all, while the colour-only shortcut
+    /// alone reaches 96.7%: Aria's classes differ in stain, and the stronger the jitter, the
+    /// less of that the model may use.
+    pub fn moderate() -> Self {
+        Self {
+            hue: 0.04,
+            saturation: 0.2,
+            brightness: 0.12,
+            contrast: 0.12,
+            channel_gain: 0.07,
+            grey_probability: 0.05,
+            ..Self::strong()
+        }
+    }
+
     /// No augmentation: the deterministic view.
     pub fn none() -> Self {
         Self { enabled: false, ..Self::strong() }

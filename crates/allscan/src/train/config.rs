@@ -344,7 +344,9 @@ fn cpu(task: Task) -> ProfileDefaults {
             patience: None,
             unfreeze: vec!["all".into()],
         },
-        augment: AugmentConfig::strong(),
+        // Half-strength colour jitter (see `AugmentConfig::moderate` for the Aria figures of
+        // strong, moderate and no jitter).
+        augment: AugmentConfig::moderate(),
         balance: Balance::ClassWeights,
         label_smoothing: 0.05,
         select_on: SelectOn::ValLoss,
