@@ -304,8 +304,7 @@ impl LeukemiaClassifier {
         match views {
             TestViews::Single => self.forward(images),
             TestViews::Dihedral => {
-                let mut sum: Option<Tensor<2>> = None;
-                for v in 0..8 {
+                let view = |v: usize| {
                     let mut x = if v & 4 != 0 { images.clone().swap_dims(2, 3) } else { images.clone() };
                     if v & 1 != 0 {
                         x = x.flip([3]);
@@ -313,13 +312,9 @@ impl LeukemiaClassifier {
                     if v & 2 != 0 {
                         x = x.flip([2]);
                     }
-                    let logits = self.forward(x); // [B, outputs]
-                    sum = Some(match sum {
-                        Some(s) => s + logits,
-                        None => logits,
-                    });
-                }
-                sum.map(|s| s.div_scalar(8.0)).unwrap_or_else(|| self.forward(images))
+                    self.forward(x) // [B, outputs]
+                };
+                (1..8).fold(view(0), |sum, v| sum + view(v)).div_scalar(8.0)
             }
         }
     }

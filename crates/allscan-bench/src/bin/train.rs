@@ -6,9 +6,8 @@
 use std::time::Instant;
 
 use allscan::model::ClassifierConfig;
-use allscan::train::stage::{loss, optimizer};
+use allscan::train::stage::{loss, optimizer, step_in_parts};
 use allscan::train::{Profile, TaskKind};
-use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
@@ -78,37 +77,15 @@ fn main() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for i in 0..=args.iters {
         let t = Instant::now();
-        let grads = if shards <= 1 {
-            let logits = model.forward(x.clone()); // [B, 1]
-            let l = loss(cfg.task, logits, &targets, &weights, 0.0);
-            GradientsParams::from_grads(l.backward(), &model)
-        } else {
-            let per = args.batch / shards;
-            let replicas: Vec<_> = (0..shards).map(|_| model.valid().train()).collect();
-            let parts: Vec<GradientsParams> = std::thread::scope(|sc| {
-                let hs: Vec<_> = replicas
-                    .iter()
-                    .enumerate()
-                    .map(|(k, m)| {
-                        let x = x.clone().narrow(0, k * per, per);
-                        let (t, w) = (&targets[k * per..(k + 1) * per], &weights[k * per..(k + 1) * per]);
-                        let task = cfg.task;
-                        let n = shards as f64;
-                        sc.spawn(move || {
-                            let l = loss(task, m.forward(x), t, w, 0.0).div_scalar(n);
-                            GradientsParams::from_grads(l.backward(), m)
-                        })
-                    })
-                    .collect();
-                hs.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            let mut acc = burn::optim::GradientsAccumulator::new();
-            for g in parts {
-                acc.accumulate(&replicas[0], g);
-            }
-            model = replicas.into_iter().next().unwrap();
-            acc.grads()
-        };
+        // The batch in `shards` parts on parallel threads, as `allscan train` runs it.
+        let per = args.batch / shards;
+        let (replica, grads, _) = step_in_parts(model, shards, |k, m| {
+            let x = x.clone().narrow(0, k * per, per);
+            let (t, w) = (&targets[k * per..(k + 1) * per], &weights[k * per..(k + 1) * per]);
+            let l = loss(cfg.task, m.forward(x), t, w, 0.0).div_scalar(shards as f64);
+            Ok((GradientsParams::from_grads(l.backward(), m), ()))
+        })?;
+        model = replica;
         model = optim.step(1e-4, model, grads);
         // Force the update to finish before the clock stops.
         let _ = model.fc2.weight.val().into_data();

@@ -89,9 +89,8 @@ impl Inputs {
     }
 }
 
-/// What one part of a batch contributes to the step.
+/// What one part of a batch contributes to the step besides its gradients.
 struct ShardOut {
-    grads: GradientsParams,
     /// This part's share of the batch loss (summing the parts gives the batch loss).
     loss: f64,
     correct: usize,
@@ -111,6 +110,42 @@ fn dropout_mask(n: usize, hidden: usize, p: f64, rng: &mut ChaCha8Rng, device: &
     let keep = (1.0 / (1.0 - p)) as f32;
     let v: Vec<f32> = (0..n * hidden).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
     Some(Tensor::from_data(TensorData::new(v, [n, hidden]), device))
+}
+
+/// One optimiser step's gradients computed in `parts` parts on parallel threads: `part(k,
+/// replica)` runs part `k` forward and backward on its own replica (the same weights as
+/// separate autodiff leaves, so each graph runs on its own thread, with its own BatchNorm
+/// running statistics) and returns its gradients and whatever else the caller collects. The
+/// gradients are summed in part order; replica 0 is returned as the model to update, so the
+/// run stays deterministic. One part runs on `model` itself, on this thread.
+pub fn step_in_parts<R: Send>(
+    model: LeukemiaClassifier,
+    parts: usize,
+    part: impl Fn(usize, &LeukemiaClassifier) -> Result<(GradientsParams, R), TrainError> + Sync,
+) -> Result<(LeukemiaClassifier, GradientsParams, Vec<R>), TrainError> {
+    let replicas: Vec<LeukemiaClassifier> =
+        if parts <= 1 { vec![model] } else { (0..parts).map(|_| model.valid().train()).collect() };
+    let outs: Vec<Result<(GradientsParams, R), TrainError>> = if replicas.len() == 1 {
+        vec![part(0, &replicas[0])]
+    } else {
+        let part = &part;
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = replicas.iter().enumerate().map(|(k, r)| sc.spawn(move || part(k, r))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Internal("a training thread panicked".into()))))
+                .collect()
+        })
+    };
+    let mut acc = GradientsAccumulator::new();
+    let mut rest = Vec::with_capacity(outs.len());
+    for out in outs {
+        let (grads, r) = out?;
+        acc.accumulate(&replicas[0], grads);
+        rest.push(r);
+    }
+    let model = replicas.into_iter().next().ok_or_else(|| TrainError::Internal("no replica".into()))?;
+    Ok((model, acc.grads(), rest))
 }
 
 /// Replaces the BatchNorm running statistics of the trainable layers by their average over
@@ -358,12 +393,9 @@ impl StageRun<'_> {
                 let seeds: Vec<u64> = idx.iter().map(|&i| mix(&[epoch_seed, b as u64, i as u64])).collect();
                 let bw_total: f64 = idx.iter().map(|&i| weights.get(targets[i]).copied().unwrap_or(1.0) as f64).sum();
                 let parts = shard(idx, self.train.shards);
-                // One replica per part: the same weights as separate autodiff leaves (so each
-                // part's graph runs on its own thread), each with its own BatchNorm running
-                // statistics; replica 0 carries on, so the run stays deterministic.
-                let replicas: Vec<LeukemiaClassifier> =
-                    if parts.len() == 1 { vec![model] } else { parts.iter().map(|_| model.valid().train()).collect() };
-                let step = |k: usize, replica: &LeukemiaClassifier| -> Result<ShardOut, TrainError> {
+                let step = |k: usize,
+                            replica: &LeukemiaClassifier|
+                 -> Result<(GradientsParams, ShardOut), TrainError> {
                     let part = parts[k];
                     let offset: usize = parts[..k].iter().map(|p| p.len()).sum();
                     let part_seeds = &seeds[offset..offset + part.len()];
@@ -387,38 +419,17 @@ impl StageRun<'_> {
                     let correct = p.chunks(k).zip(&bt).filter(|(row, &t)| predicted(self.task, row) == t).count();
                     let grads = GradientsParams::from_grads(l.backward(), replica);
                     let loss = read(l.detach())?.first().copied().unwrap_or(f32::NAN) as f64;
-                    Ok(ShardOut { grads, loss, correct })
+                    Ok((grads, ShardOut { loss, correct }))
                 };
-                let outs: Vec<Result<ShardOut, TrainError>> = if replicas.len() == 1 {
-                    vec![step(0, &replicas[0])]
-                } else {
-                    std::thread::scope(|sc| {
-                        let handles: Vec<_> =
-                            replicas.iter().enumerate().map(|(k, r)| sc.spawn(move || step(k, r))).collect();
-                        handles
-                            .into_iter()
-                            .map(|h| {
-                                h.join()
-                                    .unwrap_or_else(|_| Err(TrainError::Internal("a training thread panicked".into())))
-                            })
-                            .collect()
-                    })
-                };
-                let mut lv = 0.0f64;
-                let mut acc = GradientsAccumulator::new();
-                for out in outs {
-                    let out = out?;
-                    lv += out.loss;
-                    correct += out.correct;
-                    acc.accumulate(&replicas[0], out.grads);
-                }
+                let (replica, grads, outs) = step_in_parts(model, parts.len(), step)?;
+                let lv: f64 = outs.iter().map(|o| o.loss).sum();
+                correct += outs.iter().map(|o| o.correct).sum::<usize>();
                 if !lv.is_finite() {
                     return Err(TrainError::Diverged { stage: self.stage, epoch: epoch + 1 });
                 }
                 loss_sum += lv * idx.len() as f64;
                 seen += idx.len();
-                model = replicas.into_iter().next().ok_or_else(|| TrainError::Internal("no replica".into()))?;
-                model = optim.step(lr, model, acc.grads());
+                model = optim.step(lr, replica, grads);
                 bar.inc(1);
                 bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
             }
