@@ -50,3 +50,71 @@ fn same_dataset_and_cross_dataset_evaluations() {
     assert_eq!(out.metrics.n, index.images.len());
     assert!(out.metrics.warnings.iter().any(|w| w.contains("cross-dataset")));
 }
+
+/// Writes `n` fields per class into `healthy/` and `leukemia/`: the same random blobs on a
+/// light background in both classes, the leukemia fields under a warmer, darker cast (a stain
+/// or scanner batch that says nothing about the cells).
+fn colour_cast_set(root: &std::path::Path, n: usize) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    for (class, gain) in [("healthy", [0.92f32, 0.95, 1.0]), ("leukemia", [1.0, 0.86, 0.8])] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            let blobs: Vec<(f32, f32, f32)> = (0..rng.gen_range(2..9))
+                .map(|_| (rng.gen_range(0.0..64.0), rng.gen_range(0.0..64.0), rng.gen_range(3.0..14.0)))
+                .collect();
+            let img = image::RgbImage::from_fn(64, 64, |x, y| {
+                let inside = blobs.iter().any(|&(cx, cy, r)| (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) < r * r);
+                let base = if inside { [120.0, 70.0, 160.0] } else { [235.0, 225.0, 232.0] };
+                image::Rgb(std::array::from_fn(|c| (base[c] * gain[c]).round() as u8))
+            });
+            img.save(dir.join(format!("{class}-{i:03}.png"))).unwrap();
+        }
+    }
+}
+
+/// Points the bundle's preprocessing (config and metadata) at `stain`.
+fn set_stain(run: &std::path::Path, stain: serde_json::Value) {
+    for (file, key) in [("config.json", "preprocess"), ("metadata.json", "preprocess")] {
+        let path = run.join(file);
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v[key]["stain"] = stain.clone();
+        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn the_colour_shortcut_reads_the_stain_normalised_field_when_the_run_normalises_stain() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cast");
+    colour_cast_set(&data, 30);
+    let index = DatasetIndex::build(&data, &IndexOptions::default()).unwrap();
+    let split = SplitFile::make(&index, &SplitConfig { test: 0.3, val: 0.2, folds: None, seed: 1 }).unwrap();
+    let split_path = dir.path().join("split.json");
+    split.save(&split_path).unwrap();
+    let shortcut_auc = |stain: serde_json::Value, name: &str| -> f64 {
+        let run = dir.path().join(name);
+        write_random_bundle(&run, TaskKind::Binary).unwrap();
+        set_stain(&run, stain);
+        let mut req = EvalRequest::new(&run, &data, dir.path().join(format!("ev-{name}")));
+        req.split = Some(split_path.clone());
+        req.n_boot = 20;
+        req.gallery = 0;
+        req.gradcam = false;
+        let out = evaluate(&req).unwrap();
+        let m = serde_json::to_value(&out.metrics).unwrap();
+        m["shortcut"]["binary"]["roc_auc"]["value"].as_f64().unwrap()
+    };
+    // As read, the cast alone separates the classes.
+    let raw = shortcut_auc(serde_json::Value::Null, "raw");
+    assert!(raw > 0.95, "colour shortcut on the raw fields: AUC {raw}");
+    // Reinhard normalisation maps every field to the same colour statistics: what is left of
+    // the colour is the blobs, drawn alike in both classes.
+    let target = serde_json::json!({
+        "method": "reinhard",
+        "target": { "mean": [-0.11175, -0.03407, -0.00335], "std": [0.1179, 0.04568, 0.00341] }
+    });
+    let normalised = shortcut_auc(target, "reinhard");
+    assert!(normalised < 0.8, "colour shortcut on stain-normalised fields: AUC {normalised} (raw {raw})");
+}

@@ -787,13 +787,24 @@ fn training_data(bundle: &RunBundle, progress: bool) -> Result<TrainingData, Str
 fn features_of(
     index: &DatasetIndex,
     idx: &[usize],
-    limits: &allscan_preprocess::DecodeLimits,
+    preprocess: &allscan_preprocess::PreprocessConfig,
 ) -> Vec<(usize, Vec<f32>)> {
     idx.iter()
         .filter_map(|&i| {
-            decode_file(&index.abs_path(&index.images[i]), limits).ok().map(|img| (i, ColourShortcut::features(&img)))
+            decode_file(&index.abs_path(&index.images[i]), &preprocess.decode)
+                .ok()
+                .map(|img| (i, ColourShortcut::features(&stained(img, preprocess))))
         })
         .collect()
+}
+
+/// The field as the model's preprocessing colours it: stain-normalised when the run
+/// normalises stain (the shortcut then measures the colour left after that), else as read.
+fn stained(img: image::RgbImage, preprocess: &allscan_preprocess::PreprocessConfig) -> image::RgbImage {
+    match &preprocess.stain {
+        Some(s) => s.apply(&img),
+        None => img,
+    }
 }
 
 /// Trains the colour-only baseline on the training part and scores the evaluated images.
@@ -820,7 +831,7 @@ fn shortcut(
             Some(usize::from(r.label.is_some_and(|l| l.is_leukemia())))
         }
     };
-    let train = features_of(&t.index, &t.train, limits);
+    let train = features_of(&t.index, &t.train, &meta.preprocess);
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for (i, f) in train {
         if let Some(k) = label_of(&t.index.images[i]) {
@@ -836,7 +847,7 @@ fn shortcut(
     let score = |idx: &DatasetIndex, s: &ScoredImage| -> Result<Option<ScoredImage>, EvalError> {
         let Some(rec) = idx.images.iter().find(|r| r.path == s.path) else { return Ok(None) };
         let Ok(img) = decode_file(&idx.abs_path(rec), limits) else { return Ok(None) };
-        let probs = model.predict_image(&img)?;
+        let probs = model.predict_image(&stained(img, &meta.preprocess))?;
         let p: f64 = probs.iter().zip(&leuk).filter(|(_, l)| **l).map(|(p, _)| *p).sum::<f64>().clamp(0.0, 1.0);
         Ok(Some(ScoredImage { p_leukemia: p, probs, ..s.clone() }))
     };

@@ -4,7 +4,9 @@
 //! The question it answers is "what does colour alone explain?". Smears of different classes
 //! are often stained, scanned or photographed in different batches, so a model can score well
 //! by reading the stain instead of the cells. If this baseline is nearly as good as the DenseNet,
-//! the test set cannot tell the two apart.
+//! the test set cannot tell the two apart. When the run normalises stain
+//! (`preprocess.stain`), the baseline reads the normalised fields, as the model does: it then
+//! measures the colour that survives the normalisation.
 //!
 //! Features ([`ColourShortcut::features`], 35 numbers, all fractions of pixels):
 //! - hue histogram, 18 bins of 20 degrees, over the chromatic pixels (saturation and value both
