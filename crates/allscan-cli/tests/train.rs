@@ -95,11 +95,21 @@ fn paper_profile_runs_both_stages_with_a_frozen_prefix() {
 
 #[test]
 fn resume_after_kill_9_ends_with_the_same_weights() {
+    resume_after_kill_9(&[]);
+}
+
+#[test]
+fn resume_after_kill_9_ends_with_the_same_weights_and_weight_average() {
+    resume_after_kill_9(&["--set", "train.ema_decay=0.9"]);
+}
+
+fn resume_after_kill_9(more: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tiny_set(tmp.path(), "data", 12, 64);
     let (full, killed) = (tmp.path().join("full"), tmp.path().join("killed"));
     let d = data.to_str().unwrap();
-    let extra = ["--task", "subtype", "--epochs", "1,6", "--seed", "5"];
+    let mut extra = vec!["--task", "subtype", "--epochs", "1,6", "--seed", "5"];
+    extra.extend_from_slice(more);
     let r = allscan(tmp.path(), &train_args(d, full.to_str().unwrap(), &extra));
     assert!(r.status.success(), "{}{}", stdout(&r), stderr(&r));
 
@@ -140,6 +150,11 @@ fn resume_after_kill_9_ends_with_the_same_weights() {
     let m = |p: &Path| std::fs::read_to_string(p.join("metrics.csv")).unwrap();
     let strip = |s: String| s.lines().map(|l| l.rsplitn(3, ',').nth(2).unwrap_or("").to_string()).collect::<Vec<_>>();
     assert_eq!(strip(m(&full)), strip(m(&killed)), "metrics other than timings must match");
+    // With a weight average, the checkpoint carries it (and its update count) across the kill.
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(killed.join("checkpoint/state.json")).unwrap()).unwrap();
+    let updates = st["average_updates"].as_u64().unwrap_or(0);
+    assert_eq!(updates > 0, !more.is_empty(), "average updates {updates}");
 }
 
 #[test]

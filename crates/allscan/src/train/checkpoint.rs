@@ -1,4 +1,5 @@
-//! Checkpoints, written after every epoch: model weights + optimiser state + where the run
+//! Checkpoints, written after every epoch: model weights + optimiser state (+ the weight
+//! average, when the run keeps one) + where the run
 //! stands (`checkpoint/state.json`). Each epoch's files go into a fresh folder and
 //! `state.json` (written atomically, last) names it, so a `kill -9` at any moment leaves either
 //! the previous checkpoint or the new one, never a mix. `--resume` continues from it and, since
@@ -16,6 +17,7 @@ use crate::model::LeukemiaClassifier;
 const STATE_FILE: &str = "state.json";
 const MODEL_FILE: &str = "model.bpk";
 const OPTIM_FILE: &str = "optim.bpk";
+const AVERAGE_FILE: &str = "average.bpk";
 
 /// One row of `metrics.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +84,9 @@ pub struct TrainState {
     pub history: Vec<EpochRow>,
     /// Folder (under `checkpoint/`) with this epoch's model and optimiser.
     pub dir: String,
+    /// Updates folded into the stage's weight average so far (0 without one).
+    #[serde(default)]
+    pub average_updates: u64,
 }
 
 /// The checkpoint folder of a run directory.
@@ -89,13 +94,14 @@ pub fn dir(run: &Path) -> PathBuf {
     run.join(CHECKPOINT_DIR)
 }
 
-/// Writes the epoch's weights and optimiser state into a new folder, then `state.json`, then
-/// removes older folders.
+/// Writes the epoch's weights, optimiser state and weight average (if any: the averaged model
+/// and its update count) into a new folder, then `state.json`, then removes older folders.
 pub fn save(
     run: &Path,
     state: &mut TrainState,
     model: &LeukemiaClassifier,
     optim: Option<&ModuleOptimizer>,
+    average: Option<(&LeukemiaClassifier, u64)>,
 ) -> Result<(), BundleError> {
     let root = dir(run);
     let name = format!("s{}e{:03}", state.stage, state.epoch);
@@ -111,6 +117,11 @@ pub fn save(
         None => {
             let _ = std::fs::remove_file(&optim_path);
         }
+    }
+    state.average_updates = 0;
+    if let Some((avg, updates)) = average {
+        save_weights(avg, &folder.join(AVERAGE_FILE))?;
+        state.average_updates = updates;
     }
     state.dir = name.clone();
     write_json(&root.join(STATE_FILE), state)?;
@@ -137,6 +148,12 @@ pub fn load_state(run: &Path) -> Result<Option<TrainState>, BundleError> {
 /// Path of the checkpointed weights.
 pub fn model_path(run: &Path, state: &TrainState) -> PathBuf {
     dir(run).join(&state.dir).join(MODEL_FILE)
+}
+
+/// Path of the checkpointed weight average, if that epoch had one.
+pub fn average_path(run: &Path, state: &TrainState) -> Option<PathBuf> {
+    let p = dir(run).join(&state.dir).join(AVERAGE_FILE);
+    p.is_file().then_some(p)
 }
 
 /// Path of the checkpointed optimiser state, if that epoch had one.

@@ -200,6 +200,11 @@ pub struct TrainConfig {
     /// while validation, test and inference see clean ones.
     #[serde(default)]
     pub bn_recalibration_batches: usize,
+    /// Exponential moving average of the weights after every step, with this decay (0: off).
+    /// With it on, validation, the best-epoch weights and the test report use the average
+    /// (whose BatchNorm statistics are the ones re-estimated above, when that is on).
+    #[serde(default)]
+    pub ema_decay: f64,
 }
 
 fn one() -> usize {
@@ -282,6 +287,7 @@ fn paper(task: Task) -> ProfileDefaults {
         // batch 8 takes 4.0 s in 2 parts against 5.2 s in one (`allscan-bench train`).
         shards: 2,
         bn_recalibration_batches: 0,
+        ema_decay: 0.0,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::Imagenet }
 }
@@ -356,6 +362,7 @@ fn cpu(task: Task) -> ProfileDefaults {
         // 537 / 428 / 366 / 878 ms per step on 2 cores.
         shards: 4,
         bn_recalibration_batches: 8,
+        ema_decay: 0.0,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::None }
 }
@@ -427,6 +434,9 @@ impl TrainConfig {
         }
         if !(self.target_sensitivity > 0.0 && self.target_sensitivity <= 1.0) {
             return bad(format!("target sensitivity {} is not in (0, 1]", self.target_sensitivity));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad(format!("ema_decay {} is not in [0, 1)", self.ema_decay));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
             return bad(format!("label smoothing {} is not in [0, 0.5)", self.label_smoothing));

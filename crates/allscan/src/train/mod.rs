@@ -8,6 +8,7 @@
 //! chosen on validation; the test part is only reported. Every epoch is checkpointed
 //! ([`checkpoint`]) and `--resume` reproduces an uninterrupted run exactly.
 
+pub mod average;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
@@ -569,6 +570,7 @@ fn run(
         best: None,
         history: Vec::new(),
         dir: String::new(),
+        average_updates: 0,
     });
     let mut model = match st.stage {
         0 => initial_model(cfg, &ad)?,

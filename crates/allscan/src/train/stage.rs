@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::average::WeightAverage;
 use super::cache::FeatureCache;
 use super::checkpoint::{self, EpochRow, TrainState};
 use super::config::{Balance, Schedule, SelectOn, StageConfig, TrainConfig};
@@ -369,6 +370,24 @@ impl StageRun<'_> {
         };
         let augment = (self.cfg.augment && self.train.augment.enabled).then_some(&self.train.augment);
         let start = if state.stage == self.stage { state.epoch } else { 0 };
+        // The weight average: fresh at the start of a stage, else as the checkpoint left it.
+        let mut average = match (self.train.ema_decay > 0.0, start) {
+            (false, _) => None,
+            (true, 0) => Some(WeightAverage::new(&model, self.train.ema_decay, 0)),
+            (true, _) => {
+                let path = checkpoint::average_path(self.run_dir, state).ok_or_else(|| {
+                    TrainError::Internal(format!(
+                        "the checkpoint in {} has no weight average to resume",
+                        checkpoint::dir(self.run_dir).display()
+                    ))
+                })?;
+                let saved = model
+                    .valid()
+                    .try_load_file(&path)
+                    .map_err(|e| TrainError::Internal(format!("{}: {e}", path.display())))?;
+                Some(WeightAverage::new(&saved, self.train.ema_decay, state.average_updates))
+            }
+        };
         for epoch in start..self.cfg.epochs {
             let t0 = Instant::now();
             // Everything random in this epoch derives from (seed, stage, epoch): a resumed run
@@ -430,23 +449,32 @@ impl StageRun<'_> {
                 loss_sum += lv * idx.len() as f64;
                 seen += idx.len();
                 model = optim.step(lr, replica, grads);
+                if let Some(a) = &mut average {
+                    a.update(&model);
+                }
                 bar.inc(1);
                 bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
             }
             bar.finish_and_clear();
-            if let (Inputs::Images, k @ 1..) = (inputs, self.train.bn_recalibration_batches) {
-                model = recalibrate_batchnorm(
-                    model,
+            // The weights validation judges: the average when there is one, else the model.
+            let judged = match &average {
+                Some(a) => a.model(&model).train(),
+                None => model.clone(),
+            };
+            let judged = match (inputs, self.train.bn_recalibration_batches) {
+                (Inputs::Images, k @ 1..) => recalibrate_batchnorm(
+                    judged,
                     self.train_set,
                     &order,
                     k,
                     self.train.batch_size,
                     self.norm,
                     self.device,
-                );
-            }
+                ),
+                _ => judged,
+            };
             // Validation: early stopping, best epoch.
-            let valid = model.valid();
+            let valid = judged.valid();
             // Per-epoch validation on single views (cheap); the final threshold and test report
             // use the model's test views.
             let ev = evaluate(
@@ -480,7 +508,7 @@ impl StageRun<'_> {
                     val_auc,
                     val_accuracy: ev.accuracy,
                 });
-                crate::bundle::save_weights(&model, &self.run_dir.join(crate::bundle::WEIGHTS_FILE))?;
+                crate::bundle::save_weights(&valid, &self.run_dir.join(crate::bundle::WEIGHTS_FILE))?;
                 state.bad_epochs = 0;
             } else {
                 state.bad_epochs += 1;
@@ -517,7 +545,12 @@ impl StageRun<'_> {
             let stop = self.cfg.patience.is_some_and(|p| state.bad_epochs >= p);
             state.stage_done = stop || epoch + 1 == self.cfg.epochs;
             super::write_metrics(self.run_dir, &state.history)?;
-            checkpoint::save(self.run_dir, state, &model, Some(&optim))?;
+            // Without an average, the model carries the re-estimated statistics on (as before).
+            if average.is_none() {
+                model = judged;
+            }
+            let avg = average.as_ref().map(|a| (a.model(&model), a.updates()));
+            checkpoint::save(self.run_dir, state, &model, Some(&optim), avg.as_ref().map(|(m, u)| (m, *u)))?;
             if stop {
                 log.line(&format!(
                     "stage {}: early stop after {} epochs without a better validation {}",
