@@ -452,10 +452,15 @@ pub mod testing {
             crate::model::BackboneConfig::Custom(densenet_burn::DenseNetConfig::custom(4, vec![2, 2], 8, None));
         model.hidden = 8;
         // The nucleus-crop path whatever the cpu profile's view is, so crops are exercised.
-        let mut preprocess = allscan_preprocess::PreprocessConfig::default();
-        preprocess.input_size = 64;
-        preprocess.roi.views = allscan_preprocess::RoiViews::All;
-        preprocess.roi.max_crops = 4;
+        let preprocess = allscan_preprocess::PreprocessConfig {
+            input_size: 64,
+            roi: allscan_preprocess::RoiConfig {
+                views: allscan_preprocess::RoiViews::All,
+                max_crops: 4,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let config = RunConfig {
             format: BUNDLE_FORMAT.into(),
             task,

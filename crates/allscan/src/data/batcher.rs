@@ -142,7 +142,7 @@ mod tests {
         let v = t.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(v[0], 1.0); // image 0, R
         assert_eq!(v[48 + 32], 1.0); // image 1, B
-        assert_eq!(v[48 + 0], 0.0); // image 1, R
+        assert_eq!(v[48], 0.0); // image 1, R
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn gradcam_heat_falls_on_the_leukocyte_of_a_trained_model() {
     // Half healthy (class 0, wide cytoplasm rim), half early pre-B blasts (class 1, thin rim):
     // the label is balanced and lies in the leukocyte's N:C ratio only.
     let draw = |seed: u64, i: usize| {
-        let class = if i % 2 == 0 { 0 } else { 1 };
+        let class = i % 2;
         render_field(class, size, &mut field_rng(seed, class, i))
     };
     let test: Vec<SynthField> = (0..32).map(|i| draw(12, i)).collect();

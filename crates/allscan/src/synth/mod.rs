@@ -380,7 +380,7 @@ mod tests {
     fn nucleus_lies_inside_the_cell_and_blasts_have_the_higher_nc_ratio() {
         let mut ratio = [0.0f64; 4];
         let n = 12;
-        for class in 0..4 {
+        for (class, ratio) in ratio.iter_mut().enumerate() {
             for index in 0..n {
                 let f = field(11, class, index, 128);
                 let [x0, y0, x1, y1] = f.leukocyte_bbox;
@@ -395,7 +395,7 @@ mod tests {
                         );
                     }
                 }
-                ratio[class] += nucleus_area(&f) / cell_area(&f) / n as f64;
+                *ratio += nucleus_area(&f) / cell_area(&f) / n as f64;
             }
         }
         println!("mean nucleus:cell area ratio per class {CLASSES:?}: {ratio:.3?}");
@@ -559,10 +559,10 @@ mod tests {
         let mut irregular = [0.0f64; 4];
         let n = 20;
         for index in 0..n {
-            for class in 0..4 {
+            for (class, irregular) in irregular.iter_mut().enumerate() {
                 let f = field(99, class, index, 160);
                 nc.push((class, nucleus_area(&f) / cell_area(&f)));
-                irregular[class] += nucleus_irregularity(&f) / n as f64;
+                *irregular += nucleus_irregularity(&f) / n as f64;
             }
         }
         let threshold = 0.55

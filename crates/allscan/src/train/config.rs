@@ -422,10 +422,10 @@ impl TrainConfig {
             return bad(format!("shards must be in 1..={} (the batch size), got {}", self.batch_size, self.shards));
         }
         for (name, s) in [("stage1", &self.stage1), ("stage2", &self.stage2)] {
-            if !(s.lr.is_finite() && s.lr > 0.0) || !(s.min_lr.is_finite() && s.min_lr >= 0.0) {
+            if !(s.lr.is_finite() && s.lr > 0.0 && s.min_lr.is_finite() && s.min_lr >= 0.0) {
                 return bad(format!("{name}: learning rates must be positive, got {} / {}", s.lr, s.min_lr));
             }
-            if !(s.weight_decay >= 0.0) || !(s.warmup_epochs >= 0.0) {
+            if s.weight_decay.is_nan() || s.weight_decay < 0.0 || s.warmup_epochs.is_nan() || s.warmup_epochs < 0.0 {
                 return bad(format!("{name}: weight decay and warm-up must be >= 0"));
             }
         }

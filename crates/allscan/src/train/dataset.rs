@@ -53,7 +53,9 @@ pub fn prepare(
     let bar = crate::train::progress::bar(jobs.len() as u64, "preprocessing", progress);
     let threads = crate::device::cpu_threads().max(1);
     let chunk = jobs.len().div_ceil(threads).max(1);
-    let results: Vec<Vec<(Part, Result<Sample, (String, String)>)>> = std::thread::scope(|s| {
+    // Per thread: (part, the sample or (path, why it could not be read)).
+    type Loaded = Vec<(Part, Result<Sample, (String, String)>)>;
+    let results: Vec<Loaded> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
             .map(|part_jobs| {
