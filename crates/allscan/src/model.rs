@@ -304,16 +304,7 @@ impl LeukemiaClassifier {
         match views {
             TestViews::Single => self.forward(images),
             TestViews::Dihedral => {
-                let view = |v: usize| {
-                    let mut x = if v & 4 != 0 { images.clone().swap_dims(2, 3) } else { images.clone() };
-                    if v & 1 != 0 {
-                        x = x.flip([3]);
-                    }
-                    if v & 2 != 0 {
-                        x = x.flip([2]);
-                    }
-                    self.forward(x) // [B, outputs]
-                };
+                let view = |v: usize| self.forward(dihedral_view(images.clone(), v)); // [B, outputs]
                 (1..8).fold(view(0), |sum, v| sum + view(v)).div_scalar(8.0)
             }
         }
@@ -402,6 +393,34 @@ impl LeukemiaClassifier {
     }
 }
 
+/// Symmetry `v` (0..8) of the square images `x` (`[B, C, H, H]`): transposed if bit 2 is set,
+/// then mirrored left-right if bit 0 is set, then upside down if bit 1 is set. `v = 0` is `x`.
+pub fn dihedral_view(x: Tensor<4>, v: usize) -> Tensor<4> {
+    let mut x = if v & 4 != 0 { x.swap_dims(2, 3) } else { x };
+    if v & 1 != 0 {
+        x = x.flip([3]);
+    }
+    if v & 2 != 0 {
+        x = x.flip([2]);
+    }
+    x
+}
+
+/// The inverse of [`dihedral_view`]: `undo_dihedral_view(dihedral_view(x, v), v) == x`.
+pub fn undo_dihedral_view(x: Tensor<4>, v: usize) -> Tensor<4> {
+    let mut x = x;
+    if v & 2 != 0 {
+        x = x.flip([2]);
+    }
+    if v & 1 != 0 {
+        x = x.flip([3]);
+    }
+    if v & 4 != 0 {
+        x = x.swap_dims(2, 3);
+    }
+    x
+}
+
 /// `[B, 1]` binary logits -> `[B]` P(leukemia); `[B, K]` subtype logits -> `[B, K]` softmax.
 pub fn probabilities(task: Task, logits: Tensor<2>) -> Tensor<2> {
     match task {
@@ -473,6 +492,21 @@ mod tests {
         }
         let json = serde_json::to_string(&ClassifierConfig { test_views: TestViews::Dihedral, ..cfg }).unwrap();
         assert!(json.contains("\"test_views\":\"dihedral\""), "{json}");
+    }
+
+    #[test]
+    fn the_eight_symmetries_are_distinct_and_undone() {
+        let device = Device::flex();
+        let x = Tensor::<4>::from_data(
+            burn::tensor::TensorData::new((0..18).map(|v| v as f32).collect::<Vec<_>>(), [1, 2, 3, 3]),
+            &device,
+        );
+        let read = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+        let views: Vec<Vec<f32>> = (0..8).map(|v| read(dihedral_view(x.clone(), v))).collect();
+        for v in 0..8 {
+            assert_eq!(read(undo_dihedral_view(dihedral_view(x.clone(), v), v)), read(x.clone()), "symmetry {v}");
+            assert!(views[..v].iter().all(|o| *o != views[v]), "symmetry {v} repeats an earlier one");
+        }
     }
 
     #[test]

@@ -9,10 +9,15 @@
 //! backbone's parameters need no gradient, so no autodiff copy of the model is made).
 //! Channel weights `a_c = mean_ij dy/dA_cij`; map `relu(sum_c a_c A_c)`, bilinearly upsampled
 //! to the input and divided by its maximum.
+//!
+//! A model that averages its logits over the 8 flips and rotations ([`TestViews::Dihedral`])
+//! is explained the same way: `y` is the averaged score of the class the averaged logits
+//! predict, each view's map `sum_c a_c A_c` is turned back to the input's orientation, and the
+//! maps are averaged before the ReLU. The map of a flipped field is then the flipped map.
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::model::{LeukemiaClassifier, Task};
+use crate::model::{dihedral_view, undo_dihedral_view, LeukemiaClassifier, Task, TestViews};
 
 /// Errors of the explanation stage.
 #[derive(Debug, thiserror::Error)]
@@ -144,25 +149,39 @@ impl Heatmap {
     }
 }
 
-/// Grad-CAM maps of `input` (`[B, 3, H, W]`, normalised) for `target`, one per view, at the
-/// input's size. `model` should be an inference copy (eval mode), on a non-autodiff device.
+/// Grad-CAM maps of `input` (`[B, 3, H, W]`, normalised) for `target`, one per input, at the
+/// input's size, for a model that averages `views` of each input. `model` should be an
+/// inference copy (eval mode), on a non-autodiff device.
 pub fn grad_cam(
     model: &LeukemiaClassifier,
     task: Task,
     input: Tensor<4>,
     target: CamTarget,
+    views: TestViews,
 ) -> Result<Vec<Heatmap>, ExplainError> {
     let [b, _, in_h, in_w] = input.dims();
-    let features = model.forward_features(input).without_autodiff(); // [B, C, h, w]
+    let symmetries: Vec<usize> = match views {
+        TestViews::Single => vec![0],
+        TestViews::Dihedral => (0..8).collect(),
+    };
+    let n = symmetries.len();
+    // Every view of every input, view-major: rows t*B..(t+1)*B are symmetry t.
+    let x = if n == 1 {
+        input
+    } else {
+        Tensor::cat(symmetries.iter().map(|&v| dihedral_view(input.clone(), v)).collect(), 0)
+    };
+    let features = model.forward_features(x).without_autodiff(); // [n*B, C, h, w]
     let [_, c, h, w] = features.dims();
     let leaf = features.clone().autodiff().require_grad();
-    let logits = model.forward_head(leaf.clone()); // [B, K]
+    let logits = model.forward_head(leaf.clone()); // [n*B, K]
     let k = logits.dims()[1];
     let values = read(logits.clone().without_autodiff().into_data())?;
-    // Per-view selection of the explained score: +-1 on one logit.
-    let mut select = vec![0f32; b * k];
+    // Per input, the explained score of the averaged logits: +-1/n on one logit of each view.
+    let mut select = vec![0f32; n * b * k];
     for i in 0..b {
-        let row = &values[i * k..(i + 1) * k];
+        let row: Vec<f32> =
+            (0..k).map(|j| (0..n).map(|t| values[(t * b + i) * k + j]).sum::<f32>() / n as f32).collect();
         let (idx, sign) = match (task, target) {
             (Task::Binary, CamTarget::Predicted) => (0, if row[0] >= 0.0 { 1.0 } else { -1.0 }),
             (Task::Binary, CamTarget::Class(_)) => (0, 1.0),
@@ -171,15 +190,25 @@ pub fn grad_cam(
             }
             (Task::Subtype { .. }, CamTarget::Class(j)) => (j.min(k - 1), 1.0),
         };
-        select[i * k + idx] = sign;
+        for t in 0..n {
+            select[(t * b + i) * k + idx] = sign / n as f32;
+        }
     }
     let device = logits.device();
-    let select = Tensor::<2>::from_data(TensorData::new(select, [b, k]), &device);
+    let select = Tensor::<2>::from_data(TensorData::new(select, [n * b, k]), &device);
     let score = (logits * select).sum();
     let grads = score.backward();
     let grad = leaf.grad(&grads).ok_or_else(|| ExplainError::Backend("no gradient reached the feature map".into()))?;
     let weights = grad.mean_dims(&[2, 3]); // [B, C, 1, 1]
-    let cam = (features * weights.without_autodiff()).sum_dim(1); // [B, 1, h, w]
+    let cam = (features * weights.without_autodiff()).sum_dim(1); // [n*B, 1, h, w]
+                                                                  // Each view's map back in the input's orientation, averaged over the views.
+    let cam = symmetries
+        .iter()
+        .enumerate()
+        .map(|(t, &v)| undo_dihedral_view(cam.clone().narrow(0, t * b, b), v))
+        .reduce(|sum, m| sum + m)
+        .ok_or_else(|| ExplainError::Backend("no view".into()))?
+        .div_scalar(n as f32); // [B, 1, h, w]
     let cam = read(cam.into_data())?;
     let plane = h * w;
     debug_assert_eq!(cam.len(), b * plane, "channels {c}");

@@ -62,7 +62,8 @@ pub fn explain_field(predictor: &Predictor, field: &RgbImage) -> Result<FieldExp
     let refs: Vec<&RgbImage> = views.images.iter().collect();
     for chunk in refs.chunks(predictor.batch_size()) {
         let x = predictor.input_tensor(chunk)?;
-        view_heat.extend(grad_cam(predictor.model(), predictor.model_config().task, x, CamTarget::Predicted)?);
+        let config = predictor.model_config();
+        view_heat.extend(grad_cam(predictor.model(), config.task, x, CamTarget::Predicted, config.test_views)?);
     }
     let field_heat = to_field(&views, &view_heat);
     Ok(FieldExplanation { prediction, views, view_heat, field_heat })

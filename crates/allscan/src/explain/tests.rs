@@ -102,7 +102,26 @@ fn gradcam_heat_falls_on_the_leukocyte_of_a_trained_model() {
     }
     let model = model.valid();
     let (x, _) = batch(&test, &Device::flex());
-    let maps = grad_cam(&model, Task::Binary, x, CamTarget::Predicted).unwrap();
+    let maps =
+        grad_cam(&model, Task::Binary, x.clone(), CamTarget::Predicted, crate::model::TestViews::Single).unwrap();
+    // With the 8 views averaged, the map of the mirrored fields is the mirrored map, and the
+    // averaged model's heat still falls on the leukocyte.
+    let dihedral = crate::model::TestViews::Dihedral;
+    let both = grad_cam(&model, Task::Binary, x.clone(), CamTarget::Predicted, dihedral).unwrap();
+    let mirrored = grad_cam(&model, Task::Binary, x.flip([3]), CamTarget::Predicted, dihedral).unwrap();
+    for (a, m) in both.iter().zip(&mirrored) {
+        let (w, h) = (a.width as usize, a.height as usize);
+        for y in 0..h {
+            for x in 0..w {
+                let (p, q) = (a.values[y * w + x], m.values[y * w + (w - 1 - x)]);
+                assert!((p - q).abs() < 1e-3, "dihedral Grad-CAM is not mirror-equivariant at ({x},{y}): {p} vs {q}");
+            }
+        }
+    }
+    let hot_dihedral =
+        test.iter().zip(&both).map(|(f, h)| h.hot_share_inside(f.leukocyte_bbox, 0.5).unwrap_or(0.0)).sum::<f32>()
+            / test.len() as f32;
+    assert!(hot_dihedral > 0.5, "dihedral Grad-CAM: hot region inside the leukocyte {hot_dihedral:.3}");
     let (mut mass, mut chance, mut hot, mut hits) = (0.0, 0.0, 0.0, 0usize);
     for (f, h) in test.iter().zip(&maps) {
         let b = f.leukocyte_bbox;
