@@ -2,9 +2,9 @@
 //! once per run) -> a randomly flipped / rotated / rescaled / shifted and colour-jittered view,
 //! written straight into the normalised `[3, H, W]` f32 layout the model reads.
 //!
-//! The colour jitter is deliberately strong (hue, saturation, brightness, contrast, per-channel
-//! stain gains, occasional grey): the project is judged on other labs' stains, so the model
-//! must not be able to lean on colour. Every random draw comes from the caller's ChaCha8 RNG,
+//! The colour jitter (hue, saturation, brightness, contrast, per-channel stain gains,
+//! occasional grey; strong in the paper profile, half strength in the cpu profile) is there
+//! because the project is judged on other labs' stains: the model must not lean on colour. Every random draw comes from the caller's ChaCha8 RNG,
 //! so a run is reproducible from its seed.
 
 use allscan_preprocess::Normalization;
