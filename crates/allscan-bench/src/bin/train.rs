@@ -85,8 +85,7 @@ fn main() -> anyhow::Result<()> {
             let l = loss(cfg.task, m.forward(x), t, w, 0.0).div_scalar(shards as f64);
             Ok((GradientsParams::from_grads(l.backward(), m), ()))
         })?;
-        model = replica;
-        model = optim.step(1e-4, model, grads);
+        model = optim.step(1e-4, replica, grads);
         // Force the update to finish before the clock stops.
         let _ = model.fc2.weight.val().into_data();
         if i > 0 {

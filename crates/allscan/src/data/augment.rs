@@ -4,8 +4,9 @@
 //!
 //! The colour jitter (hue, saturation, brightness, contrast, per-channel stain gains,
 //! occasional grey; strong in the paper profile, half strength in the cpu profile) is there
-//! because the project is judged on other labs' stains: the model must not lean on colour. Every random draw comes from the caller's ChaCha8 RNG,
-//! so a run is reproducible from its seed.
+//! because the project is judged on other labs' stains: the model must not lean on colour.
+//! Every random draw comes from the caller's ChaCha8 RNG, so a run is reproducible from its
+//! seed.
 
 use allscan_preprocess::Normalization;
 use image::RgbImage;

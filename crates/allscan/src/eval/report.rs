@@ -395,8 +395,8 @@ pub fn render_report(input: &ReportInput) -> String {
             let _ = write!(
                 h,
                 "<p>Threshold {:.4}, chosen on the validation part ({} leukemia, {} healthy \
-                 images) for sensitivity &ge; {:.3}, at the best validation specificity, midway between the nearest healthy and leukemia scores; \
-                 there it reached \
+                 images) for sensitivity &ge; {:.3}, at the best validation specificity, midway between \
+                 the nearest healthy and leukemia scores; there it reached \
                  sensitivity {} and specificity {}. On this test part: sensitivity {}, \
                  specificity {}.</p>",
                 t.threshold,

@@ -199,16 +199,11 @@ pub fn grad_cam(
     let score = (logits * select).sum();
     let grads = score.backward();
     let grad = leaf.grad(&grads).ok_or_else(|| ExplainError::Backend("no gradient reached the feature map".into()))?;
-    let weights = grad.mean_dims(&[2, 3]); // [B, C, 1, 1]
+    let weights = grad.mean_dims(&[2, 3]); // [n*B, C, 1, 1]
     let cam = (features * weights.without_autodiff()).sum_dim(1); // [n*B, 1, h, w]
                                                                   // Each view's map back in the input's orientation, averaged over the views.
-    let cam = symmetries
-        .iter()
-        .enumerate()
-        .map(|(t, &v)| undo_dihedral_view(cam.clone().narrow(0, t * b, b), v))
-        .reduce(|sum, m| sum + m)
-        .ok_or_else(|| ExplainError::Backend("no view".into()))?
-        .div_scalar(n as f32); // [B, 1, h, w]
+    let view = |t: usize| undo_dihedral_view(cam.clone().narrow(0, t * b, b), symmetries[t]);
+    let cam = (1..n).fold(view(0), |sum, t| sum + view(t)).div_scalar(n as f32); // [B, 1, h, w]
     let cam = read(cam.into_data())?;
     let plane = h * w;
     debug_assert_eq!(cam.len(), b * plane, "channels {c}");

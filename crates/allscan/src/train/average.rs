@@ -46,13 +46,7 @@ struct Write<'a> {
 impl ModuleMapper for Write<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let Some(v) = self.values.next() else { return param };
-        param.map(|t| {
-            let shape = t.shape();
-            if shape.num_elements() != v.len() {
-                return t;
-            }
-            Tensor::from_data(TensorData::new(v.clone(), shape), &t.device())
-        })
+        param.map(|t| Tensor::from_data(TensorData::new(v.clone(), t.shape()), &t.device()))
     }
 }
 
@@ -77,13 +71,8 @@ impl WeightAverage {
     /// Folds `model`'s current values into the average.
     pub fn update(&mut self, model: &LeukemiaClassifier) {
         let d = self.next_decay() as f32;
-        let current = tensors(model);
-        debug_assert_eq!(current.len(), self.values.len(), "the model's structure changed under its average");
-        for (avg, cur) in self.values.iter_mut().zip(&current) {
-            if avg.len() != cur.len() {
-                *avg = cur.clone();
-                continue;
-            }
+        // The same model throughout a stage, so the same tensors in the same order.
+        for (avg, cur) in self.values.iter_mut().zip(tensors(model)) {
             for (a, c) in avg.iter_mut().zip(cur) {
                 *a = d * *a + (1.0 - d) * c;
             }

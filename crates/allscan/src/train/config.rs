@@ -183,7 +183,8 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// Best-epoch and early-stopping figure.
     pub select_on: SelectOn,
-    /// The decision threshold is the largest whose validation sensitivity reaches this.
+    /// The decision threshold reaches this validation sensitivity, at the best validation
+    /// specificity that allows (`eval::metrics::threshold_for_sensitivity`).
     pub target_sensitivity: f64,
     /// Gradient-norm clipping (`None`: off).
     pub clip_grad_norm: Option<f64>,

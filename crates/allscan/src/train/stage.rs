@@ -456,25 +456,24 @@ impl StageRun<'_> {
                 bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
             }
             bar.finish_and_clear();
-            // The weights validation judges: the average when there is one, else the model.
-            let judged = match &average {
-                Some(a) => a.model(&model).train(),
-                None => model.clone(),
+            let recalibrate = |m: LeukemiaClassifier| match (inputs, self.train.bn_recalibration_batches) {
+                (Inputs::Images, k @ 1..) => {
+                    recalibrate_batchnorm(m, self.train_set, &order, k, self.train.batch_size, self.norm, self.device)
+                }
+                _ => m,
             };
-            let judged = match (inputs, self.train.bn_recalibration_batches) {
-                (Inputs::Images, k @ 1..) => recalibrate_batchnorm(
-                    judged,
-                    self.train_set,
-                    &order,
-                    k,
-                    self.train.batch_size,
-                    self.norm,
-                    self.device,
-                ),
-                _ => judged,
+            // The weights validation judges: the average when there is one (checkpointed as
+            // averaged; its re-estimated statistics go to a separate copy), else the model,
+            // which carries its re-estimated statistics on.
+            let averaged = average.as_ref().map(|a| a.model(&model));
+            let valid = match &averaged {
+                Some(avg) => recalibrate(avg.clone().train()).valid(),
+                None => {
+                    model = recalibrate(model);
+                    model.valid()
+                }
             };
             // Validation: early stopping, best epoch.
-            let valid = judged.valid();
             // Per-epoch validation on single views (cheap); the final threshold and test report
             // use the model's test views.
             let ev = evaluate(
@@ -545,12 +544,8 @@ impl StageRun<'_> {
             let stop = self.cfg.patience.is_some_and(|p| state.bad_epochs >= p);
             state.stage_done = stop || epoch + 1 == self.cfg.epochs;
             super::write_metrics(self.run_dir, &state.history)?;
-            // Without an average, the model carries the re-estimated statistics on (as before).
-            if average.is_none() {
-                model = judged;
-            }
-            let avg = average.as_ref().map(|a| (a.model(&model), a.updates()));
-            checkpoint::save(self.run_dir, state, &model, Some(&optim), avg.as_ref().map(|(m, u)| (m, *u)))?;
+            let avg = averaged.as_ref().zip(average.as_ref().map(WeightAverage::updates));
+            checkpoint::save(self.run_dir, state, &model, Some(&optim), avg)?;
             if stop {
                 log.line(&format!(
                     "stage {}: early stop after {} epochs without a better validation {}",
