@@ -3,8 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cell::CellConfig;
 use crate::decode::DecodeLimits;
 use crate::normalize::Normalization;
+use crate::scale::ScaleConfig;
 use crate::stain::StainNormalization;
 
 /// How a field is segmented before the model sees it.
@@ -21,6 +23,10 @@ pub enum SegmentMode {
     /// No segmentation: the whole field, resized. For small from-scratch models that see
     /// the cell in its context (the `cpu` training profile).
     Field,
+    /// Every white cell ([`crate::find_white_cells`]), each cut at one physical window
+    /// ([`CellViewConfig::window_um`]) at the field's estimated scale, with everything outside
+    /// the cell replaced by a flat fill: the model judges a cell, not a lab's field.
+    Cell,
 }
 
 impl std::fmt::Display for SegmentMode {
@@ -29,6 +35,7 @@ impl std::fmt::Display for SegmentMode {
             SegmentMode::AriaHsv => "aria-hsv",
             SegmentMode::Nucleus => "nucleus",
             SegmentMode::Field => "field",
+            SegmentMode::Cell => "cell",
         })
     }
 }
@@ -41,7 +48,8 @@ impl std::str::FromStr for SegmentMode {
             "aria-hsv" => Ok(SegmentMode::AriaHsv),
             "nucleus" => Ok(SegmentMode::Nucleus),
             "field" => Ok(SegmentMode::Field),
-            other => Err(format!("unknown view `{other}` (field, nucleus or aria-hsv)")),
+            "cell" => Ok(SegmentMode::Cell),
+            other => Err(format!("unknown view `{other}` (cell, field, nucleus or aria-hsv)")),
         }
     }
 }
@@ -142,6 +150,55 @@ impl Default for NucleusConfig {
     }
 }
 
+/// How a cell crop's colours reach the model (`cell` mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CellColour {
+    /// Grey levels (luminance), standardised over the cell's pixels: no stain hue at all.
+    #[default]
+    Grey,
+    /// RGB, each channel standardised over the cell's pixels (a per-cell Reinhard-like
+    /// normalisation).
+    Rgb,
+}
+
+/// `cell` mode: how each white cell becomes a model input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CellViewConfig {
+    /// Side of the square window around each cell, in micrometres; it is resampled to
+    /// `input_size`, so the model sees every source at `window_um / input_size` um per pixel.
+    pub window_um: f32,
+    /// The cell mask is grown by this much before everything outside it is filled.
+    pub mask_margin_um: f32,
+    /// Grey level of the fill outside the cell (0..255), the same for every source.
+    pub fill: u8,
+    /// Colour handling of the cell's pixels.
+    pub colour: CellColour,
+    /// Largest number of cells scored per field (dominant cell first, then by area).
+    pub max_cells: usize,
+    /// Physical scale estimation (red cells, a given scale, or the stated fallback).
+    pub scale: ScaleConfig,
+    /// The white-cell finder.
+    pub finder: CellConfig,
+}
+
+impl Default for CellViewConfig {
+    fn default() -> Self {
+        Self {
+            // 24 um holds the largest blasts (~20 um); at 64 px that is 0.375 um/px, Aria's own
+            // resolution (a red cell ~20 px), so no source is upsampled (see docs/DESIGN.md).
+            window_um: 24.0,
+            mask_margin_um: 0.3,
+            fill: 224,
+            colour: CellColour::Grey,
+            max_cells: 64,
+            scale: ScaleConfig::default(),
+            finder: CellConfig::default(),
+        }
+    }
+}
+
 /// All preprocessing settings of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -154,6 +211,8 @@ pub struct PreprocessConfig {
     pub roi: RoiConfig,
     /// Nucleus finder settings (`nucleus` mode).
     pub nucleus: NucleusConfig,
+    /// Per-cell views (`cell` mode).
+    pub cell: CellViewConfig,
     /// Per-channel mean/std normalisation of the model input (ImageNet by default, because
     /// the backbone was pretrained with it).
     pub normalization: Normalization,
@@ -170,6 +229,7 @@ impl Default for PreprocessConfig {
             input_size: 224,
             roi: RoiConfig::default(),
             nucleus: NucleusConfig::default(),
+            cell: CellViewConfig::default(),
             normalization: Normalization::default(),
             stain: None,
             decode: DecodeLimits::default(),

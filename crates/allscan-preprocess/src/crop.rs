@@ -106,7 +106,7 @@ pub fn resize_field(img: &RgbImage, size: u32) -> RgbImage {
 /// compare the two on up- and down-scaling. Why not call it: it samples pixel by pixel through
 /// a generic 4-channel path and rounds with a libm call per channel, which made it a third of
 /// the `nucleus` mode's time; here each pass runs over whole rows.
-fn resize_triangle(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
+pub(crate) fn resize_triangle(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 || nw == 0 || nh == 0 {
         return RgbImage::new(nw, nh);

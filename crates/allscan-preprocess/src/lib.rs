@@ -5,16 +5,22 @@
 //! order: [`decode`] -> [`hsv`] (the authors' recipe) / [`nucleus`] (the robust finder) ->
 //! [`crop`] -> [`stain`] -> [`normalize`]; [`config`] holds the one settings tree.
 
+pub mod cell;
+pub mod cellcrop;
 pub mod config;
 pub mod crop;
 pub mod decode;
 pub mod hsv;
 pub mod normalize;
 pub mod nucleus;
+pub mod scale;
 pub mod sheet;
 pub mod stain;
 
-pub use config::{NucleusConfig, PreprocessConfig, RoiConfig, RoiViews, SegmentMode};
+pub use cell::{find_white_cells, CellConfig, CellFlag, CellResult, WhiteCell};
+pub use cellcrop::{cell_crops, cut_cell, CellCrop};
+pub use config::{CellColour, CellViewConfig, NucleusConfig, PreprocessConfig, RoiConfig, RoiViews, SegmentMode};
+pub use scale::{estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScaleSource, RED_CELL_DIAMETER_UM};
 pub use crop::{largest_nucleus_crop, resize_field, roi_crops, CropRegion, RoiCrop};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
 pub use hsv::{apply_mask, aria_hsv_mask, aria_hsv_segment, opencv_rgb2hsv};
@@ -61,14 +67,46 @@ pub struct PreparedViews {
     pub regions: Vec<Option<CropRegion>>,
     /// Index of each view's nucleus in `nuclei` (`None` for a whole-field view).
     pub nucleus_of_view: Vec<Option<usize>>,
-    /// Every nucleus found, largest first (empty outside `nucleus` mode).
+    /// Every nucleus found, largest first (empty outside `nucleus` and `cell` modes).
     pub nuclei: Vec<BBox>,
+    /// `cell` mode: every white cell found, dominant first (views follow this order).
+    pub cells: Vec<WhiteCell>,
+    /// `cell` mode: the field's scale and where it came from.
+    pub scale: Option<ScaleEstimate>,
 }
 
 impl PreparedViews {
     fn whole(image: RgbImage, nuclei: Vec<BBox>) -> Self {
-        PreparedViews { images: vec![image], regions: vec![None], nucleus_of_view: vec![None], nuclei }
+        PreparedViews {
+            images: vec![image],
+            regions: vec![None],
+            nucleus_of_view: vec![None],
+            nuclei,
+            cells: Vec::new(),
+            scale: None,
+        }
     }
+}
+
+/// `cell` mode on a decoded field: scale, white cells, one crop per cell. A field with no white
+/// cell gives no view (a result, not an error: "no white cell found").
+pub fn prepare_cells(img: &RgbImage, cfg: &PreprocessConfig) -> (PreparedViews, CellResult) {
+    let scale = estimate_scale(img, &cfg.cell.scale);
+    let found = find_white_cells(img, &cfg.cell.finder, &scale);
+    let field = match &cfg.stain {
+        Some(s) => s.apply(img),
+        None => img.clone(),
+    };
+    let crops = cell_crops(&field, &found, &cfg.cell, cfg.input_size);
+    let views = PreparedViews {
+        regions: crops.iter().map(|c| Some(c.region)).collect(),
+        nucleus_of_view: crops.iter().map(|c| Some(c.cell_index)).collect(),
+        images: crops.into_iter().map(|c| c.image).collect(),
+        nuclei: found.cells.iter().map(|c| c.nucleus).collect(),
+        cells: found.cells.clone(),
+        scale: Some(found.scale.clone()),
+    };
+    (views, found)
 }
 
 /// [`prepare_input`], keeping each view's region and nucleus.
@@ -91,6 +129,7 @@ pub fn prepare_views(img: &RgbImage, cfg: &PreprocessConfig) -> Result<PreparedV
             Ok(PreparedViews::whole(resize_field(&segmented, size), Vec::new()))
         }
         SegmentMode::Field => Ok(PreparedViews::whole(resize_field(&stained(img), size), Vec::new())),
+        SegmentMode::Cell => Ok(prepare_cells(img, cfg).0),
         SegmentMode::Nucleus => {
             let found = find_nuclei(img, &cfg.nucleus);
             let field = stained(img);
@@ -106,6 +145,8 @@ pub fn prepare_views(img: &RgbImage, cfg: &PreprocessConfig) -> Result<PreparedV
                     nucleus_of_view: crops.iter().map(|c| Some(c.nucleus_index)).collect(),
                     images: crops.into_iter().map(|c| c.image).collect(),
                     nuclei,
+                    cells: Vec::new(),
+                    scale: None,
                 })
             } else if roi.fallback_to_field {
                 Ok(PreparedViews::whole(resize_field(&field, size), nuclei))

@@ -6,15 +6,19 @@
 //! and the server can report decode errors their own way). Output: one [`FieldPrediction`]
 //! per field, with one [`CellPrediction`] per model view and every nucleus box found.
 //!
-//! Aggregation rule (ROI mode, several crops per field): the field's `p_leukemia` is the
-//! **highest** `p_leukemia` among its cells (one blast is enough to flag a field), and the
-//! field's class probabilities are those of that most suspicious cell. The field is called
+//! Aggregation rule (ROI and cell modes, several crops per field): the field's `p_leukemia` is
+//! the **highest** `p_leukemia` among its cells (one blast is enough to flag a field), and the
+//! field's class probabilities are those of that most suspicious cell. In `cell` mode, cells
+//! flagged small (platelet-sized) or smudged are scored and listed but do not decide the field,
+//! and a field with no white cell is reported as such ([`NO_WHITE_CELL`]), not as healthy. The field is called
 //! `leukemia` when `p_leukemia >= threshold` (the bundle's decision threshold). With one view
 //! per field (whole-field mode, or `roi.views = largest`) the rule reduces to that view.
 //!
 //! Research use only, not a diagnostic device.
 
-use allscan_preprocess::{prepare_views, to_chw_normalized, BBox, PreprocessConfig, PreprocessError};
+use allscan_preprocess::{
+    prepare_views, to_chw_normalized, BBox, CellFlag, PreprocessConfig, PreprocessError, ScaleEstimate, WhiteCell,
+};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
@@ -26,8 +30,10 @@ use crate::model::{probabilities, ClassifierConfig, LeukemiaClassifier, Task};
 pub const LEUKEMIA: &str = "leukemia";
 /// Label below the threshold.
 pub const HEALTHY: &str = "healthy";
+/// The call of a field in which no white cell was found (`cell` mode).
+pub const NO_WHITE_CELL: &str = "no white cell found";
 /// The documented aggregation rule, as reported in outputs.
-pub const AGGREGATION_RULE: &str = "max p_leukemia over cells";
+pub const AGGREGATION_RULE: &str = "max p_leukemia over cells (cell mode: over cells not flagged small or smudge)";
 /// Default number of views per forward pass.
 pub const DEFAULT_BATCH: usize = 8;
 
@@ -78,6 +84,12 @@ pub struct FieldViews {
     pub nucleus_of_view: Vec<Option<usize>>,
     /// Every nucleus the finder found (empty in `aria-hsv` mode), largest first.
     pub nuclei: Vec<BBox>,
+    /// `cell` mode: every white cell, in view order.
+    pub cells: Vec<WhiteCell>,
+    /// `cell` mode: the field's scale.
+    pub scale: Option<ScaleEstimate>,
+    /// Whether the preprocessing cuts cells (so zero views means no white cell).
+    pub cell_mode: bool,
     /// Field size.
     pub width: u32,
     /// Field size.
@@ -91,6 +103,12 @@ pub struct CellPrediction {
     pub region: Region,
     /// The nucleus box of this view, if it is a nucleus crop.
     pub nucleus: Option<BBox>,
+    /// `cell` mode: the whole white cell's box (nucleus + cytoplasm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<BBox>,
+    /// `cell` mode: what the finder noticed about this cell (touches the border, small, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<CellFlag>,
     /// `leukemia` or `healthy` at the predictor's threshold.
     pub prediction: String,
     /// Probability of any leukemia class.
@@ -127,12 +145,27 @@ pub struct FieldPrediction {
     pub cells: Vec<CellPrediction>,
     /// Every nucleus found in the field (boxes for display), largest first.
     pub nuclei: Vec<BBox>,
+    /// `cell` mode: micrometres per pixel of the field and where that came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<ScaleEstimate>,
     /// Field width.
     pub width: u32,
     /// Field height.
     pub height: u32,
     /// Decision threshold used.
     pub threshold: f64,
+}
+
+impl FieldPrediction {
+    /// Whether the field had no white cell to judge (`cell` mode).
+    pub fn no_white_cell(&self) -> bool {
+        self.prediction == NO_WHITE_CELL
+    }
+}
+
+/// Whether a cell may decide its field (see the module docs).
+fn decides(c: &CellPrediction) -> bool {
+    !c.flags.iter().any(|f| matches!(f, CellFlag::Small | CellFlag::Smudge))
 }
 
 /// A loaded model plus everything needed to repeat training's preprocessing.
@@ -220,6 +253,20 @@ impl Predictor {
         self
     }
 
+    /// Sets the fields' physical scale (micrometres per pixel) instead of estimating it from
+    /// red cells (`cell` mode; ignored by other modes).
+    pub fn with_um_per_px(mut self, um_per_px: Option<f32>) -> Self {
+        if um_per_px.is_some() {
+            self.preprocess.cell.scale.um_per_px = um_per_px;
+        }
+        self
+    }
+
+    /// Whether the model scores white cells at a physical scale (`cell` mode).
+    pub fn cell_mode(&self) -> bool {
+        self.preprocess.mode == allscan_preprocess::SegmentMode::Cell
+    }
+
     /// Overrides the decision threshold (clamped to [0, 1]).
     pub fn with_threshold(mut self, threshold: f64) -> Self {
         self.threshold = threshold.clamp(0.0, 1.0);
@@ -290,6 +337,9 @@ impl Predictor {
             regions,
             nucleus_of_view: v.nucleus_of_view,
             nuclei: v.nuclei,
+            cells: v.cells,
+            scale: v.scale,
+            cell_mode: self.preprocess.mode == allscan_preprocess::SegmentMode::Cell,
             width,
             height,
         })
@@ -325,6 +375,19 @@ impl Predictor {
                 return Err(InferError::Output(format!("{} values for {} views x {k}", flat.len(), chunk.len())));
             }
             out.extend(flat.chunks(k).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    }
+
+    /// Pooled backbone features of views, `[N][C]` (the head's input), in batches.
+    pub fn view_embeddings(&self, views: &[&RgbImage]) -> Result<Vec<Vec<f32>>, InferError> {
+        let mut out = Vec::with_capacity(views.len());
+        for chunk in views.chunks(self.batch_size) {
+            let x = self.input_tensor(chunk)?;
+            let pooled = densenet_burn::DenseNet::pool(self.model.forward_features(x)); // [b, C]
+            let c = pooled.dims()[1];
+            let flat = pooled.into_data().try_to_vec::<f32>().map_err(|e| InferError::Output(format!("{e:?}")))?;
+            out.extend(flat.chunks(c.max(1)).map(<[f32]>::to_vec));
         }
         Ok(out)
     }
@@ -371,19 +434,37 @@ impl Predictor {
             Task::Binary => None,
             Task::Subtype { .. } => probabilities.iter().max_by(|a, b| a.p.total_cmp(&b.p)).map(|c| c.class.clone()),
         };
-        CellPrediction { region, nucleus, prediction: self.label(p_leukemia), p_leukemia, subtype, probabilities }
+        CellPrediction {
+            region,
+            nucleus,
+            cell: None,
+            flags: Vec::new(),
+            prediction: self.label(p_leukemia),
+            p_leukemia,
+            subtype,
+            probabilities,
+        }
     }
 
     /// Aggregates a field's cells with the module's rule.
     fn aggregate(&self, views: &FieldViews, cells: Vec<CellPrediction>) -> FieldPrediction {
-        let decisive =
-            cells.iter().enumerate().max_by(|a, b| a.1.p_leukemia.total_cmp(&b.1.p_leukemia)).map_or(0, |(i, _)| i);
+        // Cells that may decide; if none may, every cell does (a lone flagged cell is still a cell).
+        let any_decides = cells.iter().any(decides);
+        let decisive = cells
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !any_decides || decides(c))
+            .max_by(|a, b| a.1.p_leukemia.total_cmp(&b.1.p_leukemia))
+            .map_or(0, |(i, _)| i);
         let (p_leukemia, subtype, probabilities) = match cells.get(decisive) {
             Some(c) => (c.p_leukemia, c.subtype.clone(), c.probabilities.clone()),
             None => (0.0, None, Vec::new()),
         };
+        let prediction =
+            if views.cell_mode && cells.is_empty() { NO_WHITE_CELL.to_string() } else { self.label(p_leukemia) };
         FieldPrediction {
-            prediction: self.label(p_leukemia),
+            scale: views.scale.clone(),
+            prediction,
             p_leukemia,
             subtype,
             probabilities,
@@ -418,7 +499,12 @@ impl Predictor {
                 for (i, region) in v.regions.iter().enumerate() {
                     let p = next.next().ok_or_else(|| InferError::Output("fewer outputs than views".into()))?;
                     let nucleus = v.nucleus_of_view[i].and_then(|n| v.nuclei.get(n).copied());
-                    cells.push(self.cell(&p, *region, nucleus));
+                    let mut cell = self.cell(&p, *region, nucleus);
+                    if let Some(wc) = v.nucleus_of_view[i].and_then(|n| v.cells.get(n)) {
+                        cell.cell = Some(wc.cell);
+                        cell.flags = wc.flags.clone();
+                    }
+                    cells.push(cell);
                 }
                 Ok(self.aggregate(&v, cells))
             })

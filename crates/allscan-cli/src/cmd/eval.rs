@@ -55,6 +55,9 @@ pub struct EvalArgs {
     /// cpu, cuda or wgpu.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// A sources dataset (allscan-sources.json): score only this source's images.
+    #[arg(long)]
+    pub source: Option<String>,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -80,6 +83,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         allow_preprocess_mismatch: args.allow_preprocess_mismatch,
         device,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        source: args.source,
         ..EvalRequest::new(&args.run, &args.data, &out)
     };
     let outcome = allscan::eval::evaluate(&req)

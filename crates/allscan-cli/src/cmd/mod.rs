@@ -7,6 +7,7 @@ pub mod demo_data;
 pub mod eval;
 pub mod explain;
 pub mod predict;
+pub mod probe;
 pub mod segment;
 pub mod serve;
 pub mod train;

@@ -37,6 +37,10 @@ pub struct PredictArgs {
     /// Override the bundle's decision threshold on p_leukemia.
     #[arg(long)]
     pub threshold: Option<f64>,
+    /// Micrometres per pixel of these images (cell models), instead of the estimate from
+    /// their red cells.
+    #[arg(long, value_name = "UM")]
+    pub um_per_px: Option<f32>,
 }
 
 /// `--format` values.
@@ -115,10 +119,74 @@ struct Row {
     field: FieldPrediction,
 }
 
+/// What a folder of fields adds up to (cell models): white cells, cells called blast, and
+/// the blast fraction with a Wilson 95% interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Fields predicted.
+    pub fields: usize,
+    /// Fields with no white cell.
+    pub fields_without_cells: usize,
+    /// Fields called leukemia.
+    pub fields_flagged: usize,
+    /// White cells scored (flagged small / smudge cells excluded).
+    pub white_cells: usize,
+    /// Of those, called blast (leukemia) at the threshold.
+    pub blasts: usize,
+    /// `blasts / white_cells`.
+    pub blast_fraction: f64,
+    /// Wilson score 95% interval of the blast fraction.
+    pub blast_fraction_ci95: [f64; 2],
+}
+
+impl Summary {
+    /// The summary of predicted fields.
+    pub fn of<'a>(fields: impl IntoIterator<Item = &'a FieldPrediction>) -> Self {
+        let (mut n, mut empty, mut flagged, mut cells, mut blasts) = (0, 0, 0, 0, 0);
+        for f in fields {
+            n += 1;
+            empty += usize::from(f.no_white_cell());
+            flagged += usize::from(f.prediction == allscan::infer::LEUKEMIA);
+            for c in &f.cells {
+                if c.flags.iter().any(|x| matches!(x, allscan_preprocess::CellFlag::Small | allscan_preprocess::CellFlag::Smudge)) {
+                    continue;
+                }
+                cells += 1;
+                blasts += usize::from(c.prediction == allscan::infer::LEUKEMIA);
+            }
+        }
+        let frac = if cells > 0 { blasts as f64 / cells as f64 } else { 0.0 };
+        Summary {
+            fields: n,
+            fields_without_cells: empty,
+            fields_flagged: flagged,
+            white_cells: cells,
+            blasts,
+            blast_fraction: frac,
+            blast_fraction_ci95: wilson(blasts, cells),
+        }
+    }
+}
+
+/// Wilson score 95% interval of `k / n` (`[0, 1]` for `n = 0`).
+pub fn wilson(k: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let (z, nf) = (1.959_964f64, n as f64);
+    let p = k as f64 / nf;
+    let d = 1.0 + z * z / nf;
+    let c = (p + z * z / (2.0 * nf)) / d;
+    let h = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / d;
+    [(c - h).max(0.0), (c + h).min(1.0)]
+}
+
 #[derive(Debug, Serialize)]
 struct JsonOut<'a> {
     results: &'a [Row],
     failed: &'a [Failure],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<Summary>,
     aggregation: &'a str,
     threshold: f64,
     notice: &'a str,
@@ -131,7 +199,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         Some(t) => predictor.with_threshold(t),
         None => predictor,
     };
-    let predictor = predictor.with_batch_size(args.batch.max(1));
+    if let Some(u) = args.um_per_px {
+        anyhow::ensure!(u.is_finite() && u > 0.0 && u < 100.0, "--um-per-px {u} must be a positive number of micrometres");
+    }
+    let predictor = predictor.with_batch_size(args.batch.max(1)).with_um_per_px(args.um_per_px);
     let mut failed = Vec::new();
     let files = collect_images(&args.paths, &mut failed);
     let limits = predictor.preprocess().decode;
@@ -171,6 +242,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
             let j = JsonOut {
                 results: &rows,
                 failed: &failed,
+                summary: predictor.cell_mode().then(|| Summary::of(rows.iter().map(|r| &r.field))),
                 aggregation: AGGREGATION_RULE,
                 threshold: predictor.threshold(),
                 notice: "Research use only, not a diagnostic device.",
@@ -207,8 +279,15 @@ fn write_csv(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -> 
         header.push("subtype".into());
         header.extend(p.class_names().iter().map(|c| format!("p_{c}")));
     }
+    let scale = p.cell_mode();
+    if scale {
+        header.extend(["um_per_px", "scale_source"].map(String::from));
+    }
     if cells {
         header.extend(["n_cells", "level", "cell", "x", "y", "width", "height"].map(String::from));
+        if scale {
+            header.extend(["cell_x", "cell_y", "cell_width", "cell_height", "flags"].map(String::from));
+        }
     }
     writeln!(out, "{}", header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","))?;
     for r in rows {
@@ -218,9 +297,16 @@ fn write_csv(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -> 
             line.push(csv_field(f.subtype.as_deref().unwrap_or("")));
             line.extend(f.probabilities.iter().map(|c| format!("{:.6}", c.p)));
         }
+        let scale_cols = scale_columns(f);
+        if scale {
+            line.extend(scale_cols.clone());
+        }
         if cells {
             line.extend([r.n_cells.to_string(), "field".into(), String::new()]);
             line.extend([0.to_string(), 0.to_string(), f.width.to_string(), f.height.to_string()]);
+            if scale {
+                line.extend(["", "", "", "", ""].map(String::from));
+            }
         }
         writeln!(out, "{}", line.join(","))?;
         if cells {
@@ -230,6 +316,9 @@ fn write_csv(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -> 
                     line.push(csv_field(c.subtype.as_deref().unwrap_or("")));
                     line.extend(c.probabilities.iter().map(|x| format!("{:.6}", x.p)));
                 }
+                if scale {
+                    line.extend(scale_cols.clone());
+                }
                 line.extend([r.n_cells.to_string(), "cell".into(), i.to_string()]);
                 line.extend([
                     c.region.x.to_string(),
@@ -237,6 +326,14 @@ fn write_csv(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -> 
                     c.region.width.to_string(),
                     c.region.height.to_string(),
                 ]);
+                if scale {
+                    match c.cell {
+                        Some(b) => line.extend([b.x, b.y, b.width, b.height].map(|v| v.to_string())),
+                        None => line.extend(["", "", "", ""].map(String::from)),
+                    }
+                    let flags: Vec<String> = c.flags.iter().map(|f| flag_name(*f)).collect();
+                    line.push(flags.join(" "));
+                }
                 writeln!(out, "{}", line.join(","))?;
             }
         }
@@ -244,9 +341,28 @@ fn write_csv(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -> 
     Ok(())
 }
 
+/// `um_per_px,scale_source` of a field (empty without a scale).
+fn scale_columns(f: &FieldPrediction) -> Vec<String> {
+    match &f.scale {
+        Some(s) => vec![format!("{:.4}", s.um_per_px), scale_source_name(s.source)],
+        None => vec![String::new(), String::new()],
+    }
+}
+
+fn scale_source_name(s: allscan_preprocess::ScaleSource) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn flag_name(f: allscan_preprocess::CellFlag) -> String {
+    serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
 fn write_table(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -> std::io::Result<()> {
     let width = rows.iter().map(|r| r.path.len()).max().unwrap_or(4).clamp(4, 80);
     write!(out, "{:<width$}  {:<10}  {:>10}  {:>7}", "path", "prediction", "p_leukemia", "n_cells")?;
+    if p.cell_mode() {
+        write!(out, "  {:>9}  {:<10}", "um_per_px", "scale")?;
+    }
     if p.is_subtype() {
         write!(out, "  subtype")?;
     }
@@ -254,6 +370,10 @@ fn write_table(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -
     for r in rows {
         let f = &r.field;
         write!(out, "{:<width$}  {:<10}  {:>10.4}  {:>7}", r.path, f.prediction, f.p_leukemia, r.n_cells)?;
+        if p.cell_mode() {
+            let c = scale_columns(f);
+            write!(out, "  {:>9}  {:<10}", c[0], c[1])?;
+        }
         if let Some(s) = &f.subtype {
             write!(out, "  {s}")?;
         }
@@ -275,6 +395,22 @@ fn write_table(out: &mut impl Write, p: &Predictor, rows: &[Row], cells: bool) -
                 )?;
             }
         }
+    }
+    if p.cell_mode() {
+        let s = Summary::of(rows.iter().map(|r| &r.field));
+        writeln!(
+            out,
+            "summary: {} field(s), {} flagged, {} without a white cell; {} white cell(s), {} called blast \
+             (blast fraction {:.1}%, 95% CI {:.1}-{:.1}%)",
+            s.fields,
+            s.fields_flagged,
+            s.fields_without_cells,
+            s.white_cells,
+            s.blasts,
+            100.0 * s.blast_fraction,
+            100.0 * s.blast_fraction_ci95[0],
+            100.0 * s.blast_fraction_ci95[1]
+        )?;
     }
     writeln!(
         out,

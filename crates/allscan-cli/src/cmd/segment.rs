@@ -45,6 +45,9 @@ pub enum ModeArg {
     AriaHsv,
     /// The stain-robust nucleus finder (default).
     Nucleus,
+    /// Every white cell at the field's physical scale: masks/ holds 255 = nucleus, 128 =
+    /// cytoplasm; crops/ the model's per-cell views; cells.csv one row per cell with its scale.
+    Cell,
 }
 
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp", "gif"];
@@ -60,6 +63,7 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     cfg.mode = match args.mode {
         ModeArg::AriaHsv => SegmentMode::AriaHsv,
         ModeArg::Nucleus => SegmentMode::Nucleus,
+        ModeArg::Cell => SegmentMode::Cell,
     };
     let single_file = args.path.is_file();
     let (root, files) = if single_file {
@@ -86,6 +90,9 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     } else {
         indicatif::ProgressBar::hidden()
     };
+    if cfg.mode == SegmentMode::Cell {
+        return segment_cells(&files, &root, &args, &cfg, &bar);
+    }
     let mut csv = String::from("path,status,nucleus,x,y,width,height,area,centroid_x,centroid_y,crop\n");
     let mut sheet_rows: Vec<RgbImage> = Vec::new();
     let (mut ok, mut without, mut failed, mut nuclei_total) = (0usize, 0usize, 0usize, 0usize);
@@ -145,6 +152,106 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     Ok(if ok == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// `--mode cell`: masks (255 nucleus / 128 cytoplasm), per-cell model views and cells.csv.
+fn segment_cells(
+    files: &[PathBuf],
+    root: &Path,
+    args: &SegmentArgs,
+    cfg: &PreprocessConfig,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<ExitCode> {
+    let mut csv = String::from(
+        "path,status,um_per_px,scale_source,scale_note,cell,x,y,width,height,nucleus_x,nucleus_y,nucleus_width,\
+         nucleus_height,cell_area,nucleus_area,flags,crop\n",
+    );
+    let (mut ok, mut without, mut failed, mut total) = (0usize, 0usize, 0usize, 0usize);
+    let mut sheet_rows: Vec<RgbImage> = Vec::new();
+    for file in files {
+        bar.inc(1);
+        let rel = file.strip_prefix(root).unwrap_or(file).to_path_buf();
+        let rel_s = rel.to_string_lossy().replace('\\', "/");
+        let img = match decode_file(file, &cfg.decode) {
+            Ok(i) => i,
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("skipped: {}: {}", file.display(), e.reason()));
+                let _ = writeln!(csv, "{},{},,,,,,,,,,,,,,,,", csv_field(&rel_s), csv_field(&format!("error: {}", e.reason())));
+                continue;
+            }
+        };
+        ok += 1;
+        let (views, found) = allscan_preprocess::prepare_cells(&img, cfg);
+        let s = &found.scale;
+        let source = serde_json::to_value(s.source)?.as_str().unwrap_or_default().to_string();
+        let note = csv_field(s.note.as_deref().unwrap_or(""));
+        let png_rel = rel.with_extension("png");
+        save_gray(&found.mask, &args.out.join("masks").join(&png_rel))?;
+        if found.cells.is_empty() {
+            without += 1;
+            let _ = writeln!(csv, "{},no white cell found,{:.4},{source},{note},,,,,,,,,,,,,", csv_field(&rel_s), s.um_per_px);
+        }
+        let crop_dir_rel = Path::new("crops").join(rel.with_extension(""));
+        for (k, c) in found.cells.iter().enumerate() {
+            total += 1;
+            let crop = match views.nucleus_of_view.iter().position(|v| *v == Some(k)) {
+                Some(v) => {
+                    let p = crop_dir_rel.join(format!("{k}.png"));
+                    save_rgb(&views.images[v], &args.out.join(&p))?;
+                    p.to_string_lossy().replace('\\', "/")
+                }
+                None => String::new(),
+            };
+            let flags: Vec<String> = c
+                .flags
+                .iter()
+                .filter_map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from)))
+                .collect();
+            let _ = writeln!(
+                csv,
+                "{},ok,{:.4},{source},{note},{k},{},{},{},{},{},{},{},{},{},{},{},{}",
+                csv_field(&rel_s),
+                s.um_per_px,
+                c.cell.x,
+                c.cell.y,
+                c.cell.width,
+                c.cell.height,
+                c.nucleus.x,
+                c.nucleus.y,
+                c.nucleus.width,
+                c.nucleus.height,
+                c.cell_area,
+                c.nucleus_area,
+                flags.join(" "),
+                csv_field(&crop)
+            );
+        }
+        if args.sheet && sheet_rows.len() < args.sheet_rows {
+            let crops: Vec<allscan_preprocess::RoiCrop> = views
+                .images
+                .iter()
+                .zip(&views.regions)
+                .enumerate()
+                .filter_map(|(i, (im, r))| {
+                    r.map(|region| allscan_preprocess::RoiCrop { image: im.clone(), region, nucleus_index: i })
+                })
+                .collect();
+            sheet_rows.push(contact_sheet(&img, &found.mask, &crops, 6));
+        }
+    }
+    bar.finish_and_clear();
+    let csv_path = args.out.join("cells.csv");
+    std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
+    if args.sheet && !sheet_rows.is_empty() {
+        let sheet_path = args.out.join("sheet.png");
+        stack_rows(&sheet_rows).save(&sheet_path).with_context(|| format!("writing {}", sheet_path.display()))?;
+    }
+    println!(
+        "{ok} fields segmented (cell mode): {total} white cells; {without} with no white cell found; {failed} unreadable (skipped); output in {}",
+        args.out.display()
+    );
+    Ok(if ok == 0 || failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
 /// What one field produced.
 struct FieldOutput {
     found: NucleusResult,
@@ -163,7 +270,7 @@ fn segment_one(file: &Path, rel: &Path, out: &Path, cfg: &PreprocessConfig) -> a
             (mask, found)
         }
         // `field` feeds the model the whole field; what there is to segment is the nuclei.
-        SegmentMode::Nucleus | SegmentMode::Field => {
+        SegmentMode::Nucleus | SegmentMode::Field | SegmentMode::Cell => {
             let found = find_nuclei(&img, &cfg.nucleus);
             (found.mask.clone(), found)
         }

@@ -40,6 +40,23 @@ pub struct AugmentConfig {
     pub channel_gain: f32,
     /// Probability of replacing the view by its grey levels (a colour-free example).
     pub grey_probability: f32,
+    /// Gaussian blur with a sigma drawn from `[0, blur_sigma]` input pixels (optics and focus
+    /// differ between labs; 0 = off).
+    #[serde(default)]
+    pub blur_sigma: f32,
+    /// Additive Gaussian noise with a standard deviation drawn from `[0, noise]` (0..1 scale).
+    #[serde(default)]
+    pub noise: f32,
+    /// Probability of a JPEG round trip at a quality drawn from `jpeg_quality` (0 = off).
+    #[serde(default)]
+    pub jpeg_probability: f32,
+    /// Range of that JPEG quality.
+    #[serde(default = "jpeg_range")]
+    pub jpeg_quality: [u8; 2],
+}
+
+fn jpeg_range() -> [u8; 2] {
+    [40, 95]
 }
 
 impl Default for AugmentConfig {
@@ -63,6 +80,30 @@ impl AugmentConfig {
             contrast: 0.25,
             channel_gain: 0.15,
             grey_probability: 0.1,
+            blur_sigma: 0.0,
+            noise: 0.0,
+            jpeg_probability: 0.0,
+            jpeg_quality: jpeg_range(),
+        }
+    }
+
+    /// The `cell` profile's: geometry, no hue jitter (its input is grey), brightness / contrast
+    /// jitter, and the degradations that tell labs apart: blur, noise, JPEG.
+    pub fn cell() -> Self {
+        Self {
+            rotate_deg: 180.0,
+            scale: 0.1,
+            translate: 0.04,
+            hue: 0.0,
+            saturation: 0.0,
+            brightness: 0.15,
+            contrast: 0.25,
+            channel_gain: 0.0,
+            grey_probability: 0.0,
+            blur_sigma: 1.2,
+            noise: 0.04,
+            jpeg_probability: 0.5,
+            ..Self::strong()
         }
     }
 
@@ -114,6 +155,8 @@ pub fn augment_view(img: &RgbImage, cfg: &AugmentConfig, norm: &Normalization, r
         plain_view(img, norm, out);
         return;
     }
+    let degraded = degrade(img, cfg, rng);
+    let img = degraded.as_ref().unwrap_or(img);
     let (w, h) = img.dimensions();
     let (wf, hf) = (w as f32, h as f32);
     let plane = (w * h) as usize;
@@ -140,6 +183,7 @@ pub fn augment_view(img: &RgbImage, cfg: &AugmentConfig, norm: &Normalization, r
     let contrast = jitter(rng, cfg.contrast);
     let gains = [jitter(rng, cfg.channel_gain), jitter(rng, cfg.channel_gain), jitter(rng, cfg.channel_gain)];
     let grey = cfg.grey_probability > 0.0 && rng.gen::<f32>() < cfg.grey_probability;
+    let noise = if cfg.noise > 0.0 { rng.gen_range(0.0..=cfg.noise) } else { 0.0 };
 
     let (cx, cy) = ((wf - 1.0) / 2.0, (hf - 1.0) / 2.0);
     let (sin, cos) = angle.sin_cos();
@@ -188,10 +232,45 @@ pub fn augment_view(img: &RgbImage, cfg: &AugmentConfig, norm: &Normalization, r
             let l = luma(c);
             c = [l, l, l];
         }
+        if noise > 0.0 {
+            // Grey noise (the same on all channels) from a Box-Muller pair.
+            let (u1, u2): (f32, f32) = (rng.gen_range(1e-6..1.0), rng.gen());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos() * noise;
+            for v in c.iter_mut() {
+                *v = (*v + z).clamp(0.0, 1.0);
+            }
+        }
         for ch in 0..3 {
             out[ch * plane + i] = (c[ch] - norm.mean[ch]) * scale[ch];
         }
     }
+}
+
+/// Blur and JPEG round trip of the u8 crop, drawn from `rng` only when enabled; `None` when
+/// nothing was applied.
+fn degrade(img: &RgbImage, cfg: &AugmentConfig, rng: &mut impl Rng) -> Option<RgbImage> {
+    let mut out: Option<RgbImage> = None;
+    if cfg.blur_sigma > 0.0 {
+        let sigma = rng.gen_range(0.0..=cfg.blur_sigma);
+        if sigma > 0.2 {
+            out = Some(image::imageops::blur(img, sigma));
+        }
+    }
+    if cfg.jpeg_probability > 0.0 && rng.gen::<f32>() < cfg.jpeg_probability {
+        let [lo, hi] = cfg.jpeg_quality;
+        let q = rng.gen_range(lo.min(hi)..=hi.max(lo)).clamp(1, 100);
+        let src = out.as_ref().unwrap_or(img);
+        let mut buf = Vec::new();
+        let encoded = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, q).encode_image(src);
+        // An encoder or decoder failure on a valid in-memory crop would be a bug; the view is
+        // then simply not JPEG-degraded.
+        if encoded.is_ok() {
+            if let Ok(d) = image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg) {
+                out = Some(d.to_rgb8());
+            }
+        }
+    }
+    out
 }
 
 /// One of the 8 symmetries of the square, applied to centred coordinates.

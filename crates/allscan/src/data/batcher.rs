@@ -122,6 +122,30 @@ pub fn balanced_order(targets: &[usize], num_classes: usize, rng: &mut impl Rng)
         .collect()
 }
 
+/// One epoch's order drawn class-balanced, then source-balanced within the class: `n` draws,
+/// each a uniformly chosen class, a uniformly chosen source among those that have the class,
+/// then an image of it (with replacement).
+pub fn source_class_order(targets: &[usize], sources: &[&str], num_classes: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let mut strata: Vec<std::collections::BTreeMap<&str, Vec<usize>>> = vec![Default::default(); num_classes];
+    for (i, (&t, &s)) in targets.iter().zip(sources).enumerate() {
+        if t < num_classes {
+            strata[t].entry(s).or_default().push(i);
+        }
+    }
+    let present: Vec<Vec<&Vec<usize>>> =
+        strata.iter().filter(|m| !m.is_empty()).map(|m| m.values().collect()).collect();
+    if present.is_empty() {
+        return Vec::new();
+    }
+    (0..targets.len())
+        .map(|_| {
+            let class = &present[rng.gen_range(0..present.len())];
+            let source = class[rng.gen_range(0..class.len())];
+            source[rng.gen_range(0..source.len())]
+        })
+        .collect()
+}
+
 /// Splits an epoch order into batches of `batch_size`, dropping a last batch of one image
 /// (BatchNorm's batch statistics are undefined for it).
 pub fn batches(order: &[usize], batch_size: usize) -> Vec<&[usize]> {
@@ -131,6 +155,21 @@ pub fn batches(order: &[usize], batch_size: usize) -> Vec<&[usize]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_class_order_balances_sources_within_a_class() {
+        use rand::SeedableRng;
+        // Class 0: 900 images of source a, 100 of b; class 1: 50 of a.
+        let mut targets = vec![0; 1000];
+        targets.extend(vec![1; 50]);
+        let sources: Vec<&str> = (0..1050).map(|i| if (900..1000).contains(&i) { "b" } else { "a" }).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let order = source_class_order(&targets, &sources, 2, &mut rng);
+        assert_eq!(order.len(), 1050);
+        let count = |f: &dyn Fn(usize) -> bool| order.iter().filter(|&&i| f(i)).count() as f64 / 1050.0;
+        assert!((count(&|i| targets[i] == 1) - 0.5).abs() < 0.05);
+        assert!((count(&|i| sources[i] == "b") - 0.25).abs() < 0.05);
+    }
 
     #[test]
     fn tensor_layout_matches_the_plain_view() {

@@ -39,6 +39,9 @@ pub struct ImageRecord {
     /// Aria only: the authors' segmented counterpart, relative to the root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segmented: Option<String>,
+    /// The source (sub-dataset) of a [`LayoutKind::Sources`] dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A file that looks like an image (by extension or location) but cannot be used.
@@ -177,11 +180,12 @@ struct Candidate {
     label: Option<BinaryLabel>,
     patient: Option<String>,
     segmented: Option<String>,
+    source: Option<String>,
 }
 
 impl Candidate {
     fn new(rel: String, l: Labelled, segmented: Option<String>) -> Self {
-        Candidate { rel, class: l.class, label: Some(l.label), patient: l.patient, segmented }
+        Candidate { rel, class: l.class, label: Some(l.label), patient: l.patient, segmented, source: None }
     }
 }
 
@@ -237,12 +241,59 @@ fn walk_images(root: &Path, dir: &Path, bad: &mut Vec<BadFile>, ignored: &mut us
     out
 }
 
+/// Every source's candidates, paths, classes and patients prefixed with the source's name
+/// (`aria/Original/Benign/x.jpg`, class `aria/Benign`, patient `cnmc/H10`) so that sources
+/// never collide; a source's `label` overrides what its layout says.
+fn source_candidates(
+    root: &Path,
+    manifest: &layout::SourcesManifest,
+    bad: &mut Vec<BadFile>,
+    ignored: &mut usize,
+) -> Result<Vec<Candidate>, DataError> {
+    let mut out = Vec::new();
+    for spec in &manifest.sources {
+        let dir = root.join(&spec.name);
+        if !dir.is_dir() {
+            return Err(DataError::BadManifest {
+                path: root.join(layout::SOURCES_MANIFEST),
+                reason: format!("source `{}`: {} is not a folder", spec.name, dir.display()),
+            });
+        }
+        let map = spec.map.as_deref().map(LabelMap::parse).transpose()?;
+        let mut sub_bad = Vec::new();
+        let (_, cands) = discover(&dir, map.as_ref(), &mut sub_bad, ignored)?;
+        let prefix = |s: &str| format!("{}/{s}", spec.name);
+        bad.extend(sub_bad.into_iter().map(|b| BadFile { path: prefix(&b.path), reason: b.reason }));
+        for mut c in cands {
+            let wanted = spec.extensions.is_empty()
+                || c.rel.rsplit_once('.').is_some_and(|(_, e)| spec.extensions.iter().any(|x| x.eq_ignore_ascii_case(e)));
+            if !wanted {
+                *ignored += 1;
+                continue;
+            }
+            c.rel = prefix(&c.rel);
+            c.class = prefix(&c.class);
+            c.patient = c.patient.as_deref().map(prefix);
+            c.segmented = c.segmented.as_deref().map(prefix);
+            if let Some(l) = spec.label {
+                c.label = Some(l);
+            }
+            c.source = Some(spec.name.clone());
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 fn discover(
     root: &Path,
     map: Option<&LabelMap>,
     bad: &mut Vec<BadFile>,
     ignored: &mut usize,
 ) -> Result<(LayoutKind, Vec<Candidate>), DataError> {
+    if let Some(manifest) = layout::sources_manifest(root)? {
+        return Ok((LayoutKind::Sources, source_candidates(root, &manifest, bad, ignored)?));
+    }
     if let Some(original) = layout::aria_original(root) {
         let segmented_dir = std::fs::read_dir(root)
             .ok()
@@ -272,7 +323,7 @@ fn discover(
                     None
                 }
             });
-            out.push(Candidate { rel, class, label, patient: None, segmented });
+            out.push(Candidate { rel, class, label, patient: None, segmented, source: None });
         }
         return Ok((LayoutKind::Aria, out));
     }
@@ -320,7 +371,7 @@ fn class_folder_candidates(
         };
         let class = class.to_owned();
         let label = map.and_then(|m| m.get(&class)).or_else(|| layout::binary_label_for_name(&class));
-        out.push(Candidate { rel, class, label, patient: None, segmented: None });
+        out.push(Candidate { rel, class, label, patient: None, segmented: None, source: None });
     }
     out
 }
@@ -384,6 +435,7 @@ fn read_one(root: &Path, c: &Candidate, limits: &DecodeLimits) -> Result<ImageRe
         width: img.width(),
         height: img.height(),
         segmented: c.segmented.clone(),
+        source: c.source.clone(),
     })
 }
 

@@ -2,6 +2,9 @@
 //! class, binary label and (where the layout carries one) patient id.
 //!
 //! Recognised without being told, in this order:
+//! - **Sources** (several datasets trained together): a root holding
+//!   [`SOURCES_MANIFEST`], which names sub-folders (or links), each an ordinary dataset of any
+//!   layout below, with an optional label map or one label for all its images.
 //! - **Aria** (Aria et al., Kaggle 2021): `Original/{Benign,Early,Pre,Pro}/`, optional
 //!   `Segmented/` with the same names. Benign = healthy (hematogones), the rest = leukemia.
 //! - **C-NMC 2019**: file names `UID_<patient>_<image>_<cell>_<all|hem>.<ext>`, anywhere below
@@ -45,6 +48,7 @@ pub enum LayoutKind {
     Cnmc,
     AllIdb,
     ClassFolders,
+    Sources,
 }
 
 impl LayoutKind {
@@ -54,8 +58,59 @@ impl LayoutKind {
             LayoutKind::Cnmc => "C-NMC 2019 (UID_<patient>_<image>_<cell>_<all|hem>)",
             LayoutKind::AllIdb => "ALL-IDB (ImNNN_1 = blast, ImNNN_0 = healthy)",
             LayoutKind::ClassFolders => "class folders",
+            LayoutKind::Sources => "several sources (allscan-sources.json)",
         }
     }
+}
+
+/// The file that makes a folder a [`LayoutKind::Sources`] dataset.
+pub const SOURCES_MANIFEST: &str = "allscan-sources.json";
+
+/// One source of a [`LayoutKind::Sources`] dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    /// Sub-folder (or link) of the root; also the source's name in outputs and the sampler.
+    pub name: String,
+    /// `--map`-style label map for its classes (`"all=leukemia,hem=healthy"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
+    /// One label for every image of the source (e.g. a set of normal cells: `healthy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<BinaryLabel>,
+    /// Only files with these extensions are images of this source (e.g. `["bmp"]` beside PNG
+    /// masks); empty = every image extension.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
+}
+
+/// The contents of [`SOURCES_MANIFEST`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcesManifest {
+    /// The sources, in the order they are listed in outputs.
+    pub sources: Vec<SourceSpec>,
+}
+
+/// Reads the sources manifest of `root`, if it has one.
+pub fn sources_manifest(root: &Path) -> Result<Option<SourcesManifest>, DataError> {
+    let path = root.join(SOURCES_MANIFEST);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+    let m: SourcesManifest = serde_json::from_str(&text)
+        .map_err(|e| DataError::BadManifest { path: path.clone(), reason: e.to_string() })?;
+    if m.sources.is_empty() {
+        return Err(DataError::BadManifest { path, reason: "lists no source".into() });
+    }
+    for s in &m.sources {
+        if s.name.is_empty() || s.name.contains(['/', '\\']) || s.name.starts_with('.') {
+            return Err(DataError::BadManifest {
+                path,
+                reason: format!("source name `{}` must be a plain sub-folder name", s.name),
+            });
+        }
+    }
+    Ok(Some(m))
 }
 
 /// The four Aria class folders, in the order used for subtype indices.

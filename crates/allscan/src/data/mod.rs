@@ -29,6 +29,8 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: invalid JSON: {reason}")]
     Json { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    BadManifest { path: PathBuf, reason: String },
     #[error("bad label map `{spec}`: {reason}")]
     BadMap { spec: String, reason: String },
     #[error("no binary label for class folder(s) {}: pass --map NAME=healthy|leukemia,...", classes.join(", "))]

@@ -6,6 +6,7 @@
 //! - [`metrics`]: binary and multiclass figures, bootstrap CIs, threshold choice, ROC/PR curves;
 //! - [`calibration`]: Brier score, expected calibration error, reliability bins;
 //! - [`shortcut`]: "what colour alone explains": HSV histograms + logistic regression;
+//! - [`probe`]: how well the model's features identify the source lab (lower is better);
 //! - [`leakage`]: patients and (near-)duplicate images shared by training and test parts;
 //! - [`plots`]: SVG figures drawn with plotters;
 //! - [`report`]: `metrics.json` layout and the HTML report;
@@ -21,6 +22,7 @@ pub mod cv;
 pub mod leakage;
 pub mod metrics;
 pub mod plots;
+pub mod probe;
 pub mod report;
 pub mod run;
 pub mod shortcut;

@@ -54,6 +54,8 @@ pub struct ReportInput {
     pub model: ModelEvaluation,
     /// The colour-histogram baseline on the same test part.
     pub shortcut: Option<ModelEvaluation>,
+    /// The same baseline on the pixels outside every white cell.
+    pub background: Option<ModelEvaluation>,
     /// The model's figures per patient (where patient ids exist; see
     /// [`super::run::PATIENT_RULE`]).
     pub per_patient: Option<ModelEvaluation>,
@@ -80,6 +82,9 @@ pub struct MetricsFile {
     pub subtype: Option<MulticlassEstimates>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shortcut: Option<ShortcutFigures>,
+    /// The background-only baseline (pixels outside every white cell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_shortcut: Option<ShortcutFigures>,
     /// Binary figures per patient, where patient ids exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_patient: Option<BinaryEstimates>,
@@ -106,6 +111,10 @@ impl MetricsFile {
             subtype: input.model.subtype.clone(),
             shortcut: input
                 .shortcut
+                .as_ref()
+                .map(|s| ShortcutFigures { binary: s.binary.clone(), subtype: s.subtype.clone() }),
+            background_shortcut: input
+                .background
                 .as_ref()
                 .map(|s| ShortcutFigures { binary: s.binary.clone(), subtype: s.subtype.clone() }),
             per_patient: input.per_patient.as_ref().map(|p| p.binary.clone()),
@@ -153,10 +162,15 @@ const FIGURE_LABELS: [&str; 11] = [
 ];
 
 /// A plain-text table of the binary figures, model beside shortcut, for the terminal.
-pub fn summary_table(model: &BinaryEstimates, shortcut: Option<&BinaryEstimates>) -> String {
+pub fn summary_table(
+    model: &BinaryEstimates,
+    shortcut: Option<&BinaryEstimates>,
+    background: Option<&BinaryEstimates>,
+) -> String {
     let mut out = String::new();
     let head_s = if shortcut.is_some() { "colour-only shortcut" } else { "" };
-    let _ = writeln!(out, "{:<32} {:<26} {}", "", "model", head_s);
+    let head_b = if background.is_some() { "background-only shortcut" } else { "" };
+    let _ = writeln!(out, "{:<32} {:<26} {:<26} {}", "", "model", head_s, head_b);
     // Undefined figures get a star here and their reason in a note below, to keep the columns.
     let mut notes: Vec<String> = Vec::new();
     let mut short = |e: &Estimate, who: &str, i: usize| match &e.undefined {
@@ -169,7 +183,8 @@ pub fn summary_table(model: &BinaryEstimates, shortcut: Option<&BinaryEstimates>
     for (i, (_, e)) in model.report.figures().iter().enumerate() {
         let m = short(e, "model", i);
         let s = shortcut.map_or(String::new(), |s| short(s.report.figures()[i].1, "shortcut", i));
-        let _ = writeln!(out, "{:<32} {:<26} {}", FIGURE_LABELS[i], m, s);
+        let b = background.map_or(String::new(), |s| short(s.report.figures()[i].1, "background", i));
+        let _ = writeln!(out, "{:<32} {:<26} {:<26} {}", FIGURE_LABELS[i], m, s, b);
     }
     let c = model.report.confusion_matrix;
     let _ = writeln!(
@@ -667,6 +682,7 @@ pub(crate) mod tests {
                 binary: shortcut,
                 subtype: None,
             }),
+            background: None,
             per_patient: None,
             curves,
             curve_metric: "accuracy".into(),
@@ -727,6 +743,7 @@ pub(crate) mod tests {
             split_protocol: "image-level split".into(),
             model: ModelEvaluation { name: "model".into(), y_leukemia: y, p_leukemia: p, binary, subtype: None },
             shortcut: None,
+            background: None,
             per_patient: None,
             curves: Vec::new(),
             curve_metric: "accuracy".into(),
@@ -753,7 +770,7 @@ pub(crate) mod tests {
     #[test]
     fn table_prints_both_columns() {
         let input = sample_input();
-        let t = summary_table(&input.model.binary, input.shortcut.as_ref().map(|s| &s.binary));
+        let t = summary_table(&input.model.binary, input.shortcut.as_ref().map(|s| &s.binary), None);
         assert!(t.contains("colour-only shortcut") && t.contains("ROC-AUC"));
         assert_eq!(t.lines().count(), 13);
     }

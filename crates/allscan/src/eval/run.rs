@@ -77,6 +77,8 @@ pub struct EvalRequest {
     pub device: DeviceKind,
     /// Progress bars (on a terminal).
     pub progress: bool,
+    /// Sources datasets: score only this source's images of the part (e.g. held-out Aria).
+    pub source: Option<String>,
 }
 
 impl EvalRequest {
@@ -98,6 +100,7 @@ impl EvalRequest {
             allow_preprocess_mismatch: false,
             device: DeviceKind::Cpu,
             progress: false,
+            source: None,
         }
     }
 }
@@ -220,10 +223,13 @@ pub struct ScoredImage {
     pub p_leukemia: f64,
     /// Class probabilities in the model's class order.
     pub probs: Vec<f64>,
+    /// Source of a sources dataset's image.
+    pub source: Option<String>,
 }
 
 fn scored_from(rec: &ImageRecord, p_leukemia: f64, probs: Vec<f64>) -> ScoredImage {
     ScoredImage {
+        source: rec.source.clone(),
         path: rec.path.clone(),
         class: rec.class.clone(),
         leukemia: rec.label.is_some_and(|l| l.is_leukemia()),
@@ -486,10 +492,13 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         });
     }
     let cross_dataset = split.is_none();
-    let eval_idx: Vec<usize> = match &split {
+    let mut eval_idx: Vec<usize> = match &split {
         Some((s, _)) => s.select(&index, req.part, None),
         None => (0..index.images.len()).collect(),
     };
+    if let Some(src) = &req.source {
+        eval_idx.retain(|&i| index.images[i].source.as_deref() == Some(src.as_str()));
+    }
     if eval_idx.is_empty() {
         return Err(EvalError::Incompatible {
             data: req.data.clone(),
@@ -613,19 +622,21 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         None => None,
     };
 
-    // Colour-only shortcut, trained on the run's training part.
-    let shortcut_eval = match (&training, req.shortcut) {
+    // Colour-only and background-only shortcuts, trained on the run's training part.
+    let baseline = |kind: ShortcutKind, warnings: &mut Vec<String>| match (&training, req.shortcut) {
         (Some(t), true) if !t.train.is_empty() => {
-            match shortcut(&meta, t, &index, &scored, val_scores.as_deref(), target, subtype_names, req) {
+            match shortcut(kind, &meta, t, &index, &scored, val_scores.as_deref(), target, subtype_names, req) {
                 Ok(e) => Some(e),
                 Err(e) => {
-                    warnings.push(format!("colour shortcut not run: {e}"));
+                    warnings.push(format!("{} not run: {e}", kind.name()));
                     None
                 }
             }
         }
         _ => None,
     };
+    let shortcut_eval = baseline(ShortcutKind::Colour, &mut warnings);
+    let background_eval = baseline(ShortcutKind::Background, &mut warnings);
 
     // Leakage.
     if let Some(t) = &training {
@@ -715,6 +726,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         split_protocol,
         model: model_eval,
         shortcut: shortcut_eval,
+        background: background_eval,
         per_patient: patient_eval,
         curves,
         curve_metric: "accuracy".into(),
@@ -724,7 +736,19 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
     };
     write_report(&req.out, &input, &split_label)?;
     let metrics = MetricsFile::from_report(&input, split_label);
-    let mut table = summary_table(&input.model.binary, input.shortcut.as_ref().map(|s| &s.binary));
+    let mut table = summary_table(
+        &input.model.binary,
+        input.shortcut.as_ref().map(|s| &s.binary),
+        input.background.as_ref().map(|s| &s.binary),
+    );
+    let per_source = per_source_figures(&scored, &input, threshold)?;
+    if !per_source.is_empty() {
+        table.push_str(&per_source_table(&per_source));
+        let path = req.out.join("per_source.json");
+        let json = serde_json::to_string_pretty(&per_source)
+            .map_err(|e| EvalError::Invalid { what: "per_source.json", reason: e.to_string() })?;
+        crate::fsutil::write_atomic(&path, json.as_bytes()).map_err(|source| EvalError::Io { path, source })?;
+    }
     if let Some(p) = &input.per_patient {
         table.push_str(&format!(
             "per patient ({} patients): ROC-AUC {}, sensitivity {}, specificity {}\n",
@@ -743,6 +767,65 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         stored_threshold,
         cross_dataset,
     })
+}
+
+/// One source's figures at the evaluation's threshold (sources datasets).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceFigures {
+    /// Source name.
+    pub source: String,
+    /// Images scored.
+    pub n: usize,
+    /// Of those, leukemia (blast).
+    pub n_leukemia: usize,
+    /// `(who, ROC-AUC, sensitivity, specificity)` for the model and each shortcut; `None`
+    /// where undefined (one class only).
+    pub rows: Vec<(String, Option<f64>, Option<f64>, Option<f64>)>,
+}
+
+/// Per-source figures of the model and the shortcuts (empty unless images carry a source).
+fn per_source_figures(scored: &[ScoredImage], input: &ReportInput, threshold: f64) -> Result<Vec<SourceFigures>, EvalError> {
+    let sources: BTreeSet<&str> = scored.iter().filter_map(|s| s.source.as_deref()).collect();
+    let mut out = Vec::new();
+    for src in sources {
+        let idx: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].source.as_deref() == Some(src)).collect();
+        let mut rows = Vec::new();
+        for e in [Some(&input.model), input.shortcut.as_ref(), input.background.as_ref()].into_iter().flatten() {
+            if e.y_leukemia.len() != scored.len() {
+                continue;
+            }
+            let y: Vec<bool> = idx.iter().map(|&i| e.y_leukemia[i]).collect();
+            let p: Vec<f64> = idx.iter().map(|&i| e.p_leukemia[i]).collect();
+            let t = if std::ptr::eq(e, &input.model) { threshold } else { e.binary.report.threshold };
+            let r = binary_metrics(&y, &p, t)?;
+            rows.push((e.name.clone(), r.roc_auc.value, r.sensitivity.value, r.specificity.value));
+        }
+        out.push(SourceFigures {
+            source: src.to_string(),
+            n: idx.len(),
+            n_leukemia: idx.iter().filter(|&&i| scored[i].leukemia).count(),
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+fn per_source_table(rows: &[SourceFigures]) -> String {
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+    let mut out = String::from("per source (each at its own threshold):\n");
+    for s in rows {
+        out.push_str(&format!("  {} ({} images, {} leukemia)\n", s.source, s.n, s.n_leukemia));
+        for (who, auc, sens, spec) in &s.rows {
+            out.push_str(&format!(
+                "    {:<34} ROC-AUC {:>6}  sensitivity {:>6}  specificity {:>6}\n",
+                who,
+                f(*auc),
+                f(*sens),
+                f(*spec)
+            ));
+        }
+    }
+    out
 }
 
 fn same_folder(a: &Path, b: &Path) -> bool {
@@ -784,18 +867,80 @@ fn training_data(bundle: &RunBundle, progress: bool) -> Result<TrainingData, Str
     })
 }
 
+/// Which pixels a shortcut baseline reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ShortcutKind {
+    /// Every pixel of the field: what colour alone explains.
+    Colour,
+    /// Only the pixels outside every white cell (and a margin around it): what the lab's
+    /// background, red cells and glass alone explain. A model that judges cells should do far
+    /// better than this; a model that reads the lab, not.
+    Background,
+}
+
+impl ShortcutKind {
+    fn name(self) -> &'static str {
+        match self {
+            ShortcutKind::Colour => "colour-only shortcut",
+            ShortcutKind::Background => "background-only shortcut",
+        }
+    }
+}
+
+/// A shortcut baseline's features of one decoded field.
+fn shortcut_features(img: image::RgbImage, kind: ShortcutKind, preprocess: &allscan_preprocess::PreprocessConfig) -> Vec<f32> {
+    let img = stained(img, preprocess);
+    match kind {
+        ShortcutKind::Colour => ColourShortcut::features(&img),
+        ShortcutKind::Background => {
+            let scale = allscan_preprocess::estimate_scale(&img, &preprocess.cell.scale);
+            let cells = allscan_preprocess::find_white_cells(&img, &preprocess.cell.finder, &scale);
+            // A margin of ~2 um so the cell's halo does not leak into "background".
+            let grow = (2.0 / scale.um_per_px.max(1e-3)).round().clamp(0.0, 64.0) as i64;
+            let (w, h) = (img.width() as i64, img.height() as i64);
+            let boxes: Vec<[i64; 4]> = cells
+                .cells
+                .iter()
+                .map(|c| {
+                    let b = c.cell;
+                    [b.x as i64 - grow, b.y as i64 - grow, (b.x + b.width) as i64 + grow, (b.y + b.height) as i64 + grow]
+                })
+                .collect();
+            let inside = |x: u32, y: u32| {
+                let (x, y) = (x as i64, y as i64);
+                boxes.iter().any(|b| x >= b[0] && y >= b[1] && x < b[2] && y < b[3])
+            };
+            let _ = (w, h);
+            ColourShortcut::features_where(&img, &|x, y| !inside(x, y))
+        }
+    }
+}
+
 fn features_of(
     index: &DatasetIndex,
     idx: &[usize],
     preprocess: &allscan_preprocess::PreprocessConfig,
+    kind: ShortcutKind,
 ) -> Vec<(usize, Vec<f32>)> {
-    idx.iter()
-        .filter_map(|&i| {
-            decode_file(&index.abs_path(&index.images[i]), &preprocess.decode)
-                .ok()
-                .map(|img| (i, ColourShortcut::features(&stained(img, preprocess))))
-        })
-        .collect()
+    let threads = crate::device::cpu_threads().max(1);
+    let chunk = idx.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = idx
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .filter_map(|&i| {
+                            decode_file(&index.abs_path(&index.images[i]), &preprocess.decode)
+                                .ok()
+                                .map(|img| (i, shortcut_features(img, kind, preprocess)))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
 }
 
 /// The field as the model's preprocessing colours it: stain-normalised when the run
@@ -807,9 +952,10 @@ fn stained(img: image::RgbImage, preprocess: &allscan_preprocess::PreprocessConf
     }
 }
 
-/// Trains the colour-only baseline on the training part and scores the evaluated images.
+/// Trains a shortcut baseline on the training part and scores the evaluated images.
 #[allow(clippy::too_many_arguments)]
 fn shortcut(
+    kind: ShortcutKind,
     meta: &BundleMetadata,
     t: &TrainingData,
     index: &DatasetIndex,
@@ -831,7 +977,7 @@ fn shortcut(
             Some(usize::from(r.label.is_some_and(|l| l.is_leukemia())))
         }
     };
-    let train = features_of(&t.index, &t.train, &meta.preprocess);
+    let train = features_of(&t.index, &t.train, &meta.preprocess, kind);
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for (i, f) in train {
         if let Some(k) = label_of(&t.index.images[i]) {
@@ -847,7 +993,7 @@ fn shortcut(
     let score = |idx: &DatasetIndex, s: &ScoredImage| -> Result<Option<ScoredImage>, EvalError> {
         let Some(rec) = idx.images.iter().find(|r| r.path == s.path) else { return Ok(None) };
         let Ok(img) = decode_file(&idx.abs_path(rec), limits) else { return Ok(None) };
-        let probs = model.predict_image(&stained(img, &meta.preprocess))?;
+        let probs = model.predict_proba(&shortcut_features(img, kind, &meta.preprocess))?;
         let p: f64 = probs.iter().zip(&leuk).filter(|(_, l)| **l).map(|(p, _)| *p).sum::<f64>().clamp(0.0, 1.0);
         Ok(Some(ScoredImage { p_leukemia: p, probs, ..s.clone() }))
     };
@@ -872,14 +1018,14 @@ fn shortcut(
             Some(x) => st.push(x),
             None => {
                 return Err(EvalError::Invalid {
-                    what: "colour shortcut",
+                    what: "shortcut baseline",
                     reason: format!("{} could not be read", s.path),
                 })
             }
         }
     }
     let sub = if subtype_model { subtype_names } else { None };
-    evaluate_scores("colour-only shortcut", &st, threshold, sub, req.n_boot, req.seed)
+    evaluate_scores(kind.name(), &st, threshold, sub, req.n_boot, req.seed)
 }
 
 fn dataset_summary(
@@ -992,6 +1138,7 @@ mod tests {
             patient: patient.map(Into::into),
             p_leukemia: p,
             probs: vec![1.0 - p, p],
+            source: None,
         }
     }
 

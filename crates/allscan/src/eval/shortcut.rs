@@ -99,6 +99,12 @@ impl ColourShortcut {
 
     /// The [`N_FEATURES`] colour features of one image (all zero for an empty image).
     pub fn features(img: &RgbImage) -> Vec<f32> {
+        Self::features_where(img, &|_, _| true)
+    }
+
+    /// The colour features of the pixels where `keep(x, y)` holds (the background-only
+    /// baseline reads the pixels outside every white cell).
+    pub fn features_where(img: &RgbImage, keep: &dyn Fn(u32, u32) -> bool) -> Vec<f32> {
         let (w, h) = img.dimensions();
         let mut hue = [0u64; HUE_BINS];
         let mut sat = [0u64; SAT_BINS];
@@ -109,6 +115,9 @@ impl ColourShortcut {
             if total > MAX_PIXELS { ((total as f64 / MAX_PIXELS as f64).sqrt().ceil() as u32).max(1) } else { 1 };
         for y in (0..h).step_by(stride as usize) {
             for x in (0..w).step_by(stride as usize) {
+                if !keep(x, y) {
+                    continue;
+                }
                 let [r, g, b] = img.get_pixel(x, y).0;
                 let (hh, s, v) = rgb_to_hsv(r, g, b);
                 n += 1;

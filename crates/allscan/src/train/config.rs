@@ -20,6 +20,9 @@ pub enum Profile {
     Cpu,
     /// The seed: DenseNet201, 224 px, ImageNet weights, both stages.
     Paper,
+    /// Every white cell at one physical scale (grey, background removed), a slim DenseNet
+    /// from scratch, trained on several sources at once: the cross-lab model.
+    Cell,
 }
 
 impl Profile {
@@ -28,6 +31,7 @@ impl Profile {
         match self {
             Self::Cpu => "cpu",
             Self::Paper => "paper",
+            Self::Cell => "cell",
         }
     }
 }
@@ -38,7 +42,8 @@ impl std::str::FromStr for Profile {
         match s {
             "cpu" => Ok(Self::Cpu),
             "paper" => Ok(Self::Paper),
-            other => Err(TrainError::Config(format!("unknown profile `{other}` (cpu or paper)"))),
+            "cell" => Ok(Self::Cell),
+            other => Err(TrainError::Config(format!("unknown profile `{other}` (cell, cpu or paper)"))),
         }
     }
 }
@@ -113,6 +118,9 @@ pub enum Balance {
     ClassWeights,
     /// Every epoch draws classes equally often (with replacement within a class).
     Sampler,
+    /// Every epoch draws classes equally often, then within a class each source equally
+    /// often (sources datasets): no source dominates a class by its size.
+    SourceClass,
     /// Neither.
     None,
 }
@@ -232,6 +240,7 @@ impl Profile {
         match self {
             Self::Paper => paper(task),
             Self::Cpu => cpu(task),
+            Self::Cell => cell(task),
         }
     }
 }
@@ -368,6 +377,25 @@ fn cpu(task: Task) -> ProfileDefaults {
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::None }
 }
 
+/// Per-cell views at 64 px for a 24 um window (0.375 um/px: Aria's resolution, so no source
+/// is upsampled), grey and standardised, background filled; the `cpu` profile's slim DenseNet
+/// from scratch; classes then sources balanced in every epoch.
+fn cell(task: Task) -> ProfileDefaults {
+    let mut d = cpu(task);
+    d.preprocess = PreprocessConfig {
+        mode: SegmentMode::Cell,
+        input_size: 64,
+        normalization: Normalization { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
+        ..PreprocessConfig::default()
+    };
+    d.train.batch_size = 64;
+    d.train.shards = 4;
+    d.train.stage2.epochs = 25;
+    d.train.augment = AugmentConfig::cell();
+    d.train.balance = Balance::SourceClass;
+    ProfileDefaults { model: d.model, preprocess: d.preprocess, train: d.train, weights: WeightsSource::None }
+}
+
 /// The trainable part of the backbone in stage 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unfrozen {
@@ -464,7 +492,7 @@ mod tests {
 
     #[test]
     fn profiles_are_valid_and_round_trip_as_json() {
-        for p in [Profile::Cpu, Profile::Paper] {
+        for p in [Profile::Cpu, Profile::Paper, Profile::Cell] {
             for t in [TaskKind::Binary, TaskKind::Subtype] {
                 let d = p.defaults(t, 4);
                 d.train.validate().unwrap();

@@ -22,6 +22,8 @@ pub struct Sample {
     pub path: String,
     /// SHA-256 of the file: the feature caches' key (exact duplicates share one entry).
     pub sha256: String,
+    /// The record's source (sources datasets); the sampler balances source x class.
+    pub source: Option<String>,
 }
 
 /// The three parts of the split, preprocessed.
@@ -106,5 +108,6 @@ fn one(
         leukemia: rec.label.is_some_and(|l| l.is_leukemia()),
         path: rec.path.clone(),
         sha256: rec.sha256.clone(),
+        source: rec.source.clone(),
     })
 }

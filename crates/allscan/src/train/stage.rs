@@ -21,6 +21,7 @@ use super::{RunLog, TrainError};
 use crate::bundle::{BestEpoch, BundleMetadata};
 use crate::data::batcher::{
     activations_tensor, balanced_order, batches, images_tensor, mix, rows_tensor, shuffled_order,
+    source_class_order,
 };
 use crate::model::{probabilities, LeukemiaClassifier, Task, TestViews};
 use densenet_burn::DenseNet;
@@ -364,6 +365,7 @@ impl StageRun<'_> {
         let steps_per_epoch = batches(&(0..n).collect::<Vec<_>>(), self.train.batch_size).len().max(1);
         let total = steps_per_epoch * self.cfg.epochs;
         let targets: Vec<usize> = self.train_set.iter().map(|s| s.target).collect();
+        let sources: Vec<&str> = self.train_set.iter().map(|s| s.source.as_deref().unwrap_or("")).collect();
         let weights = match self.train.balance {
             Balance::ClassWeights => self.class_weights.clone(),
             _ => vec![1.0; self.num_targets],
@@ -397,6 +399,7 @@ impl StageRun<'_> {
             let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
             let order = match self.train.balance {
                 Balance::Sampler => balanced_order(&targets, self.num_targets, &mut rng),
+                Balance::SourceClass => source_class_order(&targets, &sources, self.num_targets, &mut rng),
                 _ => shuffled_order(n, &mut rng),
             };
             let bar = super::progress::bar(
@@ -595,6 +598,7 @@ mod tests {
                 leukemia: i % 2 == 1,
                 path: format!("{i}.png"),
                 sha256: format!("{i}"),
+                source: None,
             })
             .collect();
         let norm = allscan_preprocess::Normalization { mean: [0.5; 3], std: [0.25; 3] };

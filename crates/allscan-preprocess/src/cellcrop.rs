@@ -1,0 +1,159 @@
+//! `cell` mode's model input: a field + its white cells ([`crate::find_white_cells`]) + the
+//! field's scale -> one square crop per cell, a fixed physical window resampled to the model's
+//! input size, with the pixels outside the (slightly grown) cell mask set to one flat fill and
+//! the cell's own pixels standardised.
+//!
+//! Why each step: the window is physical so a blast and a lymphocyte keep their true sizes
+//! whatever the optics; the fill removes the background, red cells and neighbours, which carry
+//! the lab (stain, density, camera), not the cell's class; the per-cell standardisation takes
+//! away the stain's overall darkness and cast while keeping the chromatin and cytoplasm
+//! contrast inside the cell.
+
+use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage};
+
+use crate::cell::CellResult;
+use crate::config::{CellColour, CellViewConfig};
+use crate::crop::{resize_triangle, CropRegion};
+
+/// Standardised cell pixels are mapped to `CENTRE + z * SPREAD` grey levels.
+const CENTRE: f32 = 120.0;
+const SPREAD: f32 = 45.0;
+
+/// One white cell as the model sees it.
+#[derive(Debug, Clone)]
+pub struct CellCrop {
+    /// `size` x `size` model input.
+    pub image: RgbImage,
+    /// The square of the field it was cut from (may extend past the field).
+    pub region: CropRegion,
+    /// Index of the cell in [`CellResult::cells`].
+    pub cell_index: usize,
+}
+
+/// The window of cell `index` in field pixels: `window_um` micrometres, centred on the cell.
+pub fn cell_region(cells: &CellResult, index: usize, cfg: &CellViewConfig) -> Option<CropRegion> {
+    let cell = cells.cells.get(index)?;
+    let um = cells.scale.um_per_px;
+    if !(um.is_finite() && um > 0.0) {
+        return None;
+    }
+    let side = (cfg.window_um / um).round().max(4.0) as u32;
+    let (cx, cy) = cell.centroid;
+    let x = (cx as f64 - side as f64 / 2.0).round() as i64;
+    let y = (cy as f64 - side as f64 / 2.0).round() as i64;
+    Some(CropRegion { x, y, side })
+}
+
+/// The model input of cell `index` (see the module docs), `size` x `size`.
+pub fn cut_cell(field: &RgbImage, cells: &CellResult, index: usize, cfg: &CellViewConfig, size: u32) -> Option<CellCrop> {
+    let region = cell_region(cells, index, cfg)?;
+    let (w, h) = (field.width() as i64, field.height() as i64);
+    let side = region.side;
+    let label = index as u32 + 1;
+    // The cell's own pixels within the window.
+    let own = GrayImage::from_fn(side, side, |x, y| {
+        let (fx, fy) = (region.x + x as i64, region.y + y as i64);
+        let inside = fx >= 0 && fy >= 0 && fx < w && fy < h;
+        Luma([if inside && cells.labels.get_pixel(fx as u32, fy as u32)[0] == label { 255 } else { 0 }])
+    });
+    let grow = (cfg.mask_margin_um / cells.scale.um_per_px).round().max(0.0) as u32;
+    let keep = dilate_square(&own, grow);
+    let pixel = |x: u32, y: u32| -> [u8; 3] {
+        let (fx, fy) = (region.x + x as i64, region.y + y as i64);
+        field.get_pixel(fx.clamp(0, w - 1) as u32, fy.clamp(0, h - 1) as u32).0
+    };
+    // Statistics over the kept pixels, per channel (grey: one channel).
+    let grey = cfg.colour == CellColour::Grey;
+    let luma = |p: [u8; 3]| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+    let (mut sum, mut sq, mut n) = ([0f64; 3], [0f64; 3], 0usize);
+    for (x, y, k) in keep.enumerate_pixels() {
+        if k[0] == 0 {
+            continue;
+        }
+        let p = pixel(x, y);
+        let v = if grey { [luma(p); 3] } else { [p[0] as f32, p[1] as f32, p[2] as f32] };
+        for c in 0..3 {
+            sum[c] += v[c] as f64;
+            sq[c] += (v[c] as f64) * (v[c] as f64);
+        }
+        n += 1;
+    }
+    if n == 0 {
+        return None;
+    }
+    let mean: [f32; 3] = std::array::from_fn(|c| (sum[c] / n as f64) as f32);
+    let std: [f32; 3] = std::array::from_fn(|c| {
+        let var = sq[c] / n as f64 - (sum[c] / n as f64).powi(2);
+        (var.max(0.0).sqrt() as f32).max(4.0)
+    });
+    let fill = cfg.fill;
+    let square = RgbImage::from_fn(side, side, |x, y| {
+        if keep.get_pixel(x, y)[0] == 0 {
+            return Rgb([fill; 3]);
+        }
+        let p = pixel(x, y);
+        let v = if grey { [luma(p); 3] } else { [p[0] as f32, p[1] as f32, p[2] as f32] };
+        Rgb(std::array::from_fn(|c| (CENTRE + (v[c] - mean[c]) / std[c] * SPREAD).round().clamp(0.0, 255.0) as u8))
+    });
+    let image = if side == size { square } else { resize_triangle(&square, size.max(1), size.max(1)) };
+    Some(CellCrop { image, region, cell_index: index })
+}
+
+/// Every cell's crop, dominant first, at most `cfg.max_cells`.
+pub fn cell_crops(field: &RgbImage, cells: &CellResult, cfg: &CellViewConfig, size: u32) -> Vec<CellCrop> {
+    (0..cells.cells.len().min(cfg.max_cells)).filter_map(|i| cut_cell(field, cells, i, cfg, size)).collect()
+}
+
+/// Binary dilation by a `(2r+1)` square, separably (rows then columns).
+fn dilate_square(mask: &GrayImage, r: u32) -> GrayImage {
+    if r == 0 {
+        return mask.clone();
+    }
+    let (w, h) = mask.dimensions();
+    let r = r as i64;
+    let run = |get: &dyn Fn(i64) -> u8, len: i64, out: &mut dyn FnMut(i64, u8)| {
+        // Distance to the last set pixel from either side.
+        let mut last = i64::MIN / 2;
+        let mut near = vec![i64::MAX; len as usize];
+        for i in 0..len {
+            if get(i) != 0 {
+                last = i;
+            }
+            near[i as usize] = i - last;
+        }
+        let mut next = i64::MAX / 2;
+        for i in (0..len).rev() {
+            if get(i) != 0 {
+                next = i;
+            }
+            let d = near[i as usize].min(next - i);
+            out(i, if d <= r { 255 } else { 0 });
+        }
+    };
+    let mut rows: ImageBuffer<Luma<u8>, Vec<u8>> = GrayImage::new(w, h);
+    for y in 0..h {
+        run(&|x| mask.get_pixel(x as u32, y)[0], w as i64, &mut |x, v| rows.put_pixel(x as u32, y, Luma([v])));
+    }
+    let mut out = GrayImage::new(w, h);
+    for x in 0..w {
+        run(&|y| rows.get_pixel(x, y as u32)[0], h as i64, &mut |y, v| out.put_pixel(x, y as u32, Luma([v])));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dilation_grows_by_r() {
+        let mut m = GrayImage::new(9, 9);
+        m.put_pixel(4, 4, Luma([255]));
+        let d = dilate_square(&m, 2);
+        assert_eq!(d.get_pixel(2, 2)[0], 255);
+        assert_eq!(d.get_pixel(6, 6)[0], 255);
+        assert_eq!(d.get_pixel(1, 4)[0], 0);
+        assert_eq!(d.get_pixel(4, 7)[0], 0);
+        assert_eq!(dilate_square(&m, 0), m);
+    }
+}

@@ -1,0 +1,284 @@
+//! Tests of the scale and white-cell stages ([`estimate_scale`], [`find_white_cells`]) on
+//! synthetic smears drawn at known scales: glass, red discs of 7.5 um (+-5%) with pale
+//! centres (a few touching), white cells with a dark purple round or lobed nucleus and a pale
+//! blue cytoplasm, a platelet. Synthetic on purpose: the expected answer is exact and the
+//! tests stay fast; the real-data figures are in `examples/bench_cells.rs`.
+
+use allscan_preprocess::{
+    estimate_scale, find_white_cells, red_cell_scale, CellConfig, CellFlag, CellResult, ScaleConfig, ScaleEstimate,
+    ScaleSource,
+};
+use image::{Rgb, RgbImage};
+
+const GLASS: [u8; 3] = [238, 230, 232];
+const RBC: [u8; 3] = [214, 160, 170];
+const RBC_CENTRE: [u8; 3] = [230, 205, 210];
+const NUCLEUS: [u8; 3] = [105, 55, 150];
+const CYTOPLASM: [u8; 3] = [185, 190, 225];
+const PLATELET: [u8; 3] = [140, 90, 165];
+
+/// A tiny deterministic generator (xorshift), so fields are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % 1_000_000) as f32 / 1_000_000.0
+    }
+}
+
+fn disc(img: &mut RgbImage, cx: f32, cy: f32, r: f32, c: [u8; 3]) {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    for y in ((cy - r).floor() as i64).max(0)..=((cy + r).ceil() as i64).min(h - 1) {
+        for x in ((cx - r).floor() as i64).max(0)..=((cx + r).ceil() as i64).min(w - 1) {
+            if (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) <= r * r {
+                img.put_pixel(x as u32, y as u32, Rgb(c));
+            }
+        }
+    }
+}
+
+/// A drawn white cell: centre and radii in pixels, `lobes` > 1 for a segmented nucleus.
+#[derive(Clone, Copy)]
+struct Wbc {
+    x: f32,
+    y: f32,
+    nucleus_r: f32,
+    cell_r: f32,
+    lobes: usize,
+}
+
+fn draw_wbc(img: &mut RgbImage, c: Wbc) {
+    disc(img, c.x, c.y, c.cell_r, CYTOPLASM);
+    if c.lobes <= 1 {
+        disc(img, c.x, c.y, c.nucleus_r, NUCLEUS);
+    } else {
+        // Lobes on a small circle, touching or nearly so (a neutrophil).
+        let lobe_r = c.nucleus_r * 0.5;
+        for k in 0..c.lobes {
+            let a = k as f32 * std::f32::consts::TAU / c.lobes as f32;
+            disc(img, c.x + 0.95 * lobe_r * a.cos(), c.y + 0.95 * lobe_r * a.sin(), lobe_r, NUCLEUS);
+        }
+    }
+}
+
+/// A field of `side_um` square at `um_per_px`, with `wbcs` (in micrometres from the top-left)
+/// and red cells on a jittered grid around them; returns the image, the drawn white cells
+/// in pixels and the platelet centre in pixels.
+fn smear(um_per_px: f32, side_um: f32, wbcs: &[(f32, f32, f32, usize)], seed: u64) -> (RgbImage, Vec<Wbc>, (f32, f32)) {
+    let px = |um: f32| um / um_per_px;
+    let side = px(side_um).round() as u32;
+    let mut img = RgbImage::from_pixel(side, side, Rgb(GLASS));
+    let mut rng = Rng(seed);
+    let cells: Vec<Wbc> = wbcs
+        .iter()
+        .map(|&(x, y, nucleus_um, lobes)| Wbc {
+            x: px(x),
+            y: px(y),
+            nucleus_r: px(nucleus_um / 2.0),
+            cell_r: px(nucleus_um / 2.0 + 2.0),
+            lobes,
+        })
+        .collect();
+    let platelet = (px(side_um - 6.0), px(6.0));
+    let rbc_r = px(7.5 / 2.0);
+    let step = px(10.0);
+    let mut placed = 0;
+    let mut gy = step / 2.0;
+    while gy < side as f32 {
+        let mut gx = step / 2.0;
+        while gx < side as f32 {
+            let (x, y) = (gx + (rng.next() - 0.5) * px(1.0), gy + (rng.next() - 0.5) * px(1.0));
+            let r = rbc_r * (0.95 + 0.1 * rng.next());
+            let clear = cells.iter().all(|c| ((c.x - x).powi(2) + (c.y - y).powi(2)).sqrt() > c.cell_r + r + px(1.0))
+                && ((platelet.0 - x).powi(2) + (platelet.1 - y).powi(2)).sqrt() > r + px(3.0);
+            if clear {
+                disc(&mut img, x, y, r, RBC);
+                disc(&mut img, x, y, r * 0.35, RBC_CENTRE);
+                // Every seventh red cell gets a neighbour touching it (a pair, not isolated).
+                if placed % 7 == 3 {
+                    let nx = x + 1.9 * r;
+                    disc(&mut img, nx, y, r, RBC);
+                    disc(&mut img, nx, y, r * 0.35, RBC_CENTRE);
+                }
+                placed += 1;
+            }
+            gx += step;
+        }
+        gy += step;
+    }
+    for &c in &cells {
+        draw_wbc(&mut img, c);
+    }
+    disc(&mut img, platelet.0, platelet.1, px(1.2), PLATELET);
+    (img, cells, platelet)
+}
+
+fn analyse(img: &RgbImage) -> CellResult {
+    let scale = estimate_scale(img, &ScaleConfig::default());
+    find_white_cells(img, &CellConfig::default(), &scale)
+}
+
+fn overlaps(c: &allscan_preprocess::WhiteCell, w: &Wbc) -> bool {
+    let b = c.cell;
+    let (x0, x1) = (b.x as f32, (b.x + b.width) as f32);
+    let (y0, y1) = (b.y as f32, (b.y + b.height) as f32);
+    x0 < w.x + w.cell_r && x1 > w.x - w.cell_r && y0 < w.y + w.cell_r && y1 > w.y - w.cell_r
+}
+
+#[test]
+fn red_cells_give_the_scale_within_ten_percent() {
+    for (um, side) in [(0.1f32, 60.0f32), (0.2, 80.0), (0.37, 83.0)] {
+        let (img, _, _) = smear(um, side, &[(side / 2.0, side / 2.0, 9.0, 1)], 7);
+        let est = red_cell_scale(&img, &ScaleConfig::default()).unwrap_or_else(|why| panic!("{um}: {why}"));
+        assert_eq!(est.source, ScaleSource::RedCells);
+        let err = (est.um_per_px - um).abs() / um;
+        assert!(err <= 0.10, "at {um} um/px estimated {} ({:.1}% off): {est:?}", est.um_per_px, err * 100.0);
+        assert!(est.red_cells >= 5 && est.spread < 0.35, "{est:?}");
+        assert_eq!(estimate_scale(&img, &ScaleConfig::default()), est);
+    }
+}
+
+#[test]
+fn every_white_cell_is_found_and_no_red_cell_or_platelet_counts() {
+    let layouts: [&[(f32, f32, f32, usize)]; 3] = [
+        &[(30.0, 30.0, 10.0, 1)],
+        &[(20.0, 22.0, 8.0, 1), (55.0, 55.0, 11.0, 1)],
+        &[(18.0, 20.0, 7.0, 1), (60.0, 25.0, 12.0, 1), (35.0, 60.0, 10.0, 3)],
+    ];
+    for (um, side) in [(0.1f32, 75.0f32), (0.2, 80.0), (0.37, 83.0)] {
+        for (i, layout) in layouts.iter().enumerate() {
+            let (img, drawn, platelet) = smear(um, side, layout, 11 + i as u64);
+            let res = analyse(&img);
+            let real: Vec<_> = res.cells.iter().filter(|c| !c.has(CellFlag::Small)).collect();
+            assert_eq!(real.len(), drawn.len(), "{um} um/px layout {i}: {:?}", res.cells);
+            for w in &drawn {
+                assert!(real.iter().any(|c| overlaps(c, w)), "{um} layout {i}: cell at {},{} missed", w.x, w.y);
+            }
+            // The platelet is dropped or flagged Small, never a white cell.
+            for c in &real {
+                let (dx, dy) = (c.centroid.0 - platelet.0, c.centroid.1 - platelet.1);
+                assert!(dx.hypot(dy) > 2.0 / um, "platelet counted: {c:?}");
+            }
+            // The largest drawn cell is the dominant one, and labels agree with the list.
+            let biggest = drawn.iter().max_by(|a, b| a.cell_r.total_cmp(&b.cell_r)).map(|w| (w.x, w.y));
+            if let Some((x, y)) = biggest {
+                assert_eq!(res.labels.get_pixel(x as u32, y as u32)[0], 1, "{um} layout {i}");
+                assert_eq!(res.mask.get_pixel(x as u32, y as u32)[0], 255);
+            }
+        }
+    }
+}
+
+#[test]
+fn nucleus_and_cell_areas_match_the_drawing() {
+    let (img, drawn, _) = smear(0.2, 80.0, &[(40.0, 40.0, 10.0, 1)], 5);
+    let res = analyse(&img);
+    let c = &res.cells[0];
+    let w = drawn[0];
+    let nucleus = std::f32::consts::PI * w.nucleus_r * w.nucleus_r;
+    let cell = std::f32::consts::PI * w.cell_r * w.cell_r;
+    assert!((c.nucleus_area as f32 / nucleus - 1.0).abs() < 0.15, "{c:?} vs {nucleus}");
+    assert!((c.cell_area as f32 / cell - 1.0).abs() < 0.2, "{c:?} vs {cell}");
+    assert!((c.centroid.0 - w.x).abs() < 3.0 && (c.centroid.1 - w.y).abs() < 3.0, "{c:?}");
+}
+
+#[test]
+fn a_field_without_red_cells_falls_back_to_assumed_with_a_note() {
+    let mut img = RgbImage::from_pixel(300, 300, Rgb(GLASS));
+    let w = Wbc { x: 150.0, y: 150.0, nucleus_r: 40.0, cell_r: 55.0, lobes: 1 };
+    draw_wbc(&mut img, w);
+    let est = estimate_scale(&img, &ScaleConfig::default());
+    assert_eq!(est.source, ScaleSource::Assumed, "{est:?}");
+    assert!(est.note.as_deref().is_some_and(|n| n.contains("red cells")), "{est:?}");
+    assert_eq!(est.red_cells, 0);
+    // The cell (110 px across) is taken to be 11 um wide.
+    assert!((est.um_per_px - 0.1).abs() / 0.1 < 0.15, "{est:?}");
+    assert!(red_cell_scale(&img, &ScaleConfig::default()).is_err());
+}
+
+#[test]
+fn a_given_scale_wins() {
+    let (img, _, _) = smear(0.2, 80.0, &[(40.0, 40.0, 10.0, 1)], 3);
+    let cfg = ScaleConfig { um_per_px: Some(0.5), ..Default::default() };
+    let est = estimate_scale(&img, &cfg);
+    assert_eq!(
+        est,
+        ScaleEstimate { um_per_px: 0.5, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None }
+    );
+}
+
+#[test]
+fn a_cell_on_black_is_one_cell_at_an_assumed_scale() {
+    let mut img = RgbImage::new(450, 450);
+    let w = Wbc { x: 225.0, y: 225.0, nucleus_r: 80.0, cell_r: 100.0, lobes: 1 };
+    draw_wbc(&mut img, w);
+    let res = analyse(&img);
+    assert_eq!(res.scale.source, ScaleSource::Assumed, "{:?}", res.scale);
+    assert!(res.scale.note.is_some());
+    assert!((res.scale.um_per_px - 11.0 / 200.0).abs() / (11.0 / 200.0) < 0.1, "{:?}", res.scale);
+    assert_eq!(res.cells.len(), 1, "{:?}", res.cells);
+    assert!(res.cells[0].flags.is_empty(), "{:?}", res.cells[0]);
+    assert!(overlaps(&res.cells[0], &w));
+}
+
+#[test]
+fn a_blank_field_has_no_cell() {
+    for img in [RgbImage::from_pixel(300, 200, Rgb(GLASS)), RgbImage::new(300, 200)] {
+        let res = analyse(&img);
+        assert!(res.cells.is_empty(), "{:?}", res.cells);
+        assert!(res.mask.pixels().all(|p| p[0] == 0));
+        assert_eq!(res.scale.source, ScaleSource::Assumed);
+    }
+}
+
+#[test]
+fn a_cell_cut_by_the_border_is_kept_and_flagged() {
+    let (img, _, _) = smear(0.2, 80.0, &[(3.0, 40.0, 10.0, 1), (50.0, 50.0, 8.0, 1)], 9);
+    let res = analyse(&img);
+    let edge = res.cells.iter().find(|c| c.cell.x == 0).unwrap_or_else(|| panic!("{:?}", res.cells));
+    assert!(edge.has(CellFlag::TouchesBorder), "{edge:?}");
+    // The dominant cell is the whole one, although the cut one may be larger.
+    assert!(!res.cells[0].has(CellFlag::TouchesBorder), "{:?}", res.cells);
+}
+
+#[test]
+fn a_lobed_nucleus_is_one_cell() {
+    let (img, drawn, _) = smear(0.1, 60.0, &[(30.0, 30.0, 10.0, 4)], 13);
+    let res = analyse(&img);
+    let real: Vec<_> = res.cells.iter().filter(|c| !c.has(CellFlag::Small)).collect();
+    assert_eq!(real.len(), 1, "{:?}", res.cells);
+    assert!(overlaps(real[0], &drawn[0]));
+}
+
+#[test]
+fn tiny_and_empty_images_give_no_cell_and_a_fallback_scale() {
+    for (w, h) in [(0u32, 0u32), (1, 1), (3, 40), (16, 16)] {
+        let img = RgbImage::from_pixel(w, h, Rgb(NUCLEUS));
+        let est = estimate_scale(&img, &ScaleConfig::default());
+        assert_eq!(est.source, ScaleSource::Assumed, "{w}x{h}");
+        assert!(est.um_per_px.is_finite() && est.um_per_px > 0.0, "{w}x{h}: {est:?}");
+        let res = find_white_cells(&img, &CellConfig::default(), &est);
+        assert!(res.cells.is_empty(), "{w}x{h}");
+        assert_eq!(res.mask.dimensions(), (w, h));
+        assert_eq!(res.labels.dimensions(), (w, h));
+    }
+    // A nonsense scale is no reason to panic either.
+    let img = RgbImage::from_pixel(50, 50, Rgb(GLASS));
+    let bad = ScaleEstimate { um_per_px: f32::NAN, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None };
+    assert!(find_white_cells(&img, &CellConfig::default(), &bad).cells.is_empty());
+}
+
+#[test]
+fn settings_round_trip_through_json_and_take_defaults() {
+    let cfg: CellConfig = serde_json::from_str(r#"{"max_rim_um": 5.0}"#).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg, CellConfig { max_rim_um: 5.0, ..Default::default() });
+    let scale: ScaleConfig = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(scale, ScaleConfig::default());
+    let json = serde_json::to_string(&ScaleSource::RedCells).unwrap_or_default();
+    assert_eq!(json, "\"red-cells\"");
+    let flag = serde_json::to_string(&CellFlag::TouchesBorder).unwrap_or_default();
+    assert_eq!(flag, "\"touches-border\"");
+}
