@@ -39,7 +39,7 @@ for m in "${MODELS[@]}"; do
   if [ ! -f "$run/metadata.json" ] || [ -f "$run/checkpoint/state.json" ]; then
     scripts/train-crosslab.sh "$run" $(sources_of "$m") | tee "$OUT/$m.train.log"
   fi
-  src="target/crosslab/sources-$(sources_of "$m" | tr ' ' -)"
+  src="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"]["root"])' "$run/config.json")"
   echo "== $m: held-out test part, per source" | tee "$OUT/$m.eval.log"
   for s in $(sources_of "$m"); do
     echo "-- $s (test part)" | tee -a "$OUT/$m.eval.log"

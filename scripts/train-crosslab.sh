@@ -23,21 +23,29 @@ SOURCES=("$@")
 
 cargo build --release -p allscan-cli >&2
 BIN=target/release/allscan
-# The sources dataset: links to the shared sets plus the manifest that labels them.
-SRC="target/crosslab/sources-$(IFS=-; echo "${SOURCES[*]}")"
-mkdir -p "$SRC"
+# The sources dataset: links to the shared sets plus the manifest that labels them, in a
+# folder named after the manifest's hash (a run's data folder never changes under it).
 entries=()
 for s in "${SOURCES[@]}"; do
   [ -d "$DATA/$s" ] || { echo "no such source: $DATA/$s" >&2; exit 2; }
-  ln -sfn "$DATA/$s" "$SRC/$s"
+  # Each image's own scale (its red cells, else the stated fallback). A per-source scale
+  # ("um_per_px": 0.52 for Aria, 0.111 for pbc-normal, the medians of their red-cell
+  # estimates) is supported but scored lower together with 48 px inputs (docs/EXPERIMENTS.md).
   case "$s" in
     pbc-normal) entries+=("{\"name\":\"$s\",\"label\":\"healthy\"}") ;;
     wbc-seg) entries+=("{\"name\":\"$s\",\"label\":\"healthy\",\"extensions\":[\"bmp\"]}") ;;
     *) entries+=("{\"name\":\"$s\"}") ;;
   esac
 done
-( IFS=,; echo "{\"sources\":[${entries[*]}]}" ) > "$SRC/allscan-sources.json.tmp"
+manifest="$( IFS=,; echo "{\"sources\":[${entries[*]}]}" )"
+SRC="target/crosslab/sources-$(IFS=-; echo "${SOURCES[*]}")-$(echo "$manifest" | sha256sum | cut -c1-8)"
+mkdir -p "$SRC"
+for s in "${SOURCES[@]}"; do
+  ln -sfn "$DATA/$s" "$SRC/$s"
+done
+echo "$manifest" > "$SRC/allscan-sources.json.tmp"
 mv "$SRC/allscan-sources.json.tmp" "$SRC/allscan-sources.json"
+echo "sources dataset: $SRC" >&2
 
 resume=()
 [ -f "$RUN/config.json" ] && resume=(--resume)

@@ -43,7 +43,8 @@ fn segment_writes_masks_crops_csv_and_sheet() {
         let dir = out.join(mode);
         let (ok, stdout, stderr) =
             allscan(&["segment", data.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--mode", mode, "--sheet"]);
-        assert!(ok, "{mode}: {stdout}\n{stderr}");
+        // The other fields are segmented, but a skipped file makes the exit code 1.
+        assert!(!ok, "{mode}: {stdout}\n{stderr}");
         assert!(stderr.contains("broken.jpg"), "the unreadable file is reported: {stderr}");
         assert!(stdout.contains("1 unreadable"), "{stdout}");
         for rel in [
@@ -84,4 +85,28 @@ fn a_single_unreadable_file_is_an_error() {
     let (ok, _, stderr) = allscan(&["segment", bad.to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("bad.png"), "{stderr}");
+}
+
+#[test]
+fn cell_mode_writes_nucleus_and_cytoplasm_masks_and_the_scale() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    field(&[(60, 60, 20), (160, 150, 28)]).save(data.join("a.png")).expect("save");
+    field(&[]).save(data.join("empty.png")).expect("save");
+    let dir = tmp.path().join("out");
+    let (ok, stdout, stderr) =
+        allscan(&["segment", data.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--mode", "cell", "--sheet"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("cell mode"), "{stdout}");
+    let csv = std::fs::read_to_string(dir.join("cells.csv")).expect("cells.csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].starts_with("path,status,um_per_px,scale_source"), "{csv}");
+    assert!(rows.iter().any(|r| r.starts_with("empty.png,no white cell found")), "{csv}");
+    let cells: Vec<&&str> = rows.iter().filter(|r| r.starts_with("a.png,ok,")).collect();
+    assert!(!cells.is_empty(), "{csv}");
+    let mask = image::open(dir.join("masks/a.png")).expect("mask").to_luma8();
+    assert_eq!(mask.get_pixel(160, 150)[0], 255, "nucleus");
+    assert!(mask.pixels().all(|p| [0, 128, 255].contains(&p[0])), "three levels only");
+    assert!(dir.join("sheet.png").is_file());
 }

@@ -144,6 +144,71 @@ fn dilate_square(mask: &GrayImage, r: u32) -> GrayImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::{CellLabels, WhiteCell};
+    use crate::nucleus::BBox;
+    use crate::scale::{ScaleEstimate, ScaleSource};
+
+    /// A 200x200 field at 0.25 um/px: one dark disc of radius 20 px (label 1) on a light
+    /// background with a mid-grey "red cell" beside it.
+    fn field() -> (RgbImage, CellResult) {
+        let (w, h) = (200, 200);
+        let disc = |x: u32, y: u32, cx: f32, cy: f32, r: f32| (x as f32 - cx).hypot(y as f32 - cy) <= r;
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            if disc(x, y, 100.0, 100.0, 20.0) {
+                Rgb(if (x + y) % 2 == 0 { [60, 30, 90] } else { [90, 50, 120] })
+            } else if disc(x, y, 140.0, 100.0, 14.0) {
+                Rgb([200, 120, 120])
+            } else {
+                Rgb([235, 230, 225])
+            }
+        });
+        let labels = CellLabels::from_fn(w, h, |x, y| image::Luma([u32::from(disc(x, y, 100.0, 100.0, 20.0))]));
+        let b = BBox { x: 80, y: 80, width: 41, height: 41 };
+        let cell = WhiteCell { nucleus: b, cell: b, nucleus_area: 1257, cell_area: 1257, centroid: (100.0, 100.0), flags: vec![] };
+        let scale = ScaleEstimate { um_per_px: 0.25, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None };
+        (img, CellResult { mask: GrayImage::new(w, h), labels, cells: vec![cell], scale })
+    }
+
+    #[test]
+    fn the_window_is_physical_and_everything_outside_the_cell_is_the_fill() {
+        let (img, cells) = field();
+        let cfg = CellViewConfig { window_um: 25.0, mask_margin_um: 0.0, ..CellViewConfig::default() };
+        // 25 um at 0.25 um/px = 100 field pixels, centred on the cell.
+        let region = cell_region(&cells, 0, &cfg).unwrap();
+        assert_eq!((region.x, region.y, region.side), (50, 50, 100));
+        let crop = cut_cell(&img, &cells, 0, &cfg, 100).unwrap();
+        assert_eq!(crop.image.dimensions(), (100, 100));
+        // The red cell at +40 px and the glass are gone: only the fill remains there.
+        assert_eq!(crop.image.get_pixel(90, 50).0, [cfg.fill; 3]);
+        assert_eq!(crop.image.get_pixel(2, 2).0, [cfg.fill; 3]);
+        // Inside, grey levels standardised around the centre value, with the texture kept.
+        let inside: Vec<u8> = (45..55).map(|x| crop.image.get_pixel(x, 50).0[0]).collect();
+        let mean = inside.iter().map(|&v| v as f32).sum::<f32>() / inside.len() as f32;
+        assert!((mean - CENTRE).abs() < 12.0, "{inside:?}");
+        assert!(inside.iter().max() > inside.iter().min(), "texture lost: {inside:?}");
+        let c = crop.image.get_pixel(50, 50).0;
+        assert!(c[0] == c[1] && c[1] == c[2], "grey mode gives grey pixels");
+        // Resampled to the model's input, the cell keeps its physical size: 40 px of 100 -> 16 of 40.
+        let small = cut_cell(&img, &cells, 0, &cfg, 40).unwrap().image;
+        let row: Vec<bool> = (0..40).map(|x| small.get_pixel(x, 20).0[0] != cfg.fill).collect();
+        let width = row.iter().filter(|&&b| b).count();
+        assert!((15..=18).contains(&width), "{width}");
+    }
+
+    #[test]
+    fn the_same_cell_at_another_scale_gives_the_same_crop_size() {
+        let (img, mut cells) = field();
+        let cfg = CellViewConfig { mask_margin_um: 0.0, ..CellViewConfig::default() };
+        let a = cut_cell(&img, &cells, 0, &cfg, 48).unwrap().image;
+        // Claiming twice the micrometres per pixel halves the window in pixels: the cell fills
+        // twice the width of the crop.
+        cells.scale.um_per_px = 0.5;
+        let b = cut_cell(&img, &cells, 0, &cfg, 48).unwrap().image;
+        let width = |im: &RgbImage| (0..48).filter(|&x| im.get_pixel(x, 24).0[0] != cfg.fill).count();
+        let (wa, wb) = (width(&a), width(&b));
+        assert!((wb as f32 / wa as f32 - 2.0).abs() < 0.25, "{wa} vs {wb}");
+        assert!(cut_cell(&img, &cells, 1, &cfg, 48).is_none());
+    }
 
     #[test]
     fn dilation_grows_by_r() {

@@ -186,8 +186,9 @@ pub struct CellViewConfig {
 impl Default for CellViewConfig {
     fn default() -> Self {
         Self {
-            // 24 um holds the largest blasts (~20 um); at 64 px that is 0.375 um/px, Aria's own
-            // resolution (a red cell ~20 px), so no source is upsampled (see docs/DESIGN.md).
+            // 24 um holds the largest blasts (~20 um); at the cell profile's 64 px that is
+            // 0.375 um/px (48 px at Aria's own 0.52 um/px scored lower in and out of domain:
+            // docs/EXPERIMENTS.md).
             window_um: 24.0,
             mask_margin_um: 0.3,
             fill: 224,

@@ -79,9 +79,20 @@ impl DecodeError {
     }
 }
 
+/// Reads a file's bytes, refusing anything that is not a regular file (after following links)
+/// before opening it: reading a FIFO, socket or device named `x.jpg` would block or never end.
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a folder" } else { "not a regular file (a FIFO, socket or device)" };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, kind));
+    }
+    std::fs::read(path)
+}
+
 /// Reads and decodes a file. See [`decode_bytes`].
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io { path: path.to_owned(), source })?;
+    let bytes = read_regular_file(path).map_err(|source| DecodeError::Io { path: path.to_owned(), source })?;
     decode_bytes(&bytes, path, limits)
 }
 

@@ -231,11 +231,13 @@ pub(crate) struct Blob {
 }
 
 impl Blob {
+    /// Box width (0 for a blob with no pixel, whose box is still the empty initial one).
     pub fn width(&self) -> u32 {
-        self.x1 + 1 - self.x0
+        (self.x1 + 1).saturating_sub(self.x0)
     }
+    /// Box height (0 for a blob with no pixel).
     pub fn height(&self) -> u32 {
-        self.y1 + 1 - self.y0
+        (self.y1 + 1).saturating_sub(self.y0)
     }
     pub fn touches_border(&self, w: u32, h: u32) -> bool {
         self.x0 == 0 || self.y0 == 0 || self.x1 + 1 >= w || self.y1 + 1 >= h

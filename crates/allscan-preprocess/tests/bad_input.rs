@@ -99,3 +99,26 @@ fn field_without_nucleus_is_normal() {
     // The model still gets an input (the whole field), as documented.
     assert_eq!(prepare_input(&field, &PreprocessConfig::default()).expect("fallback").len(), 1);
 }
+
+/// A FIFO named like an image is refused before it is opened: reading it would block forever.
+#[cfg(unix)]
+#[test]
+fn a_fifo_named_like_an_image_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("x.jpg");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        panic!("mkfifo is needed for this test");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(allscan_preprocess::decode_file(&path, &DecodeLimits::default()).map(|_| ()));
+    });
+    let result = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("decode_file blocked on a FIFO");
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("x.jpg") && err.to_string().contains("not a regular file"), "{err}");
+    // A folder is refused too, with its own reason.
+    let err = allscan_preprocess::decode_file(dir.path(), &DecodeLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("a folder"), "{err}");
+}

@@ -9,14 +9,30 @@
 //!   results as `allscan predict --format json`, overlays as base64 PNG on request;
 //! - `GET /api/model`: the bundle's metadata; `GET /health`.
 //!
-//! Limits: request body size, image pixels, a concurrency limit with back-pressure (503 with
-//! `Retry-After` when every slot is busy; no queue), a per-request timeout (504). Every error
-//! is JSON `{"error": "...", "status": N}`; internal failures are a generic 500 plus a log
-//! line on stderr.
+//! Limits, in the order a request meets them:
+//! 1. the connection must finish its request headers within `header_read_timeout` (else
+//!    hyper closes it; [`serve`] sets this, `oneshot` tests have no connection);
+//! 2. with a token configured, every `/api/*` route needs `Authorization: Bearer <token>` (401);
+//! 3. the whole upload (body size limit, file count) is read within `body_read_timeout` (408)
+//!    BEFORE any processing slot is taken, so slow uploaders cannot starve the service;
+//! 4. image headers are read (no pixel allocated): each image within `max_image_pixels`, all
+//!    images of the request within `max_request_pixels` (413);
+//! 5. a processing slot (`max_concurrent`) and a share of the process-wide pixel budget
+//!    (`max_inflight_pixels`, pixels being decoded at once across requests) are taken without
+//!    waiting: 503 with `Retry-After` when either is exhausted (no queue);
+//! 6. decoding and prediction run under `request_timeout` (504). A request that times out or
+//!    whose client goes away frees its slot at once; its blocking work stops at the next image
+//!    and keeps its pixel share until its memory is actually freed.
+//!
+//! Every error is JSON `{"error": "...", "status": N}`; internal failures are a generic 500 plus
+//! a log line on stderr.
 //!
 //! Research use only, not a diagnostic device.
 
+use std::future::Future;
+use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,15 +40,16 @@ use allscan::explain::{explain_field, png_bytes};
 use allscan::infer::{FieldPrediction, Predictor};
 use allscan_preprocess::{decode_bytes, DecodeError, DecodeLimits};
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The web page (vanilla HTML + JS, no build step).
 pub const INDEX_HTML: &str = include_str!("index.html");
@@ -46,12 +63,26 @@ pub struct ServerConfig {
     pub max_image_pixels: u64,
     /// Largest number of images in one request.
     pub max_files: usize,
+    /// Largest total of width x height over all images of one request, read from the image
+    /// headers before anything is decoded (413 above it).
+    pub max_request_pixels: u64,
+    /// Largest total of pixels being decoded and processed at once across all requests; a
+    /// request whose share does not fit gets 503 with `Retry-After` and allocates nothing.
+    pub max_inflight_pixels: u64,
     /// Requests processed at once; further requests get 503 with `Retry-After`.
     pub max_concurrent: usize,
-    /// Longest time a request may take (reading the upload included) before a 504.
+    /// Longest time reading the upload may take (408 after it). No processing slot is held
+    /// while reading.
+    pub body_read_timeout: Duration,
+    /// Longest time a connection may take to send its request headers before it is closed
+    /// (applied by [`serve`]; a `oneshot` router has no connection).
+    pub header_read_timeout: Duration,
+    /// Longest time decoding and prediction may take, once the upload is read, before a 504.
     pub request_timeout: Duration,
     /// Seconds sent in `Retry-After` when saturated.
     pub retry_after_s: u64,
+    /// When set, every `/api/*` route requires `Authorization: Bearer <token>` (401 otherwise).
+    pub token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -60,9 +91,16 @@ impl Default for ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             max_image_pixels: 40_000_000,
             max_files: 16,
+            // Two full-size images per request, two such requests decoding at once: about
+            // 0.5 GiB of decoded RGB at most, where 16 x 40 MP once peaked at 2 GiB.
+            max_request_pixels: 80_000_000,
+            max_inflight_pixels: 160_000_000,
             max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             retry_after_s: 1,
+            token: None,
         }
     }
 }
@@ -78,19 +116,45 @@ struct Inner {
     model_info: serde_json::Value,
     config: ServerConfig,
     permits: Arc<Semaphore>,
+    /// The process-wide pixel budget, in units of [`PIXEL_UNIT`] pixels (tokio semaphores
+    /// count in `u32` per acquisition, too few for pixels).
+    pixel_units: Arc<Semaphore>,
+}
+
+/// Pixels per permit of the in-flight pixel budget.
+const PIXEL_UNIT: u64 = 1024;
+
+fn pixel_units(pixels: u64) -> u64 {
+    pixels.div_ceil(PIXEL_UNIT)
 }
 
 impl AppState {
     /// State for [`app`]: the predictor, the JSON `GET /api/model` returns, and the limits.
     pub fn new(predictor: Predictor, model_info: serde_json::Value, config: ServerConfig) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
-        Self { inner: Arc::new(Inner { predictor, model_info, config, permits }) }
+        let units = usize::try_from(pixel_units(config.max_inflight_pixels))
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        let pixel_units = Arc::new(Semaphore::new(units));
+        Self { inner: Arc::new(Inner { predictor, model_info, config, permits, pixel_units }) }
     }
 
     /// Takes one processing slot, if free, and holds it until the permit is dropped: for
     /// maintenance and for testing the back-pressure path.
-    pub fn hold_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub fn hold_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.inner.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Takes `pixels` of the in-flight pixel budget, if free, until the permit is dropped: for
+    /// testing the memory back-pressure path.
+    pub fn hold_pixels(&self, pixels: u64) -> Option<OwnedSemaphorePermit> {
+        let units = u32::try_from(pixel_units(pixels)).ok()?;
+        self.inner.pixel_units.clone().try_acquire_many_owned(units).ok()
+    }
+
+    /// Processing slots free now (for tests and monitoring).
+    pub fn free_slots(&self) -> usize {
+        self.inner.permits.available_permits()
     }
 
     /// The limits in force.
@@ -114,6 +178,12 @@ pub enum AppError {
     /// A malformed request (no file, empty file, broken form).
     #[error("{0}")]
     BadRequest(String),
+    /// A token is configured and the request lacks it or has another one.
+    #[error("missing or wrong token: send `Authorization: Bearer <token>`")]
+    Unauthorized,
+    /// The upload was not read completely within the limit.
+    #[error("upload not received within {0} s")]
+    BodyTimeout(u64),
     /// Body or image over the limits.
     #[error("{0}")]
     TooLarge(String),
@@ -141,6 +211,8 @@ impl AppError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -180,10 +252,16 @@ impl IntoResponse for AppError {
         }
         let body = Json(ErrorBody { error: self.to_string(), status: status.as_u16() });
         let mut resp = (status, body).into_response();
-        if let Self::Busy { retry_after_s } = self {
-            if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
+        match self {
+            Self::Busy { retry_after_s } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
             }
+            Self::Unauthorized => {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         resp
     }
@@ -228,23 +306,116 @@ struct PredictQuery {
 /// The service's routes (see the module docs).
 pub fn app(state: AppState) -> Router {
     let body_limit = state.inner.config.max_body_bytes;
+    let api = Router::new()
+        .route("/api/model", get(model_info))
+        .route("/api/predict", post(predict).layer(DefaultBodyLimit::max(body_limit)))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(index))
         .route("/health", get(health))
-        .route("/api/model", get(model_info))
-        .route("/api/predict", post(predict).layer(DefaultBodyLimit::max(body_limit)))
+        .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-/// Runs [`app`] on `listener` until Ctrl-C.
+/// Runs [`app`] on `listener` until Ctrl-C (see [`serve_with_shutdown`]).
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    serve_with_shutdown(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Runs [`app`] on `listener` until `shutdown` completes, then lets open connections finish.
+///
+/// `axum::serve` (0.8.9) builds hyper connections without a timer, so hyper's header-read
+/// timeout never fires and a client that never finishes its headers holds its connection
+/// forever. This accept loop is axum's, with hyper-util's auto builder (HTTP/1 only, as the
+/// crate's axum features) given a tokio timer and `header_read_timeout`.
+pub async fn serve_with_shutdown(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let header_timeout = state.inner.config.header_read_timeout;
+    let router = app(state);
+    // Dropped (closed) on shutdown: each connection then shuts down gracefully.
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
+    // Every connection task holds a receiver; `closed()` resolves when the last one ends.
+    let (close_tx, close_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    eprintln!("allscan-server: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let mut signal_rx = signal_rx.clone();
+        let close_rx = close_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+            let mut signalled = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = signal_rx.changed(), if !signalled => {
+                        signalled = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(close_rx);
+        });
+    }
+    drop(signal_rx);
+    drop(listener);
+    let _ = signal_tx.send(());
+    drop(close_rx);
+    close_tx.closed().await;
+    Ok(())
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset)
+}
+
+/// With a token configured, `/api/*` requires `Authorization: Bearer <token>`.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(want) = state.inner.config.token.as_deref() {
+        let got = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !got.is_some_and(|g| constant_time_eq(g.as_bytes(), want.as_bytes())) {
+            return AppError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Equality whose time does not depend on where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn index() -> Html<&'static str> {
@@ -274,13 +445,6 @@ async fn predict(
 ) -> Result<Json<PredictResponse>, AppError> {
     let start = Instant::now();
     let cfg = &state.inner.config;
-    // Back-pressure: no queue; a saturated server says so at once.
-    let permit = state
-        .inner
-        .permits
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| AppError::Busy { retry_after_s: cfg.retry_after_s })?;
     let multipart = multipart.map_err(|e| {
         AppError::UnsupportedMediaType(format!(
             "expected a multipart/form-data body with one or more `file` fields ({})",
@@ -288,23 +452,101 @@ async fn predict(
         ))
     })?;
     let overlay = matches!(query.overlay.as_deref(), Some("1" | "true" | "yes"));
+    // The whole upload first, holding nothing shared: a client trickling its body costs one
+    // idle task, not a processing slot.
+    let read_timeout = cfg.body_read_timeout;
+    let files = tokio::time::timeout(read_timeout, read_files(multipart, cfg.max_files))
+        .await
+        .map_err(|_| AppError::BodyTimeout(read_timeout.as_secs()))??;
+    let pixels = check_pixel_budget(&files, cfg)?;
+    // Back-pressure: no queue; a saturated server says so at once.
+    let busy = || AppError::Busy { retry_after_s: cfg.retry_after_s };
+    // Held by this future: dropped, and the slot freed, when the request times out or its
+    // client goes away.
+    let _slot = state.inner.permits.clone().try_acquire_owned().map_err(|_| busy())?;
+    // `check_pixel_budget` keeps `pixels` within `max_inflight_pixels`, so this fits in u32.
+    let units = u32::try_from(pixel_units(pixels)).map_err(|_| busy())?;
+    let pixel_share = state.inner.pixel_units.clone().try_acquire_many_owned(units).map_err(|_| busy())?;
     let timeout = cfg.request_timeout;
-    let work = async {
-        let files = read_files(multipart, cfg.max_files).await?;
-        let state2 = state.clone();
-        let handle = tokio::task::spawn_blocking(move || {
-            let _permit = permit; // held until the blocking work ends, even after a timeout
-            run_prediction(&state2, files, overlay)
-        });
-        handle.await.map_err(|e| AppError::Internal(format!("prediction task failed: {e}")))?
-    };
-    let results = tokio::time::timeout(timeout, work).await.map_err(|_| AppError::Timeout(timeout.as_secs()))??;
+    let cancel = CancelOnDrop::default();
+    let flag = cancel.flag.clone();
+    let state2 = state.clone();
+    let handle = tokio::task::spawn_blocking(move || {
+        // The pixel share lives as long as the decoded images do, timeout or not.
+        let _pixel_share = pixel_share;
+        run_prediction(&state2, files, overlay, &flag)
+    });
+    let results = tokio::time::timeout(timeout, handle)
+        .await
+        .map_err(|_| AppError::Timeout(timeout.as_secs()))?
+        .map_err(|e| AppError::Internal(format!("prediction task failed: {e}")))??;
+    cancel.disarm();
     Ok(Json(PredictResponse {
         results,
         aggregation: allscan::infer::AGGREGATION_RULE.to_string(),
         elapsed_ms: start.elapsed().as_millis() as u64,
         notice: NOTICE.to_string(),
     }))
+}
+
+/// Tells the blocking prediction to stop when the request future is dropped before it is
+/// done (timeout, client gone): the slot is already free, the CPU should be too.
+#[derive(Default)]
+struct CancelOnDrop {
+    flag: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            self.flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Width x height of every file from its header alone (nothing decoded), against the
+/// per-image, per-request and in-flight limits; returns the request's total.
+///
+/// A file whose header cannot be read is counted at `max_image_pixels`, the most its decode
+/// may allocate; the decoder then names the real problem.
+fn check_pixel_budget(files: &[(String, Vec<u8>)], cfg: &ServerConfig) -> Result<u64, AppError> {
+    let mut total: u64 = 0;
+    for (name, bytes) in files {
+        // Only the header is read here; the decoder's own allocation limits apply in decode.
+        let dims = image::ImageReader::new(Cursor::new(bytes.as_slice())).with_guessed_format().ok().and_then(|mut r| {
+            r.no_limits();
+            r.into_dimensions().ok()
+        });
+        let pixels = match dims {
+            Some((w, h)) => {
+                let px = u64::from(w) * u64::from(h);
+                if px > cfg.max_image_pixels {
+                    return Err(AppError::TooLarge(format!(
+                        "{name}: {w}x{h} image is larger than the limit ({} pixels)",
+                        cfg.max_image_pixels
+                    )));
+                }
+                px
+            }
+            None => cfg.max_image_pixels,
+        };
+        total = total.saturating_add(pixels);
+    }
+    let limit = cfg.max_request_pixels.min(cfg.max_inflight_pixels);
+    if total > limit {
+        return Err(AppError::TooLarge(format!(
+            "request totals {total} pixels over {} images, larger than the limit of {limit} pixels per request",
+            files.len()
+        )));
+    }
+    Ok(total)
 }
 
 /// Reads the `file` fields of the form.
@@ -347,13 +589,23 @@ fn run_prediction(
     state: &AppState,
     files: Vec<(String, Vec<u8>)>,
     overlay: bool,
+    cancelled: &AtomicBool,
 ) -> Result<Vec<ImageResult>, AppError> {
+    // Nobody reads the answer once cancelled; the error only ends the work early.
+    let check = || {
+        if cancelled.load(Ordering::Relaxed) {
+            Err(AppError::Timeout(state.inner.config.request_timeout.as_secs()))
+        } else {
+            Ok(())
+        }
+    };
     let inner = &state.inner;
     let predictor = &inner.predictor;
     let base = predictor.preprocess().decode;
     let limits = DecodeLimits { max_pixels: base.max_pixels.min(inner.config.max_image_pixels), ..base };
     let mut decoded: Vec<(String, RgbImage)> = Vec::with_capacity(files.len());
     for (name, bytes) in files {
+        check()?;
         if bytes.is_empty() {
             return Err(AppError::BadRequest(format!("{name}: empty file (0 bytes)")));
         }
@@ -364,6 +616,7 @@ fn run_prediction(
         decoded
             .into_iter()
             .map(|(name, img)| {
+                check()?;
                 let e = explain_field(predictor, &img).map_err(|e| AppError::Internal(format!("{name}: {e}")))?;
                 let png = png_bytes(&e.field_overlay(&img)).map_err(|e| AppError::Internal(format!("{name}: {e}")))?;
                 Ok(ImageResult {
@@ -375,6 +628,7 @@ fn run_prediction(
             })
             .collect()
     } else {
+        check()?;
         let refs: Vec<&RgbImage> = decoded.iter().map(|(_, i)| i).collect();
         let preds = predictor.predict_fields(&refs);
         decoded

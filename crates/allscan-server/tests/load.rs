@@ -56,7 +56,7 @@ fn bounded_load_on_loopback() {
     let state = state(ServerConfig { max_concurrent: CLIENTS, ..Default::default() });
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
-    rt.spawn(async move { axum::serve(listener, allscan_server::app(state)).await });
+    rt.spawn(allscan_server::serve_with_shutdown(listener, state, std::future::pending()));
 
     let good = field_png(1, 96, 9);
     let cases: Vec<(bool, Vec<u8>)> = vec![

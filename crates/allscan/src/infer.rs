@@ -321,8 +321,23 @@ impl Predictor {
     /// The model's views of a field ([`allscan_preprocess::prepare_views`], the same path
     /// training takes), with regions in field pixels.
     pub fn views(&self, field: &RgbImage) -> Result<FieldViews, InferError> {
+        self.views_at(field, None)
+    }
+
+    /// [`Self::views`] at a given scale (`cell` mode), over the red-cell estimate.
+    pub fn views_at(&self, field: &RgbImage, um_per_px: Option<f32>) -> Result<FieldViews, InferError> {
         let (width, height) = field.dimensions();
-        let v = prepare_views(field, &self.preprocess).map_err(|e| match e {
+        let given;
+        let pre = match um_per_px {
+            Some(u) => {
+                let mut p = self.preprocess.clone();
+                p.cell.scale.um_per_px = Some(u);
+                given = p;
+                &given
+            }
+            None => &self.preprocess,
+        };
+        let v = prepare_views(field, pre).map_err(|e| match e {
             PreprocessError::NoNucleus { width, height } => InferError::NoNucleus { width, height },
             other => InferError::InvalidConfig(other.to_string()),
         })?;
@@ -481,7 +496,24 @@ impl Predictor {
     /// (views of different fields share batches). One result per field, in order; a field
     /// whose views cannot be built gets its error in place.
     pub fn predict_fields(&self, fields: &[&RgbImage]) -> Vec<Result<FieldPrediction, InferError>> {
-        let views: Vec<Result<FieldViews, InferError>> = fields.iter().map(|f| self.views(f)).collect();
+        self.predict_fields_at(fields, &[])
+    }
+
+    /// [`Self::predict_fields`] with a known scale (micrometres per pixel) for some fields
+    /// (`cell` mode; `scales[i] = None` or a shorter list: the predictor's own rule).
+    pub fn predict_fields_at(
+        &self,
+        fields: &[&RgbImage],
+        scales: &[Option<f32>],
+    ) -> Vec<Result<FieldPrediction, InferError>> {
+        let views: Vec<Result<FieldViews, InferError>> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match scales.get(i).copied().flatten() {
+                Some(u) if self.preprocess.cell.scale.um_per_px.is_none() => self.views_at(f, Some(u)),
+                _ => self.views(f),
+            })
+            .collect();
         let flat: Vec<&RgbImage> = views.iter().filter_map(|v| v.as_ref().ok()).flat_map(|v| v.images.iter()).collect();
         let probs = match self.view_probabilities(&flat) {
             Ok(p) => p,

@@ -118,3 +118,66 @@ fn the_colour_shortcut_reads_the_stain_normalised_field_when_the_run_normalises_
     let normalised = shortcut_auc(target, "reinhard");
     assert!(normalised < 0.8, "colour shortcut on stain-normalised fields: AUC {normalised} (raw {raw})");
 }
+
+/// Writes `n` fields per class: the same light background with pink discs ("red cells") in
+/// both classes, and one white cell whose size and darkness say the class (leukemia: a large
+/// dark nucleus; healthy: a small paler one).
+fn cell_only_set(root: &std::path::Path, n: usize) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for (class, radius, nucleus) in [("healthy", 9.0f32, [150.0f32, 90.0, 190.0]), ("leukemia", 17.0, [70.0, 25.0, 120.0])] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            let (cx, cy): (f32, f32) = (rng.gen_range(40.0..56.0), rng.gen_range(40.0..56.0));
+            let reds: Vec<(f32, f32)> = (0..rng.gen_range(6..12))
+                .map(|_| (rng.gen_range(0.0..96.0), rng.gen_range(0.0..96.0)))
+                .filter(|&(x, y)| (x - cx).hypot(y - cy) > radius + 12.0)
+                .collect();
+            let img = image::RgbImage::from_fn(96, 96, |x, y| {
+                let (xf, yf) = (x as f32, y as f32);
+                let c = if (xf - cx).hypot(yf - cy) < radius {
+                    nucleus
+                } else if (xf - cx).hypot(yf - cy) < radius + 3.0 {
+                    [200.0, 190.0, 225.0]
+                } else if reds.iter().any(|&(rx, ry)| (xf - rx).hypot(yf - ry) < 8.0) {
+                    [225.0, 160.0, 170.0]
+                } else {
+                    [240.0, 235.0, 238.0]
+                };
+                image::Rgb(c.map(|v| (v + rng_noise(x, y, i)).clamp(0.0, 255.0) as u8))
+            });
+            img.save(dir.join(format!("{class}-{i:03}.png"))).unwrap();
+        }
+    }
+}
+
+fn rng_noise(x: u32, y: u32, i: usize) -> f32 {
+    (((x * 31 + y * 17 + i as u32 * 7) % 11) as f32) - 5.0
+}
+
+#[test]
+fn the_background_shortcut_reads_only_the_pixels_outside_the_white_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cells");
+    cell_only_set(&data, 30);
+    let index = DatasetIndex::build(&data, &IndexOptions::default()).unwrap();
+    let split = SplitFile::make(&index, &SplitConfig { test: 0.3, val: 0.2, folds: None, seed: 1 }).unwrap();
+    let split_path = dir.path().join("split.json");
+    split.save(&split_path).unwrap();
+    let run = dir.path().join("run");
+    write_random_bundle(&run, TaskKind::Binary).unwrap();
+    let mut req = EvalRequest::new(&run, &data, dir.path().join("ev"));
+    req.split = Some(split_path);
+    req.n_boot = 20;
+    req.gallery = 0;
+    req.gradcam = false;
+    let out = evaluate(&req).unwrap();
+    let m = serde_json::to_value(&out.metrics).unwrap();
+    let auc = |k: &str| m[k]["binary"]["roc_auc"]["value"].as_f64().unwrap();
+    // The whole field's colours show the cell's size and darkness; the background does not.
+    let (colour, background) = (auc("shortcut"), auc("background_shortcut"));
+    assert!(colour > 0.9, "colour-only AUC {colour}");
+    assert!(background < 0.8, "background-only AUC {background} (colour-only {colour})");
+    assert!(out.table.contains("background-only shortcut"), "{}", out.table);
+}

@@ -54,9 +54,6 @@ pub enum Format {
     Json,
 }
 
-/// Extensions treated as images when walking folders.
-pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp", "gif", "jfif"];
-
 /// Opens a run bundle and builds its predictor on the CPU device.
 pub fn load_predictor(run: &Path) -> anyhow::Result<(RunBundle, Predictor)> {
     let bundle = RunBundle::open(run).with_context(|| format!("opening run {}", run.display()))?;
@@ -66,40 +63,12 @@ pub fn load_predictor(run: &Path) -> anyhow::Result<(RunBundle, Predictor)> {
     Ok((bundle, predictor))
 }
 
-/// Files under `paths` (folders recursively, sorted), keeping explicitly named files whatever
-/// their extension. Unreadable folders are reported as failures.
+/// Image files under `paths` (`allscan::data::walk`: each file once, link loops and FIFOs
+/// listed as failures, never followed or opened).
 pub fn collect_images(paths: &[PathBuf], failed: &mut Vec<Failure>) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>, failed: &mut Vec<Failure>) {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                failed.push(Failure { path: dir.display().to_string(), reason: format!("cannot read folder: {e}") });
-                return;
-            }
-        };
-        let mut items: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        items.sort();
-        for p in items {
-            if p.is_dir() {
-                walk(&p, out, failed);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            walk(p, &mut out, failed);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    out
+    let walked = allscan::data::walk::image_files(paths);
+    failed.extend(walked.skipped.into_iter().map(|(p, reason)| Failure { path: p.display().to_string(), reason }));
+    walked.files
 }
 
 /// A file that could not be predicted.
@@ -199,12 +168,19 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         Some(t) => predictor.with_threshold(t),
         None => predictor,
     };
+    anyhow::ensure!(args.batch > 0, "--batch 0: the batch must hold at least one image");
     if let Some(u) = args.um_per_px {
         anyhow::ensure!(u.is_finite() && u > 0.0 && u < 100.0, "--um-per-px {u} must be a positive number of micrometres");
     }
     let predictor = predictor.with_batch_size(args.batch.max(1)).with_um_per_px(args.um_per_px);
     let mut failed = Vec::new();
     let files = collect_images(&args.paths, &mut failed);
+    if files.is_empty() {
+        for f in &failed {
+            eprintln!("  {}: {}", f.path, f.reason);
+        }
+        anyhow::bail!("no image file found in {}", args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
     let limits = predictor.preprocess().decode;
     let bar = if files.len() >= 32 {
         indicatif::ProgressBar::new(files.len() as u64)

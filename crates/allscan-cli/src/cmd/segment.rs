@@ -50,8 +50,6 @@ pub enum ModeArg {
     Cell,
 }
 
-const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp", "gif"];
-
 pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = match &args.config {
         Some(p) => {
@@ -148,8 +146,9 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
         cfg.mode,
         args.out.display()
     );
-    // One unreadable file among many is reported, not fatal; nothing segmented at all is.
-    Ok(if ok == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    // One unreadable file among many is reported and the rest segmented; the exit code says
+    // that something was skipped.
+    Ok(if ok == 0 || failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// `--mode cell`: masks (255 nucleus / 128 cytoplasm), per-cell model views and cells.csv.
@@ -308,30 +307,14 @@ fn save_rgb(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
     img.save(path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Image files under `dir`, recursively, in path order (hidden entries skipped).
+/// Image files under `dir` (`allscan::data::walk`: each file once; link loops, FIFOs and
+/// unreadable entries are reported on stderr and skipped).
 fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).with_context(|| format!("reading folder {}", d.display()))?;
-        for entry in entries {
-            let path = entry.with_context(|| format!("reading folder {}", d.display()))?.path();
-            let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if hidden {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.to_string_lossy().eq_ignore_ascii_case(x)))
-            {
-                out.push(path);
-            }
-        }
+    let walked = allscan::data::walk::image_files(&[dir.to_path_buf()]);
+    for (p, why) in &walked.skipped {
+        eprintln!("skipped: {}: {why}", p.display());
     }
-    out.sort();
-    Ok(out)
+    Ok(walked.files)
 }
 
 /// Quotes a CSV field when it holds a comma, quote or newline.

@@ -1,5 +1,7 @@
-//! `allscan serve RUN [--addr 127.0.0.1:8080]`: the web page and JSON API of
-//! `allscan_server` for one trained run, on loopback unless told otherwise.
+//! `allscan serve RUN [--addr 127.0.0.1:8080] [--token T]`: the web page and JSON API of
+//! `allscan_server` for one trained run, on loopback unless told otherwise. Any other
+//! address prints a warning; a token (`--token` or `ALLSCAN_TOKEN`) makes every `/api/*`
+//! route require `Authorization: Bearer <token>` (the page takes it as `/?token=...`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,9 +30,36 @@ pub struct ServeArgs {
     /// Largest image in megapixels.
     #[arg(long, default_value_t = 40.0)]
     pub max_megapixels: f64,
-    /// Per-request time limit in seconds (504 after it).
+    /// Largest total of all images of one request in megapixels, read from the image headers
+    /// before decoding (413 above it).
+    #[arg(long, default_value_t = 80.0)]
+    pub max_request_megapixels: f64,
+    /// Largest total of megapixels being decoded at once across all requests (503 above it).
+    #[arg(long, default_value_t = 160.0)]
+    pub max_inflight_megapixels: f64,
+    /// Time limit in seconds for decoding and prediction, once the upload is read (504 after it).
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
+    /// Time limit in seconds for receiving the whole upload (408 after it); no processing slot
+    /// is held meanwhile.
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_s: u64,
+    /// Time limit in seconds for a connection to send its request headers (closed after it).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Require `Authorization: Bearer TOKEN` on every /api/* route (default: the ALLSCAN_TOKEN
+    /// environment variable; none when neither is set). The web page takes it as /?token=TOKEN.
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// The token from `--token`, else from `ALLSCAN_TOKEN`; empty means none.
+fn token(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| std::env::var("ALLSCAN_TOKEN").ok()).map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+fn megapixels(mp: f64) -> u64 {
+    (mp.max(0.0) * 1e6) as u64
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -41,10 +70,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut config = ServerConfig {
         max_body_bytes: args.max_body_mib.saturating_mul(1024 * 1024),
-        max_image_pixels: (args.max_megapixels.max(0.0) * 1e6) as u64,
+        max_image_pixels: megapixels(args.max_megapixels),
+        max_request_pixels: megapixels(args.max_request_megapixels),
+        max_inflight_pixels: megapixels(args.max_inflight_megapixels),
         request_timeout: Duration::from_secs(args.timeout_s.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
+        header_read_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+        token: token(args.token),
         ..ServerConfig::default()
     };
+    let has_token = config.token.is_some();
     if let Some(n) = args.max_concurrent {
         config.max_concurrent = n.max(1);
     }
@@ -65,6 +100,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 args.run.display()
             );
             let _ = out.flush();
+        }
+        if !local.ip().is_loopback() {
+            let auth = if has_token {
+                "every /api/* call needs the token"
+            } else {
+                "anyone who can reach it can use it (no --token / ALLSCAN_TOKEN set)"
+            };
+            eprintln!(
+                "warning: listening on {local}, which is not a loopback address: the service is \
+                 reachable from other machines and {auth}; traffic is plain HTTP (put TLS in front)."
+            );
         }
         allscan_server::serve(listener, state).await.context("serving")
     })?;

@@ -81,3 +81,57 @@ pub fn multipart(parts: &[(&str, &str, &[u8])]) -> Vec<u8> {
 pub fn multipart_content_type() -> String {
     format!("multipart/form-data; boundary={BOUNDARY}")
 }
+
+/// A real server for `config` on 127.0.0.1 (any port), on its own runtime: it stops when the
+/// returned runtime is dropped, so a test cannot leave it behind.
+pub fn spawn_server(config: ServerConfig) -> (tokio::runtime::Runtime, std::net::SocketAddr, AppState) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let st = state(config);
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    rt.spawn(allscan_server::serve_with_shutdown(listener, st.clone(), std::future::pending()));
+    (rt, addr, st)
+}
+
+/// Request head of a multipart POST /api/predict with this body length.
+pub fn predict_head(addr: std::net::SocketAddr, len: usize, extra: &str) -> String {
+    format!(
+        "POST /api/predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {}\r\nContent-Length: {len}\r\n{extra}Connection: close\r\n\r\n",
+        multipart_content_type()
+    )
+}
+
+/// One whole POST /api/predict over a fresh connection; returns the status and the body.
+pub fn post_predict(addr: std::net::SocketAddr, body: &[u8], timeout: std::time::Duration) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(predict_head(addr, body.len(), "").as_bytes())?;
+    s.write_all(body)?;
+    read_response(&mut s)
+}
+
+/// Reads a whole `Connection: close` response: status code and body text.
+pub fn read_response(s: &mut std::net::TcpStream) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {:?}", &text[..text.len().min(64)])))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+pub fn vm_hwm_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .map_or(0.0, |kib: f64| kib / 1024.0)
+}

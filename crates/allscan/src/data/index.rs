@@ -19,7 +19,7 @@ use super::phash;
 use super::DataError;
 
 /// One readable image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// Path relative to the dataset root, `/`-separated.
     pub path: String,
@@ -42,6 +42,9 @@ pub struct ImageRecord {
     /// The source (sub-dataset) of a [`LayoutKind::Sources`] dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The source's micrometres per pixel, when its manifest entry gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub um_per_px: Option<f32>,
 }
 
 /// A file that looks like an image (by extension or location) but cannot be used.
@@ -181,11 +184,12 @@ struct Candidate {
     patient: Option<String>,
     segmented: Option<String>,
     source: Option<String>,
+    um_per_px: Option<f32>,
 }
 
 impl Candidate {
     fn new(rel: String, l: Labelled, segmented: Option<String>) -> Self {
-        Candidate { rel, class: l.class, label: Some(l.label), patient: l.patient, segmented, source: None }
+        Candidate { rel, class: l.class, label: Some(l.label), patient: l.patient, segmented, source: None, um_per_px: None }
     }
 }
 
@@ -279,6 +283,7 @@ fn source_candidates(
                 c.label = Some(l);
             }
             c.source = Some(spec.name.clone());
+            c.um_per_px = spec.um_per_px;
             out.push(c);
         }
     }
@@ -323,7 +328,7 @@ fn discover(
                     None
                 }
             });
-            out.push(Candidate { rel, class, label, patient: None, segmented, source: None });
+            out.push(Candidate { rel, class, label, patient: None, segmented, source: None, um_per_px: None });
         }
         return Ok((LayoutKind::Aria, out));
     }
@@ -371,7 +376,7 @@ fn class_folder_candidates(
         };
         let class = class.to_owned();
         let label = map.and_then(|m| m.get(&class)).or_else(|| layout::binary_label_for_name(&class));
-        out.push(Candidate { rel, class, label, patient: None, segmented: None, source: None });
+        out.push(Candidate { rel, class, label, patient: None, segmented: None, source: None, um_per_px: None });
     }
     out
 }
@@ -423,7 +428,7 @@ fn read_all(
 fn read_one(root: &Path, c: &Candidate, limits: &DecodeLimits) -> Result<ImageRecord, BadFile> {
     let path = root.join(&c.rel);
     let bad = |reason: String| BadFile { path: c.rel.clone(), reason };
-    let bytes = std::fs::read(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let bytes = allscan_preprocess::decode::read_regular_file(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let img = decode_bytes(&bytes, Path::new(&c.rel), limits).map_err(|e| bad(e.reason()))?;
     Ok(ImageRecord {
         path: c.rel.clone(),
@@ -436,6 +441,7 @@ fn read_one(root: &Path, c: &Candidate, limits: &DecodeLimits) -> Result<ImageRe
         height: img.height(),
         segmented: c.segmented.clone(),
         source: c.source.clone(),
+        um_per_px: c.um_per_px,
     })
 }
 

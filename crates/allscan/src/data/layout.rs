@@ -67,7 +67,7 @@ impl LayoutKind {
 pub const SOURCES_MANIFEST: &str = "allscan-sources.json";
 
 /// One source of a [`LayoutKind::Sources`] dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceSpec {
     /// Sub-folder (or link) of the root; also the source's name in outputs and the sampler.
     pub name: String,
@@ -77,6 +77,10 @@ pub struct SourceSpec {
     /// One label for every image of the source (e.g. a set of normal cells: `healthy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<BinaryLabel>,
+    /// Micrometres per pixel of every image of this source (one microscope and camera),
+    /// instead of each image's own red-cell estimate (`cell` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub um_per_px: Option<f32>,
     /// Only files with these extensions are images of this source (e.g. `["bmp"]` beside PNG
     /// masks); empty = every image extension.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -84,7 +88,7 @@ pub struct SourceSpec {
 }
 
 /// The contents of [`SOURCES_MANIFEST`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourcesManifest {
     /// The sources, in the order they are listed in outputs.
     pub sources: Vec<SourceSpec>,
@@ -103,6 +107,12 @@ pub fn sources_manifest(root: &Path) -> Result<Option<SourcesManifest>, DataErro
         return Err(DataError::BadManifest { path, reason: "lists no source".into() });
     }
     for s in &m.sources {
+        if s.um_per_px.is_some_and(|u| !(u.is_finite() && u > 0.0)) {
+            return Err(DataError::BadManifest {
+                path,
+                reason: format!("source `{}`: um_per_px must be a positive number", s.name),
+            });
+        }
         if s.name.is_empty() || s.name.contains(['/', '\\']) || s.name.starts_with('.') {
             return Err(DataError::BadManifest {
                 path,

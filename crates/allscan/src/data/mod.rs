@@ -7,6 +7,7 @@ pub mod index;
 pub mod layout;
 pub mod phash;
 pub mod split;
+pub mod walk;
 
 use std::path::PathBuf;
 

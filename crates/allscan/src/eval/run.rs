@@ -261,7 +261,8 @@ pub fn score_images(
             }
         }
         let refs: Vec<&RgbImage> = fields.iter().map(|(_, f)| f).collect();
-        for ((i, _), r) in fields.iter().zip(predictor.predict_fields(&refs)) {
+        let scales: Vec<Option<f32>> = fields.iter().map(|(i, _)| index.images[*i].um_per_px).collect();
+        for ((i, _), r) in fields.iter().zip(predictor.predict_fields_at(&refs, &scales)) {
             let rec = &index.images[*i];
             match r {
                 Ok(fp) => {

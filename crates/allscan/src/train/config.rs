@@ -377,9 +377,9 @@ fn cpu(task: Task) -> ProfileDefaults {
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::None }
 }
 
-/// Per-cell views at 64 px for a 24 um window (0.375 um/px: Aria's resolution, so no source
-/// is upsampled), grey and standardised, background filled; the `cpu` profile's slim DenseNet
-/// from scratch; classes then sources balanced in every epoch.
+/// Per-cell views at 64 px for a 24 um window (0.375 um/px), grey and standardised,
+/// background filled; the `cpu` profile's slim DenseNet from scratch; classes then sources
+/// balanced in every epoch.
 fn cell(task: Task) -> ProfileDefaults {
     let mut d = cpu(task);
     d.preprocess = PreprocessConfig {

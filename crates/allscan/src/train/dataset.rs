@@ -100,8 +100,18 @@ fn one(
     let bad = |reason: String| (rec.path.clone(), reason);
     let t = target(rec).ok_or_else(|| bad(format!("class `{}` has no label for this task", rec.class)))?;
     let img = decode_file(path, &pre.decode).map_err(|e| bad(e.reason()))?;
-    let views = prepare_input(&img, pre).map_err(|e| bad(e.to_string()))?;
-    let crop = views.into_iter().next().ok_or_else(|| bad("preprocessing gave no view".into()))?;
+    let views = match rec.um_per_px {
+        // The source's own scale (sources datasets), over each image's red-cell estimate.
+        Some(u) if pre.cell.scale.um_per_px.is_none() => {
+            let mut p = pre.clone();
+            p.cell.scale.um_per_px = Some(u);
+            prepare_input(&img, &p)
+        }
+        _ => prepare_input(&img, pre),
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    let none = || if pre.mode == allscan_preprocess::SegmentMode::Cell { "no white cell found" } else { "preprocessing gave no view" };
+    let crop = views.into_iter().next().ok_or_else(|| bad(none().into()))?;
     Ok(Sample {
         crop,
         target: t,
