@@ -16,8 +16,9 @@ pub struct TrainOptions {
     /// binary (leukemia vs healthy) or subtype (the dataset's classes).
     #[arg(long, default_value = "binary")]
     pub task: String,
-    /// cpu (slim DenseNet from scratch on the whole field, 2-core budget) or paper (the seed:
-    /// DenseNet201, 224 px, ImageNet weights).
+    /// cpu (slim DenseNet from scratch on the whole field, 2-core budget), paper (the seed:
+    /// DenseNet201, 224 px, ImageNet weights) or cell (every white cell at one physical scale;
+    /// see scripts/train-crosslab.sh).
     #[arg(long, default_value = "cpu")]
     pub profile: String,
     /// Label map for class folders whose names say nothing: NAME=healthy|leukemia,...

@@ -779,9 +779,18 @@ pub struct SourceFigures {
     pub n: usize,
     /// Of those, leukemia (blast).
     pub n_leukemia: usize,
-    /// `(who, ROC-AUC, sensitivity, specificity)` for the model and each shortcut; `None`
-    /// where undefined (one class only).
-    pub rows: Vec<(String, Option<f64>, Option<f64>, Option<f64>)>,
+    /// The model's and each shortcut's figures.
+    pub rows: Vec<SourceRow>,
+}
+
+/// One scorer's figures on one source; `None` where undefined (one class only).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceRow {
+    /// The model or the shortcut's name.
+    pub who: String,
+    pub roc_auc: Option<f64>,
+    pub sensitivity: Option<f64>,
+    pub specificity: Option<f64>,
 }
 
 /// Per-source figures of the model and the shortcuts (empty unless images carry a source).
@@ -799,7 +808,12 @@ fn per_source_figures(scored: &[ScoredImage], input: &ReportInput, threshold: f6
             let p: Vec<f64> = idx.iter().map(|&i| e.p_leukemia[i]).collect();
             let t = if std::ptr::eq(e, &input.model) { threshold } else { e.binary.report.threshold };
             let r = binary_metrics(&y, &p, t)?;
-            rows.push((e.name.clone(), r.roc_auc.value, r.sensitivity.value, r.specificity.value));
+            rows.push(SourceRow {
+                who: e.name.clone(),
+                roc_auc: r.roc_auc.value,
+                sensitivity: r.sensitivity.value,
+                specificity: r.specificity.value,
+            });
         }
         out.push(SourceFigures {
             source: src.to_string(),
@@ -816,13 +830,13 @@ fn per_source_table(rows: &[SourceFigures]) -> String {
     let mut out = String::from("per source (each at its own threshold):\n");
     for s in rows {
         out.push_str(&format!("  {} ({} images, {} leukemia)\n", s.source, s.n, s.n_leukemia));
-        for (who, auc, sens, spec) in &s.rows {
+        for r in &s.rows {
             out.push_str(&format!(
                 "    {:<34} ROC-AUC {:>6}  sensitivity {:>6}  specificity {:>6}\n",
-                who,
-                f(*auc),
-                f(*sens),
-                f(*spec)
+                r.who,
+                f(r.roc_auc),
+                f(r.sensitivity),
+                f(r.specificity)
             ));
         }
     }
