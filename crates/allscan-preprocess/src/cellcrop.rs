@@ -45,7 +45,13 @@ pub fn cell_region(cells: &CellResult, index: usize, cfg: &CellViewConfig) -> Op
 }
 
 /// The model input of cell `index` (see the module docs), `size` x `size`.
-pub fn cut_cell(field: &RgbImage, cells: &CellResult, index: usize, cfg: &CellViewConfig, size: u32) -> Option<CellCrop> {
+pub fn cut_cell(
+    field: &RgbImage,
+    cells: &CellResult,
+    index: usize,
+    cfg: &CellViewConfig,
+    size: u32,
+) -> Option<CellCrop> {
     let region = cell_region(cells, index, cfg)?;
     let (w, h) = (field.width() as i64, field.height() as i64);
     let side = region.side;
@@ -164,8 +170,16 @@ mod tests {
         });
         let labels = CellLabels::from_fn(w, h, |x, y| image::Luma([u32::from(disc(x, y, 100.0, 100.0, 20.0))]));
         let b = BBox { x: 80, y: 80, width: 41, height: 41 };
-        let cell = WhiteCell { nucleus: b, cell: b, nucleus_area: 1257, cell_area: 1257, centroid: (100.0, 100.0), flags: vec![] };
-        let scale = ScaleEstimate { um_per_px: 0.25, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None };
+        let cell = WhiteCell {
+            nucleus: b,
+            cell: b,
+            nucleus_area: 1257,
+            cell_area: 1257,
+            centroid: (100.0, 100.0),
+            flags: vec![],
+        };
+        let scale =
+            ScaleEstimate { um_per_px: 0.25, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None };
         (img, CellResult { mask: GrayImage::new(w, h), labels, cells: vec![cell], scale })
     }
 

@@ -20,12 +20,12 @@ pub mod stain;
 pub use cell::{find_white_cells, CellConfig, CellFlag, CellResult, WhiteCell};
 pub use cellcrop::{cell_crops, cut_cell, CellCrop};
 pub use config::{CellColour, CellViewConfig, NucleusConfig, PreprocessConfig, RoiConfig, RoiViews, SegmentMode};
-pub use scale::{estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScaleSource, RED_CELL_DIAMETER_UM};
 pub use crop::{largest_nucleus_crop, resize_field, roi_crops, CropRegion, RoiCrop};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
 pub use hsv::{apply_mask, aria_hsv_mask, aria_hsv_segment, opencv_rgb2hsv};
 pub use normalize::{to_chw_normalized, Normalization};
 pub use nucleus::{find_nuclei, nuclei_from_mask, BBox, Nucleus, NucleusResult};
+pub use scale::{estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScaleSource, RED_CELL_DIAMETER_UM};
 pub use sheet::contact_sheet;
 pub use stain::{macenko_normalize, reinhard_normalize, MacenkoTarget, StainNormalization, StainStats};
 

@@ -132,9 +132,8 @@ impl AppState {
     /// State for [`app`]: the predictor, the JSON `GET /api/model` returns, and the limits.
     pub fn new(predictor: Predictor, model_info: serde_json::Value, config: ServerConfig) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
-        let units = usize::try_from(pixel_units(config.max_inflight_pixels))
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
+        let units =
+            usize::try_from(pixel_units(config.max_inflight_pixels)).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         let pixel_units = Arc::new(Semaphore::new(units));
         Self { inner: Arc::new(Inner { predictor, model_info, config, permits, pixel_units }) }
     }
@@ -520,10 +519,11 @@ fn check_pixel_budget(files: &[(String, Vec<u8>)], cfg: &ServerConfig) -> Result
     let mut total: u64 = 0;
     for (name, bytes) in files {
         // Only the header is read here; the decoder's own allocation limits apply in decode.
-        let dims = image::ImageReader::new(Cursor::new(bytes.as_slice())).with_guessed_format().ok().and_then(|mut r| {
-            r.no_limits();
-            r.into_dimensions().ok()
-        });
+        let dims =
+            image::ImageReader::new(Cursor::new(bytes.as_slice())).with_guessed_format().ok().and_then(|mut r| {
+                r.no_limits();
+                r.into_dimensions().ok()
+            });
         let pixels = match dims {
             Some((w, h)) => {
                 let px = u64::from(w) * u64::from(h);

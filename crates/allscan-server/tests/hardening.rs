@@ -153,11 +153,8 @@ async fn inflight_pixel_budget_gives_503_then_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "its request finishes (200 in ~0.3 s) before the 1.5 s timeout, so the slot release after a 504 is not exercised yet; issue 18 is open"]
 async fn timed_out_request_releases_its_slot() {
-    let st = state(ServerConfig {
-        max_concurrent: 1,
-        request_timeout: Duration::from_millis(1500),
-        ..Default::default()
-    });
+    let st =
+        state(ServerConfig { max_concurrent: 1, request_timeout: Duration::from_millis(1500), ..Default::default() });
     let router = app(st.clone());
     let big: Vec<Vec<u8>> = (0..16).map(|i| field_png(i % 4, 224, 20 + i as u64)).collect();
     let parts: Vec<(&str, &str, &[u8])> = big.iter().map(|b| ("file", "big.png", b.as_slice())).collect();
@@ -192,7 +189,8 @@ async fn bearer_token_required_when_set_and_only_then() {
     let img = field_png(0, 48, 5);
     let (s, _, b) = send(router.clone(), predict_req("", None, &[("file", "a.png", &img)])).await;
     error_of(s, &b, StatusCode::UNAUTHORIZED);
-    let (s, _, b) = send(router.clone(), predict_req("", Some("Bearer s3cret-token"), &[("file", "a.png", &img)])).await;
+    let (s, _, b) =
+        send(router.clone(), predict_req("", Some("Bearer s3cret-token"), &[("file", "a.png", &img)])).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     let (s, _, _) = send(router.clone(), get("/api/model", Some("Bearer s3cret-token"))).await;
     assert_eq!(s, StatusCode::OK);

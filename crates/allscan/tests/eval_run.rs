@@ -125,7 +125,9 @@ fn the_colour_shortcut_reads_the_stain_normalised_field_when_the_run_normalises_
 fn cell_only_set(root: &std::path::Path, n: usize) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    for (class, radius, nucleus) in [("healthy", 9.0f32, [150.0f32, 90.0, 190.0]), ("leukemia", 17.0, [70.0, 25.0, 120.0])] {
+    for (class, radius, nucleus) in
+        [("healthy", 9.0f32, [150.0f32, 90.0, 190.0]), ("leukemia", 17.0, [70.0, 25.0, 120.0])]
+    {
         let dir = root.join(class);
         std::fs::create_dir_all(&dir).unwrap();
         for i in 0..n {

@@ -117,7 +117,10 @@ impl Summary {
             empty += usize::from(f.no_white_cell());
             flagged += usize::from(f.prediction == allscan::infer::LEUKEMIA);
             for c in &f.cells {
-                if c.flags.iter().any(|x| matches!(x, allscan_preprocess::CellFlag::Small | allscan_preprocess::CellFlag::Smudge)) {
+                if c.flags
+                    .iter()
+                    .any(|x| matches!(x, allscan_preprocess::CellFlag::Small | allscan_preprocess::CellFlag::Smudge))
+                {
                     continue;
                 }
                 cells += 1;
@@ -170,7 +173,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     };
     anyhow::ensure!(args.batch > 0, "--batch 0: the batch must hold at least one image");
     if let Some(u) = args.um_per_px {
-        anyhow::ensure!(u.is_finite() && u > 0.0 && u < 100.0, "--um-per-px {u} must be a positive number of micrometres");
+        anyhow::ensure!(
+            u.is_finite() && u > 0.0 && u < 100.0,
+            "--um-per-px {u} must be a positive number of micrometres"
+        );
     }
     let predictor = predictor.with_batch_size(args.batch.max(1)).with_um_per_px(args.um_per_px);
     let mut failed = Vec::new();
@@ -179,7 +185,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         for f in &failed {
             eprintln!("  {}: {}", f.path, f.reason);
         }
-        anyhow::bail!("no image file found in {}", args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        anyhow::bail!(
+            "no image file found in {}",
+            args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
     }
     let limits = predictor.preprocess().decode;
     let bar = if files.len() >= 32 {

@@ -63,8 +63,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = want {
         idx.retain(|&i| index.images[i].label == Some(w));
     }
-    let report = allscan::eval::probe::probe_dataset(&predictor, &index, &idx, args.max_per_source, args.folds, args.seed)
-        .with_context(|| format!("probing {}", args.data.display()))?;
+    let report =
+        allscan::eval::probe::probe_dataset(&predictor, &index, &idx, args.max_per_source, args.folds, args.seed)
+            .with_context(|| format!("probing {}", args.data.display()))?;
     print!("{}", report.table());
     if let Some(p) = &args.json {
         allscan::fsutil::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())

@@ -174,7 +174,12 @@ fn segment_cells(
             Err(e) => {
                 failed += 1;
                 bar.suspend(|| eprintln!("skipped: {}: {}", file.display(), e.reason()));
-                let _ = writeln!(csv, "{},{},,,,,,,,,,,,,,,,", csv_field(&rel_s), csv_field(&format!("error: {}", e.reason())));
+                let _ = writeln!(
+                    csv,
+                    "{},{},,,,,,,,,,,,,,,,",
+                    csv_field(&rel_s),
+                    csv_field(&format!("error: {}", e.reason()))
+                );
                 continue;
             }
         };
@@ -187,7 +192,12 @@ fn segment_cells(
         save_gray(&found.mask, &args.out.join("masks").join(&png_rel))?;
         if found.cells.is_empty() {
             without += 1;
-            let _ = writeln!(csv, "{},no white cell found,{:.4},{source},{note},,,,,,,,,,,,,", csv_field(&rel_s), s.um_per_px);
+            let _ = writeln!(
+                csv,
+                "{},no white cell found,{:.4},{source},{note},,,,,,,,,,,,,",
+                csv_field(&rel_s),
+                s.um_per_px
+            );
         }
         let crop_dir_rel = Path::new("crops").join(rel.with_extension(""));
         for (k, c) in found.cells.iter().enumerate() {

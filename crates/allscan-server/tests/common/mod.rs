@@ -102,7 +102,11 @@ pub fn predict_head(addr: std::net::SocketAddr, len: usize, extra: &str) -> Stri
 }
 
 /// One whole POST /api/predict over a fresh connection; returns the status and the body.
-pub fn post_predict(addr: std::net::SocketAddr, body: &[u8], timeout: std::time::Duration) -> std::io::Result<(u16, String)> {
+pub fn post_predict(
+    addr: std::net::SocketAddr,
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(timeout))?;

@@ -189,7 +189,15 @@ struct Candidate {
 
 impl Candidate {
     fn new(rel: String, l: Labelled, segmented: Option<String>) -> Self {
-        Candidate { rel, class: l.class, label: Some(l.label), patient: l.patient, segmented, source: None, um_per_px: None }
+        Candidate {
+            rel,
+            class: l.class,
+            label: Some(l.label),
+            patient: l.patient,
+            segmented,
+            source: None,
+            um_per_px: None,
+        }
     }
 }
 
@@ -270,7 +278,9 @@ fn source_candidates(
         bad.extend(sub_bad.into_iter().map(|b| BadFile { path: prefix(&b.path), reason: b.reason }));
         for mut c in cands {
             let wanted = spec.extensions.is_empty()
-                || c.rel.rsplit_once('.').is_some_and(|(_, e)| spec.extensions.iter().any(|x| x.eq_ignore_ascii_case(e)));
+                || c.rel
+                    .rsplit_once('.')
+                    .is_some_and(|(_, e)| spec.extensions.iter().any(|x| x.eq_ignore_ascii_case(e)));
             if !wanted {
                 *ignored += 1;
                 continue;

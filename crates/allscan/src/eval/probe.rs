@@ -122,7 +122,10 @@ pub fn probe(
         names.entry(s.as_str()).or_insert(k);
     }
     if names.len() < 2 {
-        return Err(EvalError::Invalid { what: "probe", reason: format!("needs 2 or more sources, got {}", names.len()) });
+        return Err(EvalError::Invalid {
+            what: "probe",
+            reason: format!("needs 2 or more sources, got {}", names.len()),
+        });
     }
     let mut order: Vec<(&str, usize)> = names.iter().map(|(k, v)| (*k, *v)).collect();
     order.sort_by_key(|(_, v)| *v);

@@ -794,7 +794,11 @@ pub struct SourceRow {
 }
 
 /// Per-source figures of the model and the shortcuts (empty unless images carry a source).
-fn per_source_figures(scored: &[ScoredImage], input: &ReportInput, threshold: f64) -> Result<Vec<SourceFigures>, EvalError> {
+fn per_source_figures(
+    scored: &[ScoredImage],
+    input: &ReportInput,
+    threshold: f64,
+) -> Result<Vec<SourceFigures>, EvalError> {
     let sources: BTreeSet<&str> = scored.iter().filter_map(|s| s.source.as_deref()).collect();
     let mut out = Vec::new();
     for src in sources {
@@ -903,7 +907,11 @@ impl ShortcutKind {
 }
 
 /// A shortcut baseline's features of one decoded field.
-fn shortcut_features(img: image::RgbImage, kind: ShortcutKind, preprocess: &allscan_preprocess::PreprocessConfig) -> Vec<f32> {
+fn shortcut_features(
+    img: image::RgbImage,
+    kind: ShortcutKind,
+    preprocess: &allscan_preprocess::PreprocessConfig,
+) -> Vec<f32> {
     let img = stained(img, preprocess);
     match kind {
         ShortcutKind::Colour => ColourShortcut::features(&img),
@@ -918,7 +926,12 @@ fn shortcut_features(img: image::RgbImage, kind: ShortcutKind, preprocess: &alls
                 .iter()
                 .map(|c| {
                     let b = c.cell;
-                    [b.x as i64 - grow, b.y as i64 - grow, (b.x + b.width) as i64 + grow, (b.y + b.height) as i64 + grow]
+                    [
+                        b.x as i64 - grow,
+                        b.y as i64 - grow,
+                        (b.x + b.width) as i64 + grow,
+                        (b.y + b.height) as i64 + grow,
+                    ]
                 })
                 .collect();
             let inside = |x: u32, y: u32| {

@@ -110,7 +110,13 @@ fn one(
         _ => prepare_input(&img, pre),
     }
     .map_err(|e| bad(e.to_string()))?;
-    let none = || if pre.mode == allscan_preprocess::SegmentMode::Cell { "no white cell found" } else { "preprocessing gave no view" };
+    let none = || {
+        if pre.mode == allscan_preprocess::SegmentMode::Cell {
+            "no white cell found"
+        } else {
+            "preprocessing gave no view"
+        }
+    };
     let crop = views.into_iter().next().ok_or_else(|| bad(none().into()))?;
     Ok(Sample {
         crop,

@@ -20,8 +20,7 @@ use super::dataset::Sample;
 use super::{RunLog, TrainError};
 use crate::bundle::{BestEpoch, BundleMetadata};
 use crate::data::batcher::{
-    activations_tensor, balanced_order, batches, images_tensor, mix, rows_tensor, shuffled_order,
-    source_class_order,
+    activations_tensor, balanced_order, batches, images_tensor, mix, rows_tensor, shuffled_order, source_class_order,
 };
 use crate::model::{probabilities, LeukemiaClassifier, Task, TestViews};
 use densenet_burn::DenseNet;
