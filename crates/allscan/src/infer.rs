@@ -163,9 +163,12 @@ impl FieldPrediction {
     }
 }
 
-/// Whether a cell may decide its field (see the module docs).
-fn decides(c: &CellPrediction) -> bool {
-    !c.flags.iter().any(|f| matches!(f, CellFlag::Small | CellFlag::Smudge))
+impl CellPrediction {
+    /// Whether this cell may decide its field and counts as a white cell in summaries (see
+    /// the module docs: cells flagged small or smudge do not).
+    pub fn decides(&self) -> bool {
+        !self.flags.iter().any(|f| matches!(f, CellFlag::Small | CellFlag::Smudge))
+    }
 }
 
 /// A loaded model plus everything needed to repeat training's preprocessing.
@@ -464,11 +467,11 @@ impl Predictor {
     /// Aggregates a field's cells with the module's rule.
     fn aggregate(&self, views: &FieldViews, cells: Vec<CellPrediction>) -> FieldPrediction {
         // Cells that may decide; if none may, every cell does (a lone flagged cell is still a cell).
-        let any_decides = cells.iter().any(decides);
+        let any_decides = cells.iter().any(CellPrediction::decides);
         let decisive = cells
             .iter()
             .enumerate()
-            .filter(|(_, c)| !any_decides || decides(c))
+            .filter(|(_, c)| !any_decides || c.decides())
             .max_by(|a, b| a.1.p_leukemia.total_cmp(&b.1.p_leukemia))
             .map_or(0, |(i, _)| i);
         let (p_leukemia, subtype, probabilities) = match cells.get(decisive) {

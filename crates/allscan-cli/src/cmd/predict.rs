@@ -116,13 +116,7 @@ impl Summary {
             n += 1;
             empty += usize::from(f.no_white_cell());
             flagged += usize::from(f.prediction == allscan::infer::LEUKEMIA);
-            for c in &f.cells {
-                if c.flags
-                    .iter()
-                    .any(|x| matches!(x, allscan_preprocess::CellFlag::Small | allscan_preprocess::CellFlag::Smudge))
-                {
-                    continue;
-                }
+            for c in f.cells.iter().filter(|c| c.decides()) {
                 cells += 1;
                 blasts += usize::from(c.prediction == allscan::infer::LEUKEMIA);
             }

@@ -920,7 +920,6 @@ fn shortcut_features(
             let cells = allscan_preprocess::find_white_cells(&img, &preprocess.cell.finder, &scale);
             // A margin of ~2 um so the cell's halo does not leak into "background".
             let grow = (2.0 / scale.um_per_px.max(1e-3)).round().clamp(0.0, 64.0) as i64;
-            let (w, h) = (img.width() as i64, img.height() as i64);
             let boxes: Vec<[i64; 4]> = cells
                 .cells
                 .iter()
@@ -938,7 +937,6 @@ fn shortcut_features(
                 let (x, y) = (x as i64, y as i64);
                 boxes.iter().any(|b| x >= b[0] && y >= b[1] && x < b[2] && y < b[3])
             };
-            let _ = (w, h);
             ColourShortcut::features_where(&img, &|x, y| !inside(x, y))
         }
     }
@@ -967,7 +965,7 @@ fn features_of(
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     })
 }
 
