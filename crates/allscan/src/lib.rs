@@ -6,6 +6,7 @@
 //!
 //! Research use only, not a diagnostic device.
 
+pub mod adapt;
 pub mod bundle;
 pub mod data;
 pub mod device;
@@ -14,6 +15,7 @@ pub mod explain;
 pub mod fsutil;
 pub mod infer;
 pub mod model;
+pub mod slide;
 pub mod synth;
 pub mod train;
 pub mod weights;
