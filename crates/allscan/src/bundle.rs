@@ -8,7 +8,8 @@
 //! ```text
 //! config.json     the whole config tree (task, profile, model, preprocess, train, seed, data)
 //! metadata.json   classes, leukemia classes, preprocessing, threshold, fingerprint, split, versions
-//! model.bpk       the best epoch's weights (Burn burnpack)
+//! model.bpk       the best epoch's weights (Burn burnpack, parameter ids derived from paths)
+//! integrity.json  SHA-256 of config.json, metadata.json and model.bpk
 //! split.json      the split the run used (a copy of --split, or the one it made)
 //! metrics.csv     one row per epoch, both stages
 //! train.log       the run's log
@@ -17,14 +18,35 @@
 //!
 //! `predict`, `eval`, `serve` and `explain` rebuild everything from here: no constant of the
 //! run is repeated elsewhere.
+//!
+//! Integrity: [`RunBundle::create`] records the SHA-256 of `config.json` and `metadata.json`
+//! (and of `model.bpk` when it is already there) in `integrity.json`;
+//! [`RunBundle::save_weights`] and [`RunBundle::write_metadata`] update their entry.
+//! [`RunBundle::open`] verifies the two JSON files and [`RunBundle::load_trainable`] the
+//! weights (hashing the very bytes it then loads); a mismatch is refused with
+//! [`BundleError::IntegrityMismatch`], naming the file and both hashes. Decision for older
+//! bundles (written before the hashes were recorded, so without `integrity.json`): they still
+//! load, with one warning on stderr per open, because refusing them would strand every
+//! trained run; retrain (or re-save the weights) to get a verified bundle. This guards
+//! against damage (a flipped bit, a truncated copy, a file from another run), not against
+//! someone who rewrites `integrity.json` as well.
+//!
+//! Determinism: [`save_weights`] writes every tensor with a parameter id derived from its
+//! module path ([`path_param_id`]) instead of Burn's random one, so two identical trainings
+//! write byte-identical `model.bpk` files and bundles can be compared by hash. The live
+//! model gets the same ids at construction ([`with_path_ids`]), so optimizer state (keyed by
+//! id) still matches the weights after a resume from a checkpoint.
 
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use allscan_preprocess::{Normalization, PreprocessConfig};
-use burn::module::Module;
-use burn::tensor::Device;
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::store::ModuleRecord;
+use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::data::SplitConfig;
 use crate::fsutil::write_atomic;
@@ -47,6 +69,10 @@ pub const METRICS_FILE: &str = "metrics.csv";
 pub const LOG_FILE: &str = "train.log";
 /// Resume state.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
+/// SHA-256 of the other files.
+pub const INTEGRITY_FILE: &str = "integrity.json";
+/// Format tag of `integrity.json`.
+pub const INTEGRITY_FORMAT: &str = "allscan-integrity-v1";
 
 /// Errors opening, reading or writing a run bundle; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +128,71 @@ pub enum BundleError {
     /// A threshold outside [0, 1].
     #[error("threshold {0} is not a probability in [0, 1]")]
     BadThreshold(f64),
+    /// A file's SHA-256 differs from the one recorded in `integrity.json`.
+    #[error(
+        "{path}: SHA-256 is {actual} but {INTEGRITY_FILE} records {recorded}: the file was changed or damaged \
+         after it was written; restore it from a good copy or retrain"
+    )]
+    IntegrityMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The hash in `integrity.json`.
+        recorded: String,
+        /// The hash of the file as read.
+        actual: String,
+    },
+    /// `integrity.json` exists but has no entry for a file the bundle holds.
+    #[error("{path}: not recorded in {INTEGRITY_FILE}, so it cannot be verified (copied in from elsewhere?)")]
+    IntegrityUnrecorded {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// `integrity.json`: the SHA-256 (lowercase hex) of each bundle file, by file name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegrityRecord {
+    /// [`INTEGRITY_FORMAT`].
+    pub format: String,
+    /// Always `sha256`.
+    pub algorithm: String,
+    /// File name inside the bundle -> hex digest.
+    pub files: BTreeMap<String, String>,
+}
+
+impl IntegrityRecord {
+    fn new() -> Self {
+        Self { format: INTEGRITY_FORMAT.into(), algorithm: "sha256".into(), files: BTreeMap::new() }
+    }
+
+    /// Checks `bytes` (the content of `dir/file`) against the recorded hash.
+    fn verify(&self, dir: &Path, file: &str, bytes: &[u8]) -> Result<(), BundleError> {
+        let path = dir.join(file);
+        let recorded = self.files.get(file).ok_or_else(|| BundleError::IntegrityUnrecorded { path: path.clone() })?;
+        let actual = sha256_hex(bytes);
+        if !recorded.eq_ignore_ascii_case(&actual) {
+            return Err(BundleError::IntegrityMismatch { path, recorded: recorded.clone(), actual });
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads `dir/integrity.json`; `None` for an older bundle that has none.
+pub fn read_integrity(dir: &Path) -> Result<Option<IntegrityRecord>, BundleError> {
+    let path = dir.join(INTEGRITY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let record: IntegrityRecord = read_json(&path)?;
+    if record.format != INTEGRITY_FORMAT || record.algorithm != "sha256" {
+        return Err(BundleError::Format { path, found: format!("{} / {}", record.format, record.algorithm) });
+    }
+    Ok(Some(record))
 }
 
 /// Where the data came from and how it was split; part of [`RunConfig`].
@@ -282,9 +373,25 @@ impl RunBundle {
                 return Err(BundleError::NotABundle { dir: dir.to_path_buf(), file });
             }
         }
-        let config: RunConfig = read_json(&dir.join(CONFIG_FILE))?;
+        let config_path = dir.join(CONFIG_FILE);
         let meta_path = dir.join(METADATA_FILE);
-        let metadata: BundleMetadata = read_json(&meta_path)?;
+        let config_bytes = read_bytes(&config_path)?;
+        let meta_bytes = read_bytes(&meta_path)?;
+        match read_integrity(dir)? {
+            Some(record) => {
+                record.verify(dir, CONFIG_FILE, &config_bytes)?;
+                record.verify(dir, METADATA_FILE, &meta_bytes)?;
+            }
+            // A library printing is unusual; it is the one place every command (predict, eval,
+            // serve, explain) passes through, and the warning must not depend on each of them.
+            None => eprintln!(
+                "warning: {}: no {INTEGRITY_FILE} (a bundle written before allscan recorded hashes): \
+                 its files are not verified",
+                dir.display()
+            ),
+        }
+        let config: RunConfig = parse_json(&config_path, &config_bytes)?;
+        let metadata: BundleMetadata = parse_json(&meta_path, &meta_bytes)?;
         for (path, format) in [(dir.join(CONFIG_FILE), &config.format), (meta_path.clone(), &metadata.format)] {
             if format != BUNDLE_FORMAT {
                 return Err(BundleError::Format { path, found: format.clone() });
@@ -299,9 +406,26 @@ impl RunBundle {
     pub fn create(dir: &Path, config: RunConfig, metadata: BundleMetadata) -> Result<RunBundle, BundleError> {
         metadata.check(&config, &dir.join(METADATA_FILE))?;
         let bundle = RunBundle { dir: dir.to_path_buf(), config, metadata };
-        write_json(&dir.join(CONFIG_FILE), &bundle.config)?;
-        bundle.write_metadata()?;
+        let mut record = IntegrityRecord::new();
+        record.files.insert(CONFIG_FILE.into(), write_json(&dir.join(CONFIG_FILE), &bundle.config)?);
+        record.files.insert(METADATA_FILE.into(), write_json(&dir.join(METADATA_FILE), &bundle.metadata)?);
+        // Training writes the best epoch's weights before the bundle: record them as they are.
+        let weights = bundle.weights_path();
+        if weights.is_file() {
+            record.files.insert(WEIGHTS_FILE.into(), sha256_hex(&read_bytes(&weights)?));
+        }
+        write_json(&dir.join(INTEGRITY_FILE), &record)?;
         Ok(bundle)
+    }
+
+    /// Sets `file`'s entry in `integrity.json`; an older bundle without one is left as it is
+    /// (starting a record there would make its other, unrecorded files fail to load).
+    fn record_hash(&self, file: &str, hash: String) -> Result<(), BundleError> {
+        if let Some(mut record) = read_integrity(&self.dir)? {
+            record.files.insert(file.into(), hash);
+            write_json(&self.dir.join(INTEGRITY_FILE), &record)?;
+        }
+        Ok(())
     }
 
     /// Path of the weights file.
@@ -328,18 +452,30 @@ impl RunBundle {
         if !path.is_file() {
             return Err(BundleError::NotABundle { dir: self.dir.clone(), file: WEIGHTS_FILE });
         }
+        // Hash the bytes that are loaded, not the file a second time.
+        let bytes = read_bytes(&path)?;
+        if let Some(record) = read_integrity(&self.dir)? {
+            record.verify(&self.dir, WEIGHTS_FILE, &bytes)?;
+        }
         let model =
             self.config.model.init(device).map_err(|source| BundleError::Model { path: path.clone(), source })?;
-        model.try_load_file(&path).map_err(|e| BundleError::Model {
+        let bad = |reason: String| BundleError::Model {
             path: path.clone(),
-            source: ModelError::Record { path: path.clone(), reason: format!("cannot load weights: {e}") },
-        })
+            source: ModelError::Record { path: path.clone(), reason: format!("cannot load weights: {reason}") },
+        };
+        // The burnpack reader can panic on some damaged files (an unverified older bundle).
+        catch_unwind(AssertUnwindSafe(|| {
+            ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).and_then(|r| model.try_load_record(r))
+        }))
+        .map_err(|_| bad("the record reader panicked on this file".into()))?
+        .map_err(|e| bad(e.to_string()))
     }
 
     /// Saves `model`'s weights as the bundle's weights (atomically: a temporary file, then a
-    /// rename).
+    /// rename) and records their hash.
     pub fn save_weights(&self, model: &LeukemiaClassifier) -> Result<(), BundleError> {
-        save_weights(model, &self.weights_path())
+        let hash = write_weights(model, &self.weights_path())?;
+        self.record_hash(WEIGHTS_FILE, hash)
     }
 
     /// Sets the decision threshold and rewrites `metadata.json` atomically.
@@ -352,9 +488,10 @@ impl RunBundle {
         self.write_metadata()
     }
 
-    /// Rewrites `metadata.json` atomically from `self.metadata`.
+    /// Rewrites `metadata.json` atomically from `self.metadata` and records its hash.
     pub fn write_metadata(&self) -> Result<(), BundleError> {
-        write_json(&self.dir.join(METADATA_FILE), &self.metadata)
+        let hash = write_json(&self.dir.join(METADATA_FILE), &self.metadata)?;
+        self.record_hash(METADATA_FILE, hash)
     }
 
     /// p(leukemia) from one image's output probabilities (as [`crate::model::probabilities`]
@@ -398,30 +535,104 @@ pub fn p_leukemia(meta: &BundleMetadata, probs: &[f32]) -> f32 {
     }
 }
 
-/// Saves a classifier's weights to `path` (burnpack; the writer goes through a temporary file
-/// and a rename, so a crash leaves the old file or the new one).
+/// Saves a classifier's weights to `path` (burnpack with path-derived parameter ids, see
+/// [`weights_bytes`]; written to a temporary file and renamed, so a crash leaves the old
+/// file or the new one). Used for the bundle's weights and for checkpoints alike.
 pub fn save_weights(model: &LeukemiaClassifier, path: &Path) -> Result<(), BundleError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.to_path_buf(), source })?;
-    }
-    model.clone().save_file(path).map_err(|e| BundleError::Model {
+    write_weights(model, path).map(|_| ())
+}
+
+/// [`save_weights`], returning the SHA-256 of the bytes written.
+fn write_weights(model: &LeukemiaClassifier, path: &Path) -> Result<String, BundleError> {
+    let bytes = weights_bytes(model, path)?;
+    write_atomic(path, &bytes).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// A module's weights as burnpack bytes that depend only on its structure and values: Burn's
+/// record carries each parameter's random [`ParamId`] (and BatchNorm running statistics keep
+/// theirs even through [`with_path_ids`], which cannot reach them), so the ids are replaced
+/// by [`path_param_id`] of the tensor's name. Loading restores these ids into the module.
+/// `path` only names the file in errors.
+pub fn weights_bytes<M: Module>(model: &M, path: &Path) -> Result<Vec<u8>, BundleError> {
+    let bad = |e: String| BundleError::Model {
         path: path.to_path_buf(),
         source: ModelError::Record { path: path.to_path_buf(), reason: format!("cannot save weights: {e}") },
-    })
+    };
+    let bytes = model.clone().into_record().into_bytes().map_err(|e| bad(e.to_string()))?;
+    let mut tensors =
+        burn_pack::Reader::from_bytes(bytes).and_then(|r| r.into_tensors()).map_err(|e| bad(e.to_string()))?;
+    for t in &mut tensors {
+        t.param_id = Some(path_param_id(&t.name).val());
+    }
+    let out = burn_pack::Writer::new(tensors).into_bytes().map_err(|e| bad(e.to_string()))?;
+    Ok(out.to_vec())
+}
+
+/// The parameter id of the tensor at dotted module path `path` (e.g.
+/// `backbone.features.conv0.weight`): the first 8 bytes of SHA-256 of the path. Unique within
+/// a module as its paths are; the same in every process and every run.
+pub fn path_param_id(path: &str) -> ParamId {
+    let digest = Sha256::digest(path.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    ParamId::from(u64::from_le_bytes(first))
+}
+
+/// `module` with every parameter's id set to [`path_param_id`] of its path, so that the ids a
+/// live model trains with (and its optimizer state is keyed by) are the ones
+/// [`save_weights`] writes. BatchNorm running statistics keep their own ids: Burn's
+/// `RunningState` ignores an id a mapper returns, and no optimizer is keyed by them.
+pub fn with_path_ids<M: Module>(module: M) -> M {
+    struct PathIds(Vec<String>);
+    impl PathIds {
+        fn id(&self) -> ParamId {
+            path_param_id(&self.0.join("."))
+        }
+    }
+    impl ModuleMapper for PathIds {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.0.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.0.pop();
+        }
+        fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.id = self.id();
+            param
+        }
+        fn map_int<const D: usize>(&mut self, mut param: Param<Tensor<D, Int>>) -> Param<Tensor<D, Int>> {
+            param.id = self.id();
+            param
+        }
+        fn map_bool<const D: usize>(&mut self, mut param: Param<Tensor<D, Bool>>) -> Param<Tensor<D, Bool>> {
+            param.id = self.id();
+            param
+        }
+    }
+    module.map(&mut PathIds(Vec::new()))
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, BundleError> {
+    std::fs::read(path).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, BundleError> {
+    serde_json::from_slice(bytes).map_err(|e| BundleError::Json { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Reads and parses a JSON file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BundleError> {
-    let bytes = std::fs::read(path).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_slice(&bytes).map_err(|e| BundleError::Json { path: path.to_path_buf(), reason: e.to_string() })
+    parse_json(path, &read_bytes(path)?)
 }
 
-/// Writes pretty JSON atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), BundleError> {
+/// Writes pretty JSON atomically; returns the SHA-256 of the bytes written.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<String, BundleError> {
     let mut bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| BundleError::Json { path: path.to_path_buf(), reason: e.to_string() })?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })
+    write_atomic(path, &bytes).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })?;
+    Ok(sha256_hex(&bytes))
 }
 
 #[cfg(test)]
@@ -512,6 +723,130 @@ mod tests {
         let c = loaded.forward(x).into_data().try_to_vec::<f32>().unwrap();
         assert!((a[0] - c[0]).abs() < 1e-4, "{a:?} vs {c:?}");
         assert_eq!(b.p_leukemia(&[0.7]), 0.7);
+    }
+
+    /// A binary bundle with saved weights in a fresh temporary directory.
+    fn bundle_with_weights() -> (tempfile::TempDir, RunBundle, LeukemiaClassifier) {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, metadata) = sample(TaskKind::Binary);
+        let model = config.model.init(&Device::flex()).unwrap();
+        let b = RunBundle::create(dir.path(), config, metadata).unwrap();
+        b.save_weights(&model).unwrap();
+        (dir, b, model)
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_weights_is_refused_with_both_hashes() {
+        let (dir, b, _) = bundle_with_weights();
+        let path = dir.path().join(WEIGHTS_FILE);
+        let good = std::fs::read(&path).unwrap();
+        let recorded = sha256_hex(&good);
+        let mut bad = good.clone();
+        let k = bad.len() - 3; // inside the tensor data, where a flip still parses
+        bad[k] ^= 0x01;
+        std::fs::write(&path, &bad).unwrap();
+        let err = RunBundle::open(dir.path()).unwrap().load_model(&Device::flex()).unwrap_err();
+        assert!(matches!(err, BundleError::IntegrityMismatch { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("model.bpk"), "{msg}");
+        assert!(msg.contains(&recorded), "{msg}");
+        assert!(msg.contains(&sha256_hex(&bad)), "{msg}");
+        // Restored, it loads again.
+        std::fs::write(&path, &good).unwrap();
+        b.load_model(&Device::flex()).unwrap();
+    }
+
+    #[test]
+    fn edited_config_or_metadata_is_refused_and_own_rewrites_are_recorded() {
+        let (dir, mut b, _) = bundle_with_weights();
+        // The bundle's own rewrite (a threshold) updates the record: still opens.
+        b.set_threshold(0.3).unwrap();
+        RunBundle::open(dir.path()).unwrap().load_model(&Device::flex()).unwrap();
+        for file in [CONFIG_FILE, METADATA_FILE] {
+            let path = dir.path().join(file);
+            let good = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, good.replacen("\n", "\n ", 1)).unwrap();
+            let err = RunBundle::open(dir.path()).unwrap_err();
+            assert!(matches!(err, BundleError::IntegrityMismatch { .. }), "{file}: {err:?}");
+            assert!(err.to_string().contains(file), "{err}");
+            std::fs::write(&path, good).unwrap();
+        }
+        // Weights copied in without a record are refused too.
+        let mut record = read_integrity(dir.path()).unwrap().unwrap();
+        record.files.remove(WEIGHTS_FILE);
+        write_json(&dir.path().join(INTEGRITY_FILE), &record).unwrap();
+        let err = b.load_model(&Device::flex()).unwrap_err();
+        assert!(matches!(err, BundleError::IntegrityUnrecorded { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_older_bundle_without_hashes_still_loads() {
+        let (dir, mut b, _) = bundle_with_weights();
+        std::fs::remove_file(dir.path().join(INTEGRITY_FILE)).unwrap();
+        RunBundle::open(dir.path()).unwrap().load_model(&Device::flex()).unwrap();
+        // Rewriting metadata does not start a partial record that would strand the weights.
+        b.set_threshold(0.4).unwrap();
+        assert!(!dir.path().join(INTEGRITY_FILE).exists());
+        RunBundle::open(dir.path()).unwrap().load_model(&Device::flex()).unwrap();
+    }
+
+    #[test]
+    fn the_same_seed_saves_byte_identical_weights_that_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = sample(TaskKind::Binary);
+        let device = Device::flex();
+        let mut files = Vec::new();
+        let mut models = Vec::new();
+        for k in 0..2 {
+            device.seed(7);
+            let model = config.model.init(&device).unwrap();
+            let path = dir.path().join(format!("m{k}.bpk"));
+            save_weights(&model, &path).unwrap();
+            files.push(std::fs::read(&path).unwrap());
+            models.push(model);
+        }
+        assert!(files[0] == files[1], "two saves of the same seeded model differ");
+        // The live ids are the path ids the file records (BatchNorm running statistics aside).
+        let ids = |m: &LeukemiaClassifier| {
+            let mut c = IdCollector::default();
+            m.visit(&mut c);
+            c.0
+        };
+        let live = ids(&models[0]);
+        let trainable: Vec<_> =
+            live.iter().filter(|(p, _)| !p.ends_with("running_mean") && !p.ends_with("running_var")).collect();
+        assert!(trainable.len() > 10 && trainable.iter().any(|(p, _)| p == "fc1.weight"), "{live:?}");
+        for (p, id) in &trainable {
+            assert_eq!(*id, path_param_id(p).val(), "{p}");
+        }
+        // A different seed gives different bytes (the test can fail).
+        device.seed(8);
+        let other = weights_bytes(&config.model.init(&device).unwrap(), Path::new("m.bpk")).unwrap();
+        assert!(other != files[0]);
+        // Loads back to the same values and the same ids, and re-saves to the same bytes.
+        let loaded = config.model.init(&device).unwrap().try_load_file(dir.path().join("m0.bpk")).unwrap();
+        let x = burn::tensor::Tensor::<4>::ones([1, 3, 32, 32], &device);
+        let a = models[0].valid().forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let c = loaded.valid().forward(x).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(a, c);
+        let loaded_ids = ids(&loaded);
+        assert!(trainable.iter().all(|t| loaded_ids.contains(t)));
+        assert!(weights_bytes(&loaded, Path::new("m.bpk")).unwrap() == files[0]);
+    }
+
+    /// (dotted path, id) of every float tensor a module visits.
+    #[derive(Default)]
+    struct IdCollector(Vec<(String, u64)>, Vec<String>);
+    impl burn::module::ModuleVisitor for IdCollector {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.1.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.1.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push((self.1.join("."), param.id.val()));
+        }
     }
 
     #[test]

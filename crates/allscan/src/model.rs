@@ -251,12 +251,13 @@ impl ClassifierConfig {
 
     fn init_head(&self, backbone: DenseNet, device: &Device) -> LeukemiaClassifier {
         let c = backbone.num_features();
-        LeukemiaClassifier {
+        // Path-derived parameter ids: the ids the weights files record (crate::bundle).
+        crate::bundle::with_path_ids(LeukemiaClassifier {
             backbone,
             fc1: LinearConfig::new(c, self.hidden).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),
             fc2: LinearConfig::new(self.hidden, self.task.num_outputs()).init(device),
-        }
+        })
     }
 
     /// Reads `dir/classifier.json`.
