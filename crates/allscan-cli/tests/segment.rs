@@ -48,20 +48,20 @@ fn segment_writes_masks_crops_csv_and_sheet() {
         assert!(stderr.contains("broken.jpg"), "the unreadable file is reported: {stderr}");
         assert!(stdout.contains("1 unreadable"), "{stdout}");
         for rel in [
-            "masks/Pro/a.png",
-            "segmented/Pro/a.png",
-            "crops/Pro/a/0.png",
-            "crops/Pro/a/1.png",
-            "masks/Pro/empty.png",
+            "masks/Pro/a.png.png",
+            "segmented/Pro/a.png.png",
+            "crops/Pro/a.png/0.png",
+            "crops/Pro/a.png/1.png",
+            "masks/Pro/empty.png.png",
             "sheet.png",
             "config.json",
         ] {
             assert!(dir.join(rel).is_file(), "{mode}: missing {rel}");
         }
-        let mask = image::open(dir.join("masks/Pro/a.png")).expect("mask").to_luma8();
+        let mask = image::open(dir.join("masks/Pro/a.png.png")).expect("mask").to_luma8();
         assert_eq!(mask.get_pixel(160, 150)[0], 255);
         assert_eq!(mask.get_pixel(5, 5)[0], 0);
-        let crop = image::open(dir.join("crops/Pro/a/0.png")).expect("crop");
+        let crop = image::open(dir.join("crops/Pro/a.png/0.png")).expect("crop");
         assert_eq!((crop.width(), crop.height()), (224, 224));
         let csv = std::fs::read_to_string(dir.join("nuclei.csv")).expect("csv");
         let rows: Vec<&str> = csv.lines().collect();
@@ -105,8 +105,54 @@ fn cell_mode_writes_nucleus_and_cytoplasm_masks_and_the_scale() {
     assert!(rows.iter().any(|r| r.starts_with("empty.png,no white cell found")), "{csv}");
     let cells: Vec<&&str> = rows.iter().filter(|r| r.starts_with("a.png,ok,")).collect();
     assert!(!cells.is_empty(), "{csv}");
-    let mask = image::open(dir.join("masks/a.png")).expect("mask").to_luma8();
+    let mask = image::open(dir.join("masks/a.png.png")).expect("mask").to_luma8();
     assert_eq!(mask.get_pixel(160, 150)[0], 255, "nucleus");
     assert!(mask.pixels().all(|p| [0, 128, 255].contains(&p[0])), "three levels only");
     assert!(dir.join("sheet.png").is_file());
+}
+
+/// Issue 18: `a/x.jpg` and `a/x.png` used to write the same `masks/a/x.png` and `crops/a/x/N.png`,
+/// and `nuclei.csv` then pointed at the other field's crops.
+#[test]
+fn fields_differing_only_by_extension_get_their_own_outputs() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("a")).expect("mkdir");
+    // Two nuclei in the JPEG, one (at another place) in the PNG.
+    field(&[(60, 60, 20), (160, 150, 28)]).save(data.join("a/x.jpg")).expect("save jpg");
+    field(&[(170, 50, 24)]).save(data.join("a/x.png")).expect("save png");
+    for (mode, csv_name) in [("nucleus", "nuclei.csv"), ("aria-hsv", "nuclei.csv"), ("cell", "cells.csv")] {
+        let dir = tmp.path().join(mode);
+        let (ok, stdout, stderr) =
+            allscan(&["segment", data.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--mode", mode]);
+        assert!(ok, "{mode}: {stdout}\n{stderr}");
+        for src in ["x.jpg", "x.png"] {
+            assert!(dir.join(format!("masks/a/{src}.png")).is_file(), "{mode}: no mask for {src}");
+            if mode != "cell" {
+                assert!(dir.join(format!("segmented/a/{src}.png")).is_file(), "{mode}: no segmented {src}");
+            }
+        }
+        // Each mask is its own field's: the PNG's nucleus at (170, 50), the JPEG's at (160, 150).
+        let jpg_mask = image::open(dir.join("masks/a/x.jpg.png")).expect("mask").to_luma8();
+        let png_mask = image::open(dir.join("masks/a/x.png.png")).expect("mask").to_luma8();
+        assert_eq!((jpg_mask.get_pixel(160, 150)[0], jpg_mask.get_pixel(170, 50)[0]), (255, 0), "{mode}");
+        assert_eq!((png_mask.get_pixel(170, 50)[0], png_mask.get_pixel(160, 150)[0]), (255, 0), "{mode}");
+        let csv = std::fs::read_to_string(dir.join(csv_name)).expect("csv");
+        let crops_of = |src: &str| -> Vec<String> {
+            csv.lines()
+                .filter(|r| r.starts_with(&format!("a/{src},ok,")))
+                .map(|r| r.rsplit(',').next().unwrap_or_default().to_string())
+                .filter(|c| !c.is_empty())
+                .collect()
+        };
+        let (jpg, png) = (crops_of("x.jpg"), crops_of("x.png"));
+        assert!(!jpg.is_empty() && !png.is_empty(), "{mode}: {csv}");
+        for c in &jpg {
+            assert!(c.starts_with("crops/a/x.jpg/") && dir.join(c).is_file(), "{mode}: {c}\n{csv}");
+            assert!(!png.contains(c), "{mode}: both fields point at {c}");
+        }
+        for c in &png {
+            assert!(c.starts_with("crops/a/x.png/") && dir.join(c).is_file(), "{mode}: {c}\n{csv}");
+        }
+    }
 }

@@ -1,6 +1,11 @@
 //! `allscan segment`: a field or a folder of fields -> masks, segmented fields, nucleus crops,
 //! `nuclei.csv`, the `config.json` used, and optionally a contact sheet for review.
 //!
+//! Output names keep the source's whole relative path, extension included
+//! (`a/x.jpg` -> `masks/a/x.jpg.png`, `segmented/a/x.jpg.png`, `crops/a/x.jpg/N.png`), so two
+//! fields that differ only by extension (`a/x.jpg`, `a/x.png`) never write the same file and
+//! each CSV row points at its own field's crops.
+//!
 //! Glue only: every image operation is in `allscan_preprocess`.
 
 use std::fmt::Write as _;
@@ -20,7 +25,8 @@ use image::{GrayImage, RgbImage};
 pub struct SegmentArgs {
     /// A field image, or a folder searched recursively for images (jpg, png, tif, bmp, webp).
     pub path: PathBuf,
-    /// Output folder: masks/, segmented/, crops/ (relative paths kept), nuclei.csv, config.json.
+    /// Output folder: masks/, segmented/, crops/ (relative paths kept, extension included:
+    /// a/x.jpg -> masks/a/x.jpg.png, crops/a/x.jpg/0.png), nuclei.csv, config.json.
     #[arg(long)]
     pub out: PathBuf,
     /// aria-hsv: the dataset authors' OpenCV recipe, bit for bit (crops from its mask's blobs);
@@ -188,7 +194,7 @@ fn segment_cells(
         let s = &found.scale;
         let source = serde_json::to_value(s.source)?.as_str().unwrap_or_default().to_string();
         let note = csv_field(s.note.as_deref().unwrap_or(""));
-        let png_rel = rel.with_extension("png");
+        let png_rel = png_name(&rel);
         save_gray(&found.mask, &args.out.join("masks").join(&png_rel))?;
         if found.cells.is_empty() {
             without += 1;
@@ -199,7 +205,7 @@ fn segment_cells(
                 s.um_per_px
             );
         }
-        let crop_dir_rel = Path::new("crops").join(rel.with_extension(""));
+        let crop_dir_rel = Path::new("crops").join(&rel);
         for (k, c) in found.cells.iter().enumerate() {
             total += 1;
             let crop = match views.nucleus_of_view.iter().position(|v| *v == Some(k)) {
@@ -289,10 +295,10 @@ fn segment_one(file: &Path, rel: &Path, out: &Path, cfg: &PreprocessConfig) -> a
         None => img.clone(),
     };
     let crops = roi_crops(&field, &found, &cfg.roi);
-    let png_rel = rel.with_extension("png");
+    let png_rel = png_name(rel);
     save_gray(&mask, &out.join("masks").join(&png_rel))?;
     save_rgb(&apply_mask(&img, &mask), &out.join("segmented").join(&png_rel))?;
-    let crop_dir_rel = Path::new("crops").join(rel.with_extension(""));
+    let crop_dir_rel = Path::new("crops").join(rel);
     let mut crop_paths = Vec::with_capacity(crops.len());
     for (k, c) in crops.iter().enumerate() {
         let p = crop_dir_rel.join(format!("{k}.png"));
@@ -301,6 +307,14 @@ fn segment_one(file: &Path, rel: &Path, out: &Path, cfg: &PreprocessConfig) -> a
     }
     let sheet_row = contact_sheet(&img, &mask, &crops, 6);
     Ok(FieldOutput { found, crops: crop_paths, sheet_row })
+}
+
+/// The PNG written for the field at `rel`: `rel` with `.png` appended, not substituted
+/// (`a/x.jpg` -> `a/x.jpg.png`), so distinct sources always get distinct names.
+fn png_name(rel: &Path) -> PathBuf {
+    let mut name = rel.as_os_str().to_owned();
+    name.push(".png");
+    PathBuf::from(name)
 }
 
 fn save_gray(img: &GrayImage, path: &Path) -> anyhow::Result<()> {
