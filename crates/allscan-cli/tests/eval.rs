@@ -152,14 +152,8 @@ fn bundles_that_do_not_fit_the_data_stop_with_a_clear_message() {
 /// Aria-layout data: per image and per patient.
 #[test]
 fn cross_dataset_on_the_cnmc_sample_with_a_label_map() {
-    let Some(shared) = shared_data() else {
-        eprintln!("skipped: ../shared/data not present");
-        return;
-    };
-    let cnmc = shared.join("cnmc-sample");
-    if !cnmc.is_dir() {
-        return;
-    }
+    let cnmc = shared_data().join("cnmc-sample");
+    assert!(cnmc.is_dir(), "this test needs {}", cnmc.display());
     let dir = tempfile::tempdir().unwrap();
     let (_, run) = tiny_run(dir.path(), "subtype");
     let out = dir.path().join("ev-cnmc");

@@ -1,19 +1,15 @@
 //! Real-data checks on the Aria development set (`../shared/data/aria`, relative to the
 //! project root): every field decodes, and >= 99% of fields yield at least one nucleus.
-//! Skipped with a note when the data is absent.
+//! Fails, naming the path, when the data is absent (CI always has `../shared`).
 
 use std::path::{Path, PathBuf};
 
 use allscan_preprocess::{aria_hsv_mask, decode_file, find_nuclei, hsv::mask_fraction, DecodeLimits, NucleusConfig};
 
-fn aria_dir() -> Option<PathBuf> {
+fn aria_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/aria/Original");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("note: {} absent, Aria test skipped", dir.display());
-        None
-    }
+    assert!(dir.is_dir(), "this test needs the Aria set at {} (see the README's Data section)", dir.display());
+    dir
 }
 
 fn images(dir: &Path) -> Vec<PathBuf> {
@@ -31,7 +27,7 @@ fn images(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn nucleus_finder_yields_on_99_percent_of_aria_fields() {
-    let Some(dir) = aria_dir() else { return };
+    let dir = aria_dir();
     let paths = images(&dir);
     assert!(paths.len() > 1000, "expected the Aria development set, found {} images", paths.len());
     let cfg = NucleusConfig::default();

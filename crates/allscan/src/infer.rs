@@ -167,9 +167,34 @@ impl CellPrediction {
     /// Whether this cell may decide its field and counts as a white cell in summaries (see
     /// the module docs: cells flagged small or smudge do not).
     pub fn decides(&self) -> bool {
-        !self.flags.iter().any(|f| matches!(f, CellFlag::Small | CellFlag::Smudge))
+        cell_decides(&self.flags)
     }
 }
+
+/// Whether a cell with these flags may decide its field's call (not small, not a smudge).
+pub fn cell_decides(flags: &[CellFlag]) -> bool {
+    !flags.iter().any(|f| matches!(f, CellFlag::Small | CellFlag::Smudge))
+}
+
+/// The field call of [`AGGREGATION_RULE`] over a field's cells `(p_leukemia, decides)`: the
+/// index and probability of the decisive cell (`None` for no cell). Training's validation and
+/// held-out report, `eval` and inference all call fields through here.
+pub fn field_call(cells: impl IntoIterator<Item = (f32, bool)>) -> Option<(usize, f32)> {
+    let cells: Vec<(f32, bool)> = cells.into_iter().collect();
+    // Cells that may decide; if none may, every cell does (a lone flagged cell is still a cell).
+    let any_decides = cells.iter().any(|c| c.1);
+    cells
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !any_decides || c.1)
+        .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
+        .map(|(i, c)| (i, c.0))
+}
+
+/// Most views `Predictor::adapt` re-estimates BatchNorm statistics on.
+pub const ADAPT_MAX_VIEWS: usize = 4096;
+/// Views per batch when adapting (the statistics are the mean over batches of this size).
+const ADAPT_BATCH: usize = 64;
 
 /// A loaded model plus everything needed to repeat training's preprocessing.
 #[derive(Debug)]
@@ -248,6 +273,52 @@ impl Predictor {
             m.leukemia_classes.clone(),
             m.threshold,
         )
+    }
+
+    /// Test-time BatchNorm re-estimation (AdaBN, `--adapt`): every BatchNorm's statistics
+    /// are re-estimated without labels on the views of `fields` (the images about to be
+    /// predicted; at most [`ADAPT_MAX_VIEWS`] views, evenly spread), from `bundle`'s stored
+    /// weights, then folded again. Use it after the scale override, before predicting. Returns
+    /// the adapted predictor and the number of views it was adapted on.
+    pub fn adapt(
+        self,
+        bundle: &crate::bundle::RunBundle,
+        fields: &[image::RgbImage],
+    ) -> Result<(Self, usize), InferError> {
+        let views: Vec<image::RgbImage> =
+            fields.iter().filter_map(|f| prepare_views(f, &self.preprocess).ok()).flat_map(|v| v.images).collect();
+        if views.len() < 2 {
+            return Err(InferError::InvalidConfig(format!(
+                "--adapt needs at least 2 views of the images to predict, found {}",
+                views.len()
+            )));
+        }
+        let model = bundle.load_trainable(&self.device.clone().autodiff())?;
+        self.adapt_model(model, &views)
+    }
+
+    /// [`adapt`](Self::adapt) from a trainable copy of the model (on an autodiff device) and
+    /// the views themselves.
+    pub fn adapt_model(
+        mut self,
+        model: LeukemiaClassifier,
+        views: &[image::RgbImage],
+    ) -> Result<(Self, usize), InferError> {
+        let train_device = model.devices().into_iter().next().unwrap_or_else(|| self.device.clone().autodiff());
+        let idx = crate::adapt::spread(views.len(), ADAPT_MAX_VIEWS);
+        let crops: Vec<&image::RgbImage> = views.iter().collect();
+        let k = idx.len().div_ceil(ADAPT_BATCH);
+        let model = crate::adapt::reestimate_batchnorm(
+            model,
+            &crops,
+            &idx,
+            k,
+            ADAPT_BATCH,
+            &self.preprocess.normalization,
+            &train_device,
+        );
+        self.model = model.for_inference();
+        Ok((self, idx.len()))
     }
 
     /// Sets the number of views per forward pass (at least 1).
@@ -466,14 +537,7 @@ impl Predictor {
 
     /// Aggregates a field's cells with the module's rule.
     fn aggregate(&self, views: &FieldViews, cells: Vec<CellPrediction>) -> FieldPrediction {
-        // Cells that may decide; if none may, every cell does (a lone flagged cell is still a cell).
-        let any_decides = cells.iter().any(CellPrediction::decides);
-        let decisive = cells
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !any_decides || c.decides())
-            .max_by(|a, b| a.1.p_leukemia.total_cmp(&b.1.p_leukemia))
-            .map_or(0, |(i, _)| i);
+        let decisive = field_call(cells.iter().map(|c| (c.p_leukemia, c.decides()))).map_or(0, |(i, _)| i);
         let (p_leukemia, subtype, probabilities) = match cells.get(decisive) {
             Some(c) => (c.p_leukemia, c.subtype.clone(), c.probabilities.clone()),
             None => (0.0, None, Vec::new()),
@@ -705,6 +769,36 @@ pub(crate) mod tests {
             let f = crate::synth::render_field(1, 96, &mut crate::synth::field_rng(0, 1, 0)).image;
             assert!(p.predict_field(&f).unwrap().cells.len() <= 4);
         }
+    }
+
+    #[test]
+    fn adapt_reestimates_batchnorm_on_the_images_to_predict() {
+        use crate::train::config::TaskKind;
+        let dir = tempfile::tempdir().unwrap();
+        let b = testing::write_random_bundle(dir.path(), TaskKind::Binary).unwrap();
+        let bundle = crate::bundle::RunBundle::open(&b.dir).unwrap();
+        let p = Predictor::from_bundle(&bundle, &Device::flex()).unwrap();
+        let fields: Vec<RgbImage> =
+            (0..4).map(|i| crate::synth::render_field(i, 96, &mut crate::synth::field_rng(5, i, i)).image).collect();
+        let refs: Vec<&RgbImage> = fields.iter().collect();
+        let score = |p: &Predictor| -> Vec<f32> {
+            p.predict_fields(&refs).into_iter().map(|r| r.unwrap().p_leukemia).collect()
+        };
+        let before = score(&p);
+        let (adapted, views) = p.adapt(&bundle, &fields).unwrap();
+        assert!(views >= fields.len(), "{views} views of {} fields", fields.len());
+        let after = score(&adapted);
+        assert!(
+            before.iter().zip(&after).any(|(a, b)| (a - b).abs() > 1e-4),
+            "the fresh model's unit statistics were kept: {before:?} vs {after:?}"
+        );
+        // Adapting again on the same images is the same estimate.
+        let (again, _) = adapted.adapt(&bundle, &fields).unwrap();
+        for (a, b) in after.iter().zip(score(&again)) {
+            assert!((a - b).abs() < 1e-4);
+        }
+        let p = Predictor::from_bundle(&bundle, &Device::flex()).unwrap();
+        assert!(matches!(p.adapt(&bundle, &[]), Err(InferError::InvalidConfig(_))));
     }
 
     #[test]

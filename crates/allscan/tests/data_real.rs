@@ -6,19 +6,17 @@ use std::path::{Path, PathBuf};
 
 use allscan::data::{DatasetIndex, IndexOptions, LayoutKind, Part, SplitConfig, SplitFile};
 
-fn shared(sub: &str) -> Option<PathBuf> {
+/// A shared dataset; a missing one fails the test with the path it needs (CI always has
+/// `../shared`, so a pass never means "not run").
+fn shared(sub: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(sub);
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} not present", p.display());
-        None
-    }
+    assert!(p.is_dir(), "this test needs the shared dataset {} (see the README's Data section)", p.display());
+    p
 }
 
 #[test]
 fn aria_index_counts_duplicates_and_split_keeps_pairs_together() {
-    let Some(root) = shared("aria") else { return };
+    let root = shared("aria");
     let ix = DatasetIndex::build(&root, &IndexOptions::default()).unwrap();
     assert_eq!(ix.layout, LayoutKind::Aria);
     assert_eq!(ix.images.len(), 1945);
@@ -69,9 +67,7 @@ fn aria_index_counts_duplicates_and_split_keeps_pairs_together() {
 
 #[test]
 fn cnmc_patients_never_straddle_parts() {
-    let Some(root) = shared("cnmc-sample") else {
-        return;
-    };
+    let root = shared("cnmc-sample");
     let ix = DatasetIndex::build(&root, &IndexOptions::default()).unwrap();
     assert_eq!(ix.layout, LayoutKind::Cnmc);
     assert_eq!(ix.images.len(), 60);

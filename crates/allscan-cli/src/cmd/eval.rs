@@ -58,6 +58,10 @@ pub struct EvalArgs {
     /// A sources dataset (allscan-sources.json): score only this source's images.
     #[arg(long)]
     pub source: Option<String>,
+    /// Re-estimate the model's BatchNorm statistics on the evaluated images first (test-time
+    /// adaptation, AdaBN; no labels used). Validation and the shortcuts are scored without it.
+    #[arg(long)]
+    pub adapt: bool,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -84,6 +88,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         device,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         source: args.source,
+        adapt: args.adapt,
         ..EvalRequest::new(&args.run, &args.data, &out)
     };
     let outcome = allscan::eval::evaluate(&req)

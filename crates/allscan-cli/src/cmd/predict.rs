@@ -41,6 +41,10 @@ pub struct PredictArgs {
     /// their red cells.
     #[arg(long, value_name = "UM")]
     pub um_per_px: Option<f32>,
+    /// Re-estimate the model's BatchNorm statistics on these images before predicting them
+    /// (test-time adaptation, AdaBN: for a batch of one lab's images; no labels used).
+    #[arg(long)]
+    pub adapt: bool,
 }
 
 /// `--format` values.
@@ -53,6 +57,9 @@ pub enum Format {
     /// `{"results": [...], "failed": [...]}`.
     Json,
 }
+
+/// Most images decoded for `--adapt` (evenly spread over the input).
+const ADAPT_MAX_FIELDS: usize = 512;
 
 /// Opens a run bundle and builds its predictor on the CPU device.
 pub fn load_predictor(run: &Path) -> anyhow::Result<(RunBundle, Predictor)> {
@@ -159,7 +166,7 @@ struct JsonOut<'a> {
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
-    let (_bundle, predictor) = load_predictor(&args.run)?;
+    let (bundle, predictor) = load_predictor(&args.run)?;
     let predictor = match args.threshold {
         Some(t) if !(0.0..=1.0).contains(&t) => anyhow::bail!("--threshold {t} must be in [0, 1]"),
         Some(t) => predictor.with_threshold(t),
@@ -185,6 +192,18 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let limits = predictor.preprocess().decode;
+    let predictor = if args.adapt {
+        let fields: Vec<RgbImage> = allscan::adapt::spread(files.len(), ADAPT_MAX_FIELDS)
+            .into_iter()
+            .filter_map(|k| decode_file(&files[k], &limits).ok())
+            .collect();
+        let (adapted, views) =
+            predictor.adapt(&bundle, &fields).with_context(|| "--adapt: re-estimating BatchNorm statistics")?;
+        eprintln!("--adapt: BatchNorm statistics re-estimated on {views} views of {} images", fields.len());
+        adapted
+    } else {
+        predictor
+    };
     let bar = if files.len() >= 32 {
         indicatif::ProgressBar::new(files.len() as u64)
     } else {

@@ -23,7 +23,8 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// `../shared/data` as seen from the workspace root (the same relative path in CI), if present.
-pub fn shared_data() -> Option<PathBuf> {
+pub fn shared_data() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    p.is_dir().then(|| p.canonicalize().unwrap_or(p))
+    assert!(p.is_dir(), "this test needs the shared datasets at {} (see the README's Data section)", p.display());
+    p.canonicalize().unwrap_or(p)
 }

@@ -122,10 +122,16 @@ pub fn balanced_order(targets: &[usize], num_classes: usize, rng: &mut impl Rng)
         .collect()
 }
 
-/// One epoch's order drawn class-balanced, then source-balanced within the class: `n` draws,
-/// each a uniformly chosen class, a uniformly chosen source among those that have the class,
-/// then an image of it (with replacement).
-pub fn source_class_order(targets: &[usize], sources: &[&str], num_classes: usize, rng: &mut impl Rng) -> Vec<usize> {
+/// One epoch's order drawn class-balanced, then source-balanced within the class: `draws`
+/// draws, each a uniformly chosen class, a uniformly chosen source among those that have the
+/// class, then an image of it (with replacement).
+pub fn source_class_order(
+    targets: &[usize],
+    sources: &[&str],
+    num_classes: usize,
+    draws: usize,
+    rng: &mut impl Rng,
+) -> Vec<usize> {
     let mut strata: Vec<std::collections::BTreeMap<&str, Vec<usize>>> = vec![Default::default(); num_classes];
     for (i, (&t, &s)) in targets.iter().zip(sources).enumerate() {
         if t < num_classes {
@@ -137,7 +143,7 @@ pub fn source_class_order(targets: &[usize], sources: &[&str], num_classes: usiz
     if present.is_empty() {
         return Vec::new();
     }
-    (0..targets.len())
+    (0..draws)
         .map(|_| {
             let class = &present[rng.gen_range(0..present.len())];
             let source = class[rng.gen_range(0..class.len())];
@@ -164,7 +170,7 @@ mod tests {
         targets.extend(vec![1; 50]);
         let sources: Vec<&str> = (0..1050).map(|i| if (900..1000).contains(&i) { "b" } else { "a" }).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let order = source_class_order(&targets, &sources, 2, &mut rng);
+        let order = source_class_order(&targets, &sources, 2, 1050, &mut rng);
         assert_eq!(order.len(), 1050);
         let count = |f: &dyn Fn(usize) -> bool| order.iter().filter(|&&i| f(i)).count() as f64 / 1050.0;
         assert!((count(&|i| targets[i] == 1) - 0.5).abs() < 0.05);

@@ -79,6 +79,9 @@ pub struct EvalRequest {
     pub progress: bool,
     /// Sources datasets: score only this source's images of the part (e.g. held-out Aria).
     pub source: Option<String>,
+    /// Test-time BatchNorm re-estimation on the evaluated images (AdaBN, no labels) before
+    /// scoring them; validation and the shortcuts are scored without it.
+    pub adapt: bool,
 }
 
 impl EvalRequest {
@@ -101,6 +104,7 @@ impl EvalRequest {
             device: DeviceKind::Cpu,
             progress: false,
             source: None,
+            adapt: false,
         }
     }
 }
@@ -238,6 +242,9 @@ fn scored_from(rec: &ImageRecord, p_leukemia: f64, probs: Vec<f64>) -> ScoredIma
         probs,
     }
 }
+
+/// Most evaluated images decoded for `--adapt` (evenly spread over the part).
+const ADAPT_MAX_FIELDS: usize = 512;
 
 /// Scores the images `indices` of `index`; unreadable images are skipped and returned as
 /// `(path, reason)`.
@@ -585,7 +592,22 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         warnings.push("the split has no validation part: the bundle's threshold is used as stored".to_string());
     }
 
-    // Scores on the evaluated part.
+    // Scores on the evaluated part (adapted to it first, with --adapt).
+    let predictor = if req.adapt {
+        let limits = predictor.preprocess().decode;
+        let fields: Vec<RgbImage> = crate::adapt::spread(eval_idx.len(), ADAPT_MAX_FIELDS)
+            .into_iter()
+            .filter_map(|k| decode_file(&index.abs_path(&index.images[eval_idx[k]]), &limits).ok())
+            .collect();
+        let (adapted, views) = predictor.adapt(&bundle, &fields)?;
+        warnings.push(format!(
+            "--adapt: BatchNorm statistics re-estimated on {views} views of {} evaluated images (no labels)",
+            fields.len()
+        ));
+        adapted
+    } else {
+        predictor
+    };
     let (scored, skipped) = score_images(&predictor, &index, &eval_idx, req.progress);
     if !skipped.is_empty() {
         let ex: Vec<String> = skipped.iter().take(3).map(|(p, r)| format!("{p}: {r}")).collect();

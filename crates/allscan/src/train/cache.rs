@@ -42,7 +42,7 @@ impl FeatureCache {
         let mut todo: Vec<&Sample> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for s in parts.iter().flat_map(|p| p.iter()) {
-            if seen.insert(s.sha256.as_str()) {
+            if seen.insert(s.key.as_str()) {
                 todo.push(s);
             }
         }
@@ -52,7 +52,7 @@ impl FeatureCache {
             let per = dims.iter().skip(1).product::<usize>();
             cache.shape = dims[1..].to_vec();
             for (s, row) in chunk.iter().zip(data.chunks(per)) {
-                cache.rows.insert(s.sha256.clone(), row.to_vec());
+                cache.rows.insert(s.key.clone(), row.to_vec());
             }
             on_batch(chunk.len());
         }

@@ -214,6 +214,11 @@ pub struct TrainConfig {
     /// (whose BatchNorm statistics are the ones re-estimated above, when that is on).
     #[serde(default)]
     pub ema_decay: f64,
+    /// Cell mode: training views per not-leukemia field, its cells in dominance order (every
+    /// cell of such a field is not leukemia; a leukemia field trains its dominant cell only).
+    /// Field calls take the most suspicious cell, so the other cells must be seen as negatives.
+    #[serde(default = "one")]
+    pub negative_cells: usize,
 }
 
 fn one() -> usize {
@@ -298,6 +303,7 @@ fn paper(task: Task) -> ProfileDefaults {
         shards: 2,
         bn_recalibration_batches: 0,
         ema_decay: 0.0,
+        negative_cells: 1,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::Imagenet }
 }
@@ -373,6 +379,7 @@ fn cpu(task: Task) -> ProfileDefaults {
         shards: 4,
         bn_recalibration_batches: 8,
         ema_decay: 0.0,
+        negative_cells: 1,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::None }
 }
@@ -393,6 +400,7 @@ fn cell(task: Task) -> ProfileDefaults {
     d.train.stage2.epochs = 25;
     d.train.augment = AugmentConfig::cell();
     d.train.balance = Balance::SourceClass;
+    d.train.negative_cells = 8;
     ProfileDefaults { model: d.model, preprocess: d.preprocess, train: d.train, weights: WeightsSource::None }
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use allscan_preprocess::{decode_file, prepare_input, PreprocessConfig};
+use allscan_preprocess::{decode_file, prepare_views, PreprocessConfig};
 use image::RgbImage;
 
 use crate::data::{DatasetIndex, ImageRecord, Part, SplitFile};
@@ -20,10 +20,21 @@ pub struct Sample {
     pub leukemia: bool,
     /// Path relative to the dataset root.
     pub path: String,
-    /// SHA-256 of the file: the feature caches' key (exact duplicates share one entry).
-    pub sha256: String,
+    /// The feature caches' key: the file's SHA-256, plus `#k` for its `k`-th cell (k > 0);
+    /// exact duplicates share one entry.
+    pub key: String,
     /// The record's source (sources datasets); the sampler balances source x class.
     pub source: Option<String>,
+    /// The field (record index in the dataset index) this view was cut from: the field call
+    /// is the [`crate::infer::field_call`] rule over the views of one field.
+    pub field: usize,
+    /// The view's label is known. Cell mode labels fields, not cells: every cell of a
+    /// not-leukemia field is not leukemia, but only the dominant cell of a leukemia field
+    /// takes its label (its other cells may be anything). Unlabelled views are never trained
+    /// on nor in the loss; validation and the held-out report score them in the field call.
+    pub labelled: bool,
+    /// The view may decide its field's call (cell mode: not flagged small or smudge).
+    pub decides: bool,
 }
 
 /// The three parts of the split, preprocessed.
@@ -41,10 +52,15 @@ pub struct Prepared {
 
 /// Decodes and preprocesses every image of the split's parts on all cores. `target` maps a
 /// record to its output index (`None`: the record cannot be used, e.g. an unmapped class).
+///
+/// One view per field outside cell mode. In cell mode validation and test keep every cell
+/// (the field call is scored as inference scores it), and training keeps the labelled ones:
+/// the dominant cell of a leukemia field, up to `negative_cells` cells of any other field.
 pub fn prepare(
     index: &DatasetIndex,
     split: &SplitFile,
     pre: &PreprocessConfig,
+    negative_cells: usize,
     target: &(dyn Fn(&ImageRecord) -> Option<usize> + Sync),
     progress: bool,
 ) -> Prepared {
@@ -56,7 +72,7 @@ pub fn prepare(
     let threads = crate::device::cpu_threads().max(1);
     let chunk = jobs.len().div_ceil(threads).max(1);
     // Per thread: (part, the sample or (path, why it could not be read)).
-    type Loaded = Vec<(Part, Result<Sample, (String, String)>)>;
+    type Loaded = Vec<(Part, Result<Vec<Sample>, (String, String)>)>;
     let results: Vec<Loaded> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
@@ -67,7 +83,11 @@ pub fn prepare(
                         .iter()
                         .map(|&(p, i)| {
                             let rec = &index.images[i];
-                            let r = one(&index.abs_path(rec), rec, pre, target);
+                            let keep = match p {
+                                Part::Train => negative_cells.max(1),
+                                Part::Val | Part::Test => usize::MAX,
+                            };
+                            let r = one(&index.abs_path(rec), i, rec, pre, keep, target);
                             bar.inc(1);
                             (p, r)
                         })
@@ -80,10 +100,10 @@ pub fn prepare(
     bar.finish_and_clear();
     for (part, r) in results.into_iter().flatten() {
         match r {
-            Ok(sample) => match part {
-                Part::Train => out.train.push(sample),
-                Part::Val => out.val.push(sample),
-                Part::Test => out.test.push(sample),
+            Ok(samples) => match part {
+                Part::Train => out.train.extend(samples.into_iter().filter(|s| s.labelled)),
+                Part::Val => out.val.extend(samples),
+                Part::Test => out.test.extend(samples),
             },
             Err(bad) => out.skipped.push(bad),
         }
@@ -91,12 +111,16 @@ pub fn prepare(
     out
 }
 
+/// The views of one field: every cell in cell mode (up to `negative_cells` for a
+/// not-leukemia field), else the first view.
 fn one(
     path: &Path,
+    field: usize,
     rec: &ImageRecord,
     pre: &PreprocessConfig,
+    negative_cells: usize,
     target: &(dyn Fn(&ImageRecord) -> Option<usize> + Sync),
-) -> Result<Sample, (String, String)> {
+) -> Result<Vec<Sample>, (String, String)> {
     let bad = |reason: String| (rec.path.clone(), reason);
     let t = target(rec).ok_or_else(|| bad(format!("class `{}` has no label for this task", rec.class)))?;
     let img = decode_file(path, &pre.decode).map_err(|e| bad(e.reason()))?;
@@ -105,25 +129,32 @@ fn one(
         Some(u) if pre.cell.scale.um_per_px.is_none() => {
             let mut p = pre.clone();
             p.cell.scale.um_per_px = Some(u);
-            prepare_input(&img, &p)
+            prepare_views(&img, &p)
         }
-        _ => prepare_input(&img, pre),
+        _ => prepare_views(&img, pre),
     }
     .map_err(|e| bad(e.to_string()))?;
-    let none = || {
-        if pre.mode == allscan_preprocess::SegmentMode::Cell {
-            "no white cell found"
-        } else {
-            "preprocessing gave no view"
-        }
-    };
-    let crop = views.into_iter().next().ok_or_else(|| bad(none().into()))?;
-    Ok(Sample {
-        crop,
-        target: t,
-        leukemia: rec.label.is_some_and(|l| l.is_leukemia()),
-        path: rec.path.clone(),
-        sha256: rec.sha256.clone(),
-        source: rec.source.clone(),
-    })
+    let cell_mode = pre.mode == allscan_preprocess::SegmentMode::Cell;
+    if views.images.is_empty() {
+        return Err(bad(if cell_mode { "no white cell found" } else { "preprocessing gave no view" }.into()));
+    }
+    let leukemia = rec.label.is_some_and(|l| l.is_leukemia());
+    let n = if cell_mode { views.images.len().min(negative_cells) } else { 1 };
+    Ok(views
+        .images
+        .into_iter()
+        .take(n)
+        .enumerate()
+        .map(|(k, crop)| Sample {
+            crop,
+            target: t,
+            leukemia,
+            path: rec.path.clone(),
+            key: if k == 0 { rec.sha256.clone() } else { format!("{}#{k}", rec.sha256) },
+            source: rec.source.clone(),
+            field,
+            labelled: k == 0 || !leukemia,
+            decides: views.cells.get(k).is_none_or(|c| crate::infer::cell_decides(&c.flags)),
+        })
+        .collect())
 }

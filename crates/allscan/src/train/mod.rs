@@ -436,27 +436,37 @@ fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
         }
     };
     let t = Instant::now();
-    let mut prepared = dataset::prepare(&index, &split, &config.preprocess, &target, req.progress);
+    let mut prepared =
+        dataset::prepare(&index, &split, &config.preprocess, config.train.negative_cells, &target, req.progress);
     let mut skipped: Vec<(String, String)> = index.bad.iter().map(|b| (b.path.clone(), b.reason.clone())).collect();
     skipped.append(&mut prepared.skipped);
     prepared.skipped = skipped;
+    let fields = |v: &[Sample]| v.iter().map(|s| s.field).collect::<std::collections::HashSet<_>>().len();
+    let views = if config.preprocess.mode == allscan_preprocess::SegmentMode::Cell {
+        format!(
+            " ({} / {} / {} cell views: every cell of val / test fields, the labelled ones of train)",
+            prepared.train.len(),
+            prepared.val.len(),
+            prepared.test.len()
+        )
+    } else {
+        String::new()
+    };
     log.line(&format!(
-        "preprocessed {} train / {} val / {} test images in {:.1} s ({} at {} px)",
-        prepared.train.len(),
-        prepared.val.len(),
-        prepared.test.len(),
+        "preprocessed {} train / {} val / {} test images{views} in {:.1} s ({} at {} px)",
+        fields(&prepared.train),
+        fields(&prepared.val),
+        fields(&prepared.test),
         t.elapsed().as_secs_f64(),
         config.preprocess.mode,
         config.preprocess.input_size
     ));
     if !prepared.skipped.is_empty() {
-        let list: Vec<String> = prepared.skipped.iter().take(5).map(|(p, r)| format!("{p} ({r})")).collect();
-        log.line(&format!(
-            "skipped {} unreadable or unusable file(s): {}{}",
-            prepared.skipped.len(),
-            list.join("; "),
-            if prepared.skipped.len() > 5 { "; ..." } else { "" }
-        ));
+        // Every skipped file, one per line: the log is the record of what the run left out.
+        log.line(&format!("skipped {} unreadable or unusable file(s):", prepared.skipped.len()));
+        for (p, r) in &prepared.skipped {
+            log.line(&format!("  skipped: {p} ({r})"));
+        }
     }
     // Every output class must be in the training part, and validation must not be empty.
     let names = &class_names;
@@ -714,8 +724,9 @@ fn run(
         norm,
         &infer,
     )?;
-    let yv: Vec<bool> = p.val.iter().map(|s| s.leukemia).collect();
-    let pv: Vec<f64> = ev_val.probs.iter().map(|r| crate::bundle::p_leukemia(&meta, r) as f64).collect();
+    let pv: Vec<f32> = ev_val.probs.iter().map(|r| crate::bundle::p_leukemia(&meta, r)).collect();
+    let (yv, pv) = stage::field_scores(&p.val, &pv);
+    let pv: Vec<f64> = pv.into_iter().map(f64::from).collect();
     let (threshold, rule) = match crate::eval::threshold_for_sensitivity(&yv, &pv, cfg.train.target_sensitivity) {
         Ok(choice) => {
             if let Some(w) = &choice.warning {
@@ -819,14 +830,15 @@ fn held_out(
         &cfg.preprocess.normalization,
         device,
     )?;
-    let y: Vec<bool> = test.iter().map(|s| s.leukemia).collect();
     let pl: Vec<f32> = ev.probs.iter().map(|r| crate::bundle::p_leukemia(meta, r)).collect();
+    let (y, pl) = stage::field_scores(test, &pl);
     let call: Vec<bool> = pl.iter().map(|&p| p as f64 >= threshold).collect();
     let tp = y.iter().zip(&call).filter(|(a, b)| **a && **b).count();
     let tn = y.iter().zip(&call).filter(|(a, b)| !**a && !**b).count();
     let npos = y.iter().filter(|&&v| v).count();
     let nneg = y.len() - npos;
-    m.insert("test_images".into(), test.len() as f64);
+    m.insert("test_images".into(), y.len() as f64);
+    m.insert("test_views".into(), test.len() as f64);
     m.insert("test_loss".into(), ev.loss);
     m.insert("test_binary_accuracy".into(), (tp + tn) as f64 / y.len() as f64);
     if npos > 0 {
@@ -838,7 +850,7 @@ fn held_out(
     if let Some(a) = stage::auc(&y, &pl) {
         m.insert("test_auc".into(), a);
     }
-    let mut line = format!("held-out test ({} images, never used for selection):", test.len());
+    let mut line = format!("held-out test ({} images, never used for selection):", y.len());
     if let Task::Subtype { .. } = task {
         m.insert("test_subtype_accuracy".into(), ev.accuracy);
         line.push_str(&format!(" subtype accuracy {:.4};", ev.accuracy));

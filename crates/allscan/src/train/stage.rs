@@ -54,7 +54,7 @@ impl Inputs {
             idx: &[usize],
             missing: impl Fn(&Sample) -> TrainError,
         ) -> Result<Vec<&'c [f32]>, TrainError> {
-            idx.iter().map(|&i| cache.get(&samples[i].sha256).ok_or_else(|| missing(&samples[i]))).collect()
+            idx.iter().map(|&i| cache.get(&samples[i].key).ok_or_else(|| missing(&samples[i]))).collect()
         }
         Ok(match self {
             Inputs::Images => {
@@ -161,18 +161,8 @@ pub fn recalibrate_batchnorm(
     norm: &allscan_preprocess::Normalization,
     device: &Device,
 ) -> LeukemiaClassifier {
-    // A copy whose parameters need no gradient: Burn records no graph for its forward (a graph
-    // that is never run backward stays alive: with the trainable model here a 60-epoch Aria run
-    // reached 3.3 GB RSS, and 12 synthetic epochs at 64 px peaked at 497 MB against 255 MB),
-    // while its BatchNorms, still in training mode, share their running statistics with `model`.
-    let mut probe = model.clone().no_grad();
-    for (i, idx) in batches(order, batch).into_iter().take(k).enumerate() {
-        probe.backbone = probe.backbone.with_batchnorm_momentum(1.0 / (i + 1) as f64);
-        let crops: Vec<_> = idx.iter().map(|&j| &samples[j].crop).collect();
-        let _ = probe.forward_features(images_tensor(&crops, None, norm, device));
-    }
-    drop(probe);
-    model
+    let crops: Vec<&image::RgbImage> = samples.iter().map(|s| &s.crop).collect();
+    crate::adapt::reestimate_batchnorm(model, &crops, order, k, batch, norm, device)
 }
 
 /// Weighted, label-smoothed loss, mean over the batch: BCE on the logit for binary,
@@ -234,25 +224,48 @@ pub fn evaluate(
     for idx in all.chunks(batch.max(1)) {
         let logits = inputs.logits(model, samples, idx, views, norm, device)?;
         let targets: Vec<usize> = idx.iter().map(|&i| samples[i].target).collect();
-        let w: Vec<f32> = targets.iter().map(|&t| weights.get(t).copied().unwrap_or(1.0)).collect();
+        // Unlabelled views (cell mode: the other cells of a leukemia field) are scored, not judged.
+        let w: Vec<f32> = idx
+            .iter()
+            .zip(&targets)
+            .map(|(&i, &t)| if samples[i].labelled { weights.get(t).copied().unwrap_or(1.0) } else { 0.0 })
+            .collect();
         let l = read(loss(task, logits.clone(), &targets, &w, smoothing))?;
         let bw: f64 = w.iter().map(|&x| x as f64).sum();
         loss_sum += l.first().copied().unwrap_or(0.0) as f64 * bw;
         wsum += bw;
         let [b, k] = logits.dims();
         let p = read(probabilities(task, logits).reshape([b * k]))?;
-        for (row, &t) in p.chunks(k).zip(&targets) {
-            if predicted(task, row) == t {
+        for ((row, &t), &i) in p.chunks(k).zip(&targets).zip(idx) {
+            if samples[i].labelled && predicted(task, row) == t {
                 correct += 1;
             }
             probs.push(row.to_vec());
         }
     }
+    let labelled = samples.iter().filter(|s| s.labelled).count();
     Ok(Evaluation {
         probs,
         loss: if wsum > 0.0 { loss_sum / wsum } else { 0.0 },
-        accuracy: correct as f64 / samples.len().max(1) as f64,
+        accuracy: correct as f64 / labelled.max(1) as f64,
     })
+}
+
+/// Per field (in order of first appearance): its label and its call's p_leukemia, the
+/// [`crate::infer::field_call`] over its views. One view per field gives the views' own scores.
+pub fn field_scores(samples: &[Sample], p_leukemia: &[f32]) -> (Vec<bool>, Vec<f32>) {
+    let mut order: Vec<usize> = Vec::new();
+    let mut views: std::collections::HashMap<usize, Vec<(f32, bool)>> = std::collections::HashMap::new();
+    let mut label: std::collections::HashMap<usize, bool> = std::collections::HashMap::new();
+    for (s, &p) in samples.iter().zip(p_leukemia) {
+        let v = views.entry(s.field).or_insert_with(|| {
+            order.push(s.field);
+            Vec::new()
+        });
+        v.push((p, s.decides));
+        label.insert(s.field, s.leukemia);
+    }
+    order.iter().map(|f| (label[f], crate::infer::field_call(views[f].iter().copied()).map_or(0.0, |(_, p)| p))).unzip()
 }
 
 /// Output index of one probability row (binary: 1 when p >= 0.5).
@@ -361,7 +374,11 @@ impl StageRun<'_> {
         log: &mut RunLog,
     ) -> Result<LeukemiaClassifier, TrainError> {
         let n = self.train_set.len();
-        let steps_per_epoch = batches(&(0..n).collect::<Vec<_>>(), self.train.batch_size).len().max(1);
+        // An epoch draws as many views as there are fields (cell mode keeps several views of a
+        // not-leukemia field; they share its draws rather than lengthen the epoch).
+        let fields = self.train_set.iter().map(|s| s.field).collect::<std::collections::HashSet<_>>().len();
+        let draws = if matches!(self.train.balance, Balance::SourceClass | Balance::Sampler) { fields } else { n };
+        let steps_per_epoch = batches(&(0..draws).collect::<Vec<_>>(), self.train.batch_size).len().max(1);
         let total = steps_per_epoch * self.cfg.epochs;
         let targets: Vec<usize> = self.train_set.iter().map(|s| s.target).collect();
         let sources: Vec<&str> = self.train_set.iter().map(|s| s.source.as_deref().unwrap_or("")).collect();
@@ -397,8 +414,12 @@ impl StageRun<'_> {
             self.device.seed(epoch_seed);
             let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
             let order = match self.train.balance {
-                Balance::Sampler => balanced_order(&targets, self.num_targets, &mut rng),
-                Balance::SourceClass => source_class_order(&targets, &sources, self.num_targets, &mut rng),
+                Balance::Sampler => {
+                    let mut o = balanced_order(&targets, self.num_targets, &mut rng);
+                    o.truncate(draws);
+                    o
+                }
+                Balance::SourceClass => source_class_order(&targets, &sources, self.num_targets, draws, &mut rng),
                 _ => shuffled_order(n, &mut rng),
             };
             let bar = super::progress::bar(
@@ -490,9 +511,9 @@ impl StageRun<'_> {
                 self.norm,
                 self.infer_device,
             )?;
-            let y: Vec<bool> = self.val_set.iter().map(|s| s.leukemia).collect();
             let pl: Vec<f32> = ev.probs.iter().map(|r| crate::bundle::p_leukemia(self.meta, r)).collect();
-            let val_auc = auc(&y, &pl);
+            let (y, pf) = field_scores(self.val_set, &pl);
+            let val_auc = auc(&y, &pf);
             let better = match (&state.best, self.train.select_on) {
                 (None, _) => true,
                 (Some(b), SelectOn::ValLoss) => ev.loss < b.val_loss,
@@ -596,8 +617,11 @@ mod tests {
                 target: i % 2,
                 leukemia: i % 2 == 1,
                 path: format!("{i}.png"),
-                sha256: format!("{i}"),
+                key: format!("{i}"),
                 source: None,
+                field: i,
+                labelled: true,
+                decides: true,
             })
             .collect();
         let norm = allscan_preprocess::Normalization { mean: [0.5; 3], std: [0.25; 3] };
@@ -613,6 +637,38 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-4, "running mean {got:?} vs clean-batch mean {want:?}");
         }
+    }
+
+    #[test]
+    fn fields_are_called_by_their_most_suspicious_deciding_cell() {
+        let s = |field: usize, leukemia: bool, labelled: bool, decides: bool| Sample {
+            crop: image::RgbImage::new(1, 1),
+            target: usize::from(leukemia),
+            leukemia,
+            path: format!("{field}.png"),
+            key: format!("{field}"),
+            source: None,
+            field,
+            labelled,
+            decides,
+        };
+        // Field 7 (healthy): its second cell is the suspicious one; field 3 (leukemia): the
+        // flagged cell (0.99) may not decide while a deciding one exists; field 5: a lone
+        // flagged cell still decides.
+        let samples = [
+            s(7, false, true, true),
+            s(3, true, true, true),
+            s(7, false, true, true),
+            s(3, true, false, false),
+            s(3, true, false, true),
+            s(5, false, true, false),
+        ];
+        let p = [0.1, 0.4, 0.8, 0.99, 0.6, 0.3];
+        let (y, pf) = field_scores(&samples, &p);
+        assert_eq!(y, vec![false, true, false]);
+        assert_eq!(pf, vec![0.8, 0.6, 0.3]);
+        // The per-field AUC sees the healthy field's worst cell above the leukemia field.
+        assert_eq!(auc(&y, &pf), Some(0.5));
     }
 
     #[test]
