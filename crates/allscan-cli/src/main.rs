@@ -39,6 +39,8 @@ enum Command {
     Cv(cmd::cv::CvArgs),
     /// Predict image files and folders with a trained run (table, CSV or JSON).
     Predict(cmd::predict::PredictArgs),
+    /// Slide report of one smear's fields: slide.json and a self-contained slide.html.
+    Report(cmd::report::ReportArgs),
     /// How well a run's features identify the source lab of cells (lower is better).
     Probe(cmd::probe::ProbeArgs),
     /// Grad-CAM overlays: why the model called each image what it did.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Cv(args) => cmd::cv::run(args),
         Command::Predict(args) => cmd::predict::run(args),
+        Command::Report(args) => cmd::report::run(args),
         Command::Probe(args) => cmd::probe::run(args),
         Command::Explain(args) => cmd::explain::run(args),
         Command::Serve(args) => cmd::serve::run(args),

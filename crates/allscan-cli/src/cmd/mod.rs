@@ -8,6 +8,7 @@ pub mod eval;
 pub mod explain;
 pub mod predict;
 pub mod probe;
+pub mod report;
 pub mod segment;
 pub mod serve;
 pub mod train;

@@ -1,0 +1,175 @@
+//! `allscan report RUN SLIDE --out DIR`: the fields of one smear (a folder, searched
+//! recursively, or image files) -> `DIR/slide.json` (an `allscan::slide::SlideReport`) and a
+//! self-contained `DIR/slide.html` rendered from that same report (field thumbnails with every
+//! white cell boxed by call, the cell gallery by call and suspicion, counts, the rule).
+//!
+//! Glue only: decoding as `allscan predict`, prediction by `allscan::infer::Predictor`, the
+//! slide model and its HTML in `allscan::slide`. Both files are written atomically. Fields
+//! that fail are listed in the report and on stderr, the others are still reported, and the
+//! exit code is 1 when any failed. `--review` applies a reviewer's corrections (a review file,
+//! or a slide exported from the web page) before counting.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use allscan::fsutil::write_atomic;
+use allscan::slide::{render_html, FailedField, Review, SlideImages, SlideReport, SlideRule, DEFAULT_BLAST_FRACTION};
+use allscan_preprocess::decode_file;
+use anyhow::Context;
+use image::RgbImage;
+
+use super::predict::{collect_images, load_predictor};
+
+/// Options of `allscan report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The trained run directory (bundle).
+    pub run: PathBuf,
+    /// The slide: a folder of its fields (searched recursively) or one image file.
+    pub slide: PathBuf,
+    /// Output folder for slide.json and slide.html (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Flag the slide when blasts / white cells is at or above this level (WHO: 20% blasts
+    /// in blood or marrow for acute leukemia).
+    #[arg(long, default_value_t = DEFAULT_BLAST_FRACTION)]
+    pub blast_fraction: f64,
+    /// Override the bundle's per-cell threshold on p(blast).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Micrometres per pixel of these fields (cell models), instead of the red-cell estimate.
+    #[arg(long, value_name = "UM")]
+    pub um_per_px: Option<f32>,
+    /// Fields decoded and predicted together.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Corrections to apply: a review file (`{"format": "allscan-review/1", "labels":
+    /// {cell id: label}}`) or a slide JSON exported from the web page.
+    #[arg(long, value_name = "JSON")]
+    pub review: Option<PathBuf>,
+}
+
+/// Reads a review file, or the per-cell reviews of an exported slide.
+fn read_review(path: &Path) -> anyhow::Result<Review> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    if v.get("labels").is_some() {
+        return serde_json::from_value(v).with_context(|| format!("{}: not a review file", path.display()));
+    }
+    let slide: SlideReport = serde_json::from_value(v)
+        .with_context(|| format!("{}: neither a review nor a slide report", path.display()))?;
+    Ok(slide.review())
+}
+
+/// The name a field has in the report: its path under the slide folder.
+fn field_name(slide: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(slide).ok().filter(|r| !r.as_os_str().is_empty());
+    rel.unwrap_or_else(|| Path::new(file.file_name().unwrap_or(file.as_os_str()))).display().to_string()
+}
+
+pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.batch > 0, "--batch 0: the batch must hold at least one field");
+    let (_bundle, predictor) = load_predictor(&args.run)?;
+    let predictor = match args.threshold {
+        Some(t) if !(0.0..=1.0).contains(&t) => anyhow::bail!("--threshold {t} must be in [0, 1]"),
+        Some(t) => predictor.with_threshold(t),
+        None => predictor,
+    };
+    if let Some(u) = args.um_per_px {
+        anyhow::ensure!(
+            u.is_finite() && u > 0.0 && u < 100.0,
+            "--um-per-px {u} must be a positive number of micrometres"
+        );
+    }
+    let predictor = predictor.with_batch_size(8).with_um_per_px(args.um_per_px);
+    let rule = SlideRule::new(args.blast_fraction, predictor.threshold()).context("--blast-fraction")?;
+    let review = args.review.as_deref().map(read_review).transpose()?;
+
+    let mut skipped = Vec::new();
+    let files = collect_images(std::slice::from_ref(&args.slide), &mut skipped);
+    let mut failed: Vec<FailedField> =
+        skipped.into_iter().map(|f| FailedField { name: f.path, reason: f.reason }).collect();
+    if files.is_empty() {
+        for f in &failed {
+            eprintln!("  {}: {}", f.name, f.reason);
+        }
+        anyhow::bail!("no image file found in {}", args.slide.display());
+    }
+    let limits = predictor.preprocess().decode;
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} fields, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Thumbnails and crops are cut per batch, so only one batch of fields is decoded at a time.
+    let mut fields = Vec::with_capacity(files.len());
+    let mut images = SlideImages::default();
+    for chunk in files.chunks(args.batch) {
+        let mut decoded: Vec<(String, RgbImage)> = Vec::with_capacity(chunk.len());
+        for path in chunk {
+            match decode_file(path, &limits) {
+                Ok(img) => decoded.push((field_name(&args.slide, path), img)),
+                Err(e) => failed.push(FailedField { name: field_name(&args.slide, path), reason: e.reason() }),
+            }
+        }
+        let refs: Vec<&RgbImage> = decoded.iter().map(|(_, i)| i).collect();
+        let preds = predictor.predict_fields(&refs);
+        for ((name, img), pred) in decoded.iter().zip(preds) {
+            match pred {
+                Ok(p) => {
+                    // The field's cells as the report will hold them, to cut their crops now.
+                    let index = fields.len();
+                    let one =
+                        SlideReport::with_first_field(vec![(name.clone(), p.clone())], rule.clone(), Vec::new(), index);
+                    if let Some(f) = one.fields.first() {
+                        images.add_field(index, f, img);
+                    }
+                    fields.push((name.clone(), p));
+                }
+                Err(e) => failed.push(FailedField { name: name.clone(), reason: e.to_string() }),
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+
+    let mut report = SlideReport::new(fields, rule, failed);
+    if let Some(r) = &review {
+        report
+            .apply(r)
+            .with_context(|| format!("applying {}", args.review.as_deref().unwrap_or(Path::new("")).display()))?;
+    }
+    let title = format!(
+        "allscan slide report: {}",
+        args.slide.file_name().map_or_else(|| args.slide.display().to_string(), |n| n.to_string_lossy().into_owned())
+    );
+    let json = serde_json::to_vec_pretty(&report).context("serialising the slide report")?;
+    let html = render_html(&report, &images, &title);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let (jp, hp) = (args.out.join("slide.json"), args.out.join("slide.html"));
+    write_atomic(&jp, &json).with_context(|| format!("writing {}", jp.display()))?;
+    write_atomic(&hp, html.as_bytes()).with_context(|| format!("writing {}", hp.display()))?;
+
+    let k = &report.counts;
+    println!(
+        "{} field(s), {} white cell(s), {} blast(s): blast fraction {:.1}% (95% CI {:.1}-{:.1}%); {}",
+        k.fields,
+        k.white_cells,
+        k.blasts,
+        100.0 * k.blast_fraction,
+        100.0 * k.blast_fraction_ci95[0],
+        100.0 * k.blast_fraction_ci95[1],
+        allscan::slide::call_text(report.call)
+    );
+    println!("wrote {} and {}", jp.display(), hp.display());
+    println!("{}", allscan::slide::NOTICE);
+    if report.failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} file(s) failed:", report.failed.len());
+        for f in &report.failed {
+            eprintln!("  {}: {}", f.name, f.reason);
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
