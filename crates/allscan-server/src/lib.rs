@@ -7,6 +7,12 @@
 //!   Grad-CAM overlay, and the research-use notice);
 //! - `POST /api/predict[?overlay=1]`: multipart form, field `file` (repeatable) -> JSON
 //!   results as `allscan predict --format json`, overlays as base64 PNG on request;
+//! - `POST /api/slide[?blast_fraction=0.2&first_field=0]`: multipart form, field `file`
+//!   (repeatable), the fields of one smear -> an [`allscan::slide::SlideReport`] (every cell
+//!   with box, flags, p(blast), call; counts, blast fraction with its 95% CI, the rule).
+//!   `first_field` numbers the fields (and cell ids `f<field>-c<cell>`) from that index, so a
+//!   page may send a large slide in parts and concatenate them. Field names are the uploaded
+//!   names' last component; nothing is written to disk;
 //! - `GET /api/model`: the bundle's metadata; `GET /health`.
 //!
 //! Limits, in the order a request meets them:
@@ -38,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use allscan::explain::{explain_field, png_bytes};
 use allscan::infer::{FieldPrediction, Predictor};
+use allscan::slide::{FailedField, SlideReport, SlideRule};
 use allscan_preprocess::{decode_bytes, DecodeError, DecodeLimits};
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
@@ -302,12 +309,22 @@ struct PredictQuery {
     overlay: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+struct SlideQuery {
+    blast_fraction: Option<f64>,
+    first_field: Option<usize>,
+}
+
+/// Largest `first_field` accepted (a slide of more fields is not a slide).
+pub const MAX_FIRST_FIELD: usize = 100_000;
+
 /// The service's routes (see the module docs).
 pub fn app(state: AppState) -> Router {
     let body_limit = state.inner.config.max_body_bytes;
     let api = Router::new()
         .route("/api/model", get(model_info))
         .route("/api/predict", post(predict).layer(DefaultBodyLimit::max(body_limit)))
+        .route("/api/slide", post(slide).layer(DefaultBodyLimit::max(body_limit)))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(index))
@@ -443,6 +460,45 @@ async fn predict(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<PredictResponse>, AppError> {
     let start = Instant::now();
+    let overlay = matches!(query.overlay.as_deref(), Some("1" | "true" | "yes"));
+    let results = process(&state, multipart, move |st, files, flag| run_prediction(st, files, overlay, flag)).await?;
+    Ok(Json(PredictResponse {
+        results,
+        aggregation: allscan::infer::AGGREGATION_RULE.to_string(),
+        elapsed_ms: start.elapsed().as_millis() as u64,
+        notice: NOTICE.to_string(),
+    }))
+}
+
+async fn slide(
+    State(state): State<AppState>,
+    query: Result<Query<SlideQuery>, axum::extract::rejection::QueryRejection>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<SlideReport>, AppError> {
+    let Query(query) = query.map_err(|e| AppError::BadRequest(format!("bad query: {}", e.body_text())))?;
+    let level = query.blast_fraction.unwrap_or(allscan::slide::DEFAULT_BLAST_FRACTION);
+    let rule = SlideRule::new(level, state.inner.predictor.threshold())
+        .map_err(|e| AppError::BadRequest(format!("blast_fraction: {e}")))?;
+    let first = query.first_field.unwrap_or(0);
+    if first > MAX_FIRST_FIELD {
+        return Err(AppError::BadRequest(format!("first_field {first} is larger than {MAX_FIRST_FIELD}")));
+    }
+    let report = process(&state, multipart, move |st, files, flag| run_slide(st, files, rule, first, flag)).await?;
+    Ok(Json(report))
+}
+
+/// The limits every upload route shares (module docs, steps 3 to 6): reads the whole form,
+/// checks the pixel budgets, takes a slot and a pixel share without waiting, then runs `work`
+/// on a blocking thread under the request timeout, cancelled when the request goes away.
+async fn process<T, F>(
+    state: &AppState,
+    multipart: Result<Multipart, MultipartRejection>,
+    work: F,
+) -> Result<T, AppError>
+where
+    T: Send + 'static,
+    F: FnOnce(&AppState, Vec<(String, Vec<u8>)>, &AtomicBool) -> Result<T, AppError> + Send + 'static,
+{
     let cfg = &state.inner.config;
     let multipart = multipart.map_err(|e| {
         AppError::UnsupportedMediaType(format!(
@@ -450,7 +506,6 @@ async fn predict(
             e.body_text()
         ))
     })?;
-    let overlay = matches!(query.overlay.as_deref(), Some("1" | "true" | "yes"));
     // The whole upload first, holding nothing shared: a client trickling its body costs one
     // idle task, not a processing slot.
     let read_timeout = cfg.body_read_timeout;
@@ -473,19 +528,14 @@ async fn predict(
     let handle = tokio::task::spawn_blocking(move || {
         // The pixel share lives as long as the decoded images do, timeout or not.
         let _pixel_share = pixel_share;
-        run_prediction(&state2, files, overlay, &flag)
+        work(&state2, files, &flag)
     });
-    let results = tokio::time::timeout(timeout, handle)
+    let out = tokio::time::timeout(timeout, handle)
         .await
         .map_err(|_| AppError::Timeout(timeout.as_secs()))?
         .map_err(|e| AppError::Internal(format!("prediction task failed: {e}")))??;
     cancel.disarm();
-    Ok(Json(PredictResponse {
-        results,
-        aggregation: allscan::infer::AGGREGATION_RULE.to_string(),
-        elapsed_ms: start.elapsed().as_millis() as u64,
-        notice: NOTICE.to_string(),
-    }))
+    Ok(out)
 }
 
 /// Tells the blocking prediction to stop when the request future is dropped before it is
@@ -599,19 +649,8 @@ fn run_prediction(
             Ok(())
         }
     };
-    let inner = &state.inner;
-    let predictor = &inner.predictor;
-    let base = predictor.preprocess().decode;
-    let limits = DecodeLimits { max_pixels: base.max_pixels.min(inner.config.max_image_pixels), ..base };
-    let mut decoded: Vec<(String, RgbImage)> = Vec::with_capacity(files.len());
-    for (name, bytes) in files {
-        check()?;
-        if bytes.is_empty() {
-            return Err(AppError::BadRequest(format!("{name}: empty file (0 bytes)")));
-        }
-        let img = decode_bytes(&bytes, Path::new(&name), &limits).map_err(AppError::from_decode)?;
-        decoded.push((name, img));
-    }
+    let predictor = &state.inner.predictor;
+    let decoded = decode_all(state, files, &check)?;
     if overlay {
         decoded
             .into_iter()
@@ -640,4 +679,68 @@ fn run_prediction(
             })
             .collect()
     }
+}
+
+/// Decodes every uploaded file; any failure rejects the request, naming the file.
+fn decode_all(
+    state: &AppState,
+    files: Vec<(String, Vec<u8>)>,
+    check: &dyn Fn() -> Result<(), AppError>,
+) -> Result<Vec<(String, RgbImage)>, AppError> {
+    let inner = &state.inner;
+    let base = inner.predictor.preprocess().decode;
+    let limits = DecodeLimits { max_pixels: base.max_pixels.min(inner.config.max_image_pixels), ..base };
+    let mut decoded: Vec<(String, RgbImage)> = Vec::with_capacity(files.len());
+    for (name, bytes) in files {
+        check()?;
+        if bytes.is_empty() {
+            return Err(AppError::BadRequest(format!("{name}: empty file (0 bytes)")));
+        }
+        let img = decode_bytes(&bytes, Path::new(&name), &limits).map_err(AppError::from_decode)?;
+        decoded.push((name, img));
+    }
+    Ok(decoded)
+}
+
+/// An uploaded file's name as a slide shows it: its last path component (a client may send
+/// `a/b/c.png` or `C:\\x\\c.png`), control characters dropped, at most 200 characters.
+pub fn field_display_name(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = last.chars().filter(|c| !c.is_control()).take(200).collect();
+    if clean.is_empty() || clean == "." || clean == ".." {
+        "upload".to_string()
+    } else {
+        clean
+    }
+}
+
+/// Decodes and predicts the fields of one slide (`first`: index of the first field).
+fn run_slide(
+    state: &AppState,
+    files: Vec<(String, Vec<u8>)>,
+    rule: SlideRule,
+    first: usize,
+    cancelled: &AtomicBool,
+) -> Result<SlideReport, AppError> {
+    let check = || {
+        if cancelled.load(Ordering::Relaxed) {
+            Err(AppError::Timeout(state.inner.config.request_timeout.as_secs()))
+        } else {
+            Ok(())
+        }
+    };
+    let files = files.into_iter().map(|(n, b)| (field_display_name(&n), b)).collect();
+    let decoded = decode_all(state, files, &check)?;
+    check()?;
+    let refs: Vec<&RgbImage> = decoded.iter().map(|(_, i)| i).collect();
+    let preds = state.inner.predictor.predict_fields(&refs);
+    let (mut fields, mut failed) = (Vec::with_capacity(decoded.len()), Vec::new());
+    for ((name, _), p) in decoded.iter().zip(preds) {
+        match p {
+            Ok(f) => fields.push((name.clone(), f)),
+            // A field whose views cannot be built (no nucleus and no fallback) is listed.
+            Err(e) => failed.push(FailedField { name: name.clone(), reason: e.to_string() }),
+        }
+    }
+    Ok(SlideReport::with_first_field(fields, rule, failed, first))
 }
