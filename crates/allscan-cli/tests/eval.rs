@@ -59,6 +59,47 @@ fn assert_self_contained(html: &str) {
     assert!(!text.contains("NaN"), "a NaN in the report");
 }
 
+/// `eval`'s predictions.csv holds the rows `predict --format csv` gives for the same images
+/// (one writer, one scoring path); `eval --adapt` re-scores them after re-estimating BatchNorm.
+#[test]
+fn eval_predictions_equal_predict_csv_for_the_same_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run) = tiny_run(dir.path(), "binary");
+    let out = dir.path().join("ev");
+    let o = allscan(
+        dir.path(),
+        &["eval", &run, &data, "--out", &out.display().to_string(), "--bootstrap", "20", "--no-gradcam"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap().to_string();
+    let rows: Vec<&str> = lines.collect();
+    let n = read_json(&out.join("metrics.json"))["n"].as_u64().unwrap() as usize;
+    assert_eq!(rows.len(), n, "one row per evaluated image");
+    let files: Vec<String> = rows.iter().map(|r| format!("{data}/{}", r.split(',').next().unwrap())).collect();
+    let mut args = vec!["predict", run.as_str(), "--format", "csv"];
+    args.extend(files.iter().map(String::as_str));
+    let o = allscan(dir.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let predicted = stdout(&o);
+    let mut p = predicted.lines();
+    assert_eq!(p.next().unwrap(), header);
+    for (e, q) in rows.iter().zip(p) {
+        let (e, q) = (e.split_once(',').unwrap(), q.split_once(',').unwrap());
+        assert!(q.0.ends_with(e.0), "{} vs {}", q.0, e.0);
+        assert_eq!(e.1, q.1, "{}", e.0);
+    }
+    let adapted = dir.path().join("ev-adapt");
+    let o = allscan(
+        dir.path(),
+        &["eval", &run, &data, "--out", &adapted.display().to_string(), "--bootstrap", "20", "--no-gradcam", "--adapt"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--adapt: BatchNorm statistics re-estimated"), "{}", stderr(&o));
+    assert_ne!(std::fs::read_to_string(adapted.join("predictions.csv")).unwrap(), csv);
+}
+
 #[test]
 fn eval_on_the_test_part_writes_metrics_and_a_self_contained_report() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod fsutil;
 pub mod infer;
 pub mod model;
+pub mod predictions;
 pub mod slide;
 pub mod synth;
 pub mod train;

@@ -28,7 +28,7 @@ use super::{EvalError, ThresholdChoice};
 use crate::bundle::{BundleMetadata, RunBundle, METRICS_FILE};
 use crate::data::{DataError, DatasetIndex, ImageRecord, IndexOptions, LabelMap, LayoutKind, Part, SplitFile};
 use crate::device::DeviceKind;
-use crate::infer::Predictor;
+use crate::infer::{FieldPrediction, Predictor};
 use crate::model::Task;
 
 /// Default sensitivity the threshold is chosen for on validation.
@@ -243,6 +243,26 @@ fn scored_from(rec: &ImageRecord, p_leukemia: f64, probs: Vec<f64>) -> ScoredIma
     }
 }
 
+/// `predictions.csv` of the evaluated part: `allscan predict --format csv` rows (cell rows
+/// too for cell models), paths relative to the dataset root.
+fn write_predictions(
+    out: &Path,
+    predictor: &Predictor,
+    scored: &[ScoredImage],
+    fields: &[FieldPrediction],
+) -> Result<(), EvalError> {
+    let rows: Vec<(&str, &FieldPrediction)> = scored.iter().map(|s| s.path.as_str()).zip(fields).collect();
+    let mut csv = Vec::new();
+    let path = out.join(PREDICTIONS_FILE);
+    let io = |source| EvalError::Io { path: path.clone(), source };
+    crate::predictions::write_csv(&mut csv, predictor, &rows, predictor.cell_mode()).map_err(io)?;
+    std::fs::create_dir_all(out).map_err(io)?;
+    crate::fsutil::write_atomic(&path, &csv).map_err(io)
+}
+
+/// The evaluated part's per-image rows, in the output folder.
+pub const PREDICTIONS_FILE: &str = "predictions.csv";
+
 /// Most evaluated images decoded for `--adapt` (evenly spread over the part).
 const ADAPT_MAX_FIELDS: usize = 512;
 
@@ -254,6 +274,18 @@ pub fn score_images(
     indices: &[usize],
     progress: bool,
 ) -> (Vec<ScoredImage>, Vec<(String, String)>) {
+    let (scored, _, skipped) = score_fields(predictor, index, indices, progress);
+    (scored, skipped)
+}
+
+/// [`score_images`], keeping each scored image's [`FieldPrediction`] (same order).
+pub fn score_fields(
+    predictor: &Predictor,
+    index: &DatasetIndex,
+    indices: &[usize],
+    progress: bool,
+) -> (Vec<ScoredImage>, Vec<FieldPrediction>, Vec<(String, String)>) {
+    let mut fps = Vec::with_capacity(indices.len());
     let bar = progress_bar(indices.len() as u64, progress, "scoring");
     let limits = &predictor.preprocess().decode;
     let mut out = Vec::with_capacity(indices.len());
@@ -275,6 +307,7 @@ pub fn score_images(
                 Ok(fp) => {
                     let probs = fp.probabilities.iter().map(|c| f64::from(c.p).clamp(0.0, 1.0)).collect();
                     out.push(scored_from(rec, f64::from(fp.p_leukemia).clamp(0.0, 1.0), probs));
+                    fps.push(fp);
                 }
                 Err(e) => skipped.push((rec.path.clone(), e.to_string())),
             }
@@ -282,7 +315,7 @@ pub fn score_images(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    (out, skipped)
+    (out, fps, skipped)
 }
 
 fn progress_bar(len: u64, show: bool, what: &str) -> indicatif::ProgressBar {
@@ -593,6 +626,8 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
     }
 
     // Scores on the evaluated part (adapted to it first, with --adapt).
+    // The evaluated part is called at the threshold the report states.
+    let predictor = predictor.with_threshold(threshold);
     let predictor = if req.adapt {
         let limits = predictor.preprocess().decode;
         let fields: Vec<RgbImage> = crate::adapt::spread(eval_idx.len(), ADAPT_MAX_FIELDS)
@@ -608,7 +643,8 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
     } else {
         predictor
     };
-    let (scored, skipped) = score_images(&predictor, &index, &eval_idx, req.progress);
+    let (scored, fields, skipped) = score_fields(&predictor, &index, &eval_idx, req.progress);
+    write_predictions(&req.out, &predictor, &scored, &fields)?;
     if !skipped.is_empty() {
         let ex: Vec<String> = skipped.iter().take(3).map(|(p, r)| format!("{p}: {r}")).collect();
         warnings.push(format!(
