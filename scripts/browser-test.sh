@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Browser test of `allscan serve`'s page: starts the real server (tiny random model, loopback,
-# any free port), uploads a synthetic smear through the page in headless chromium and checks
-# that the prediction and the Grad-CAM overlay appear. Screenshot: target/browser-test/page.png.
+# any free port) and drives the page in headless chromium: one synthetic smear through the
+# single-image tool (prediction and Grad-CAM overlay), then 3 synthetic fields as one slide
+# (gallery, one cell re-classified by click and one by keyboard, JSON and CSV export checked).
+# Screenshots and exports: target/browser-test/{page,slide,slide-reviewed}.png, export.{json,csv}.
 # Needs /usr/bin/chromium (Debian: apt-get install -y chromium) and npm (playwright-core is
 # installed under target/browser-test/, never globally; its own browser download is not used).
 set -euo pipefail
@@ -17,6 +19,11 @@ if [ ! -d "$out/node_modules/playwright-core" ]; then
 fi
 cp scripts/browser-test.mjs "$out/browser-test.mjs"
 cargo build -q -p allscan-server --example tiny_server
+cargo build -q --workspace --bin allscan
+# Three synthetic fields of different classes for the slide.
+rm -rf "$out/fields"
+target/debug/allscan demo-data "$out/fields" --n 1 --size 256 > /dev/null
+mapfile -t slide < <(find "$out/fields/Original" -name '*.png' | sort | head -n 3)
 log="$out/server.log"
 target/debug/examples/tiny_server 127.0.0.1:0 --sample "$out/sample.png" > "$log" 2>&1 &
 pid=$!
@@ -28,5 +35,5 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$url" ] || { echo "server did not start:"; cat "$log"; exit 1; }
-node "$out/browser-test.mjs" "$url" "$out/sample.png" "$out/page.png"
-echo "screenshot: $out/page.png"
+node "$out/browser-test.mjs" "$url" "$out/sample.png" "$out" "${slide[@]}"
+echo "screenshots: $out/page.png $out/slide.png $out/slide-reviewed.png; exports: $out/export.json $out/export.csv"
