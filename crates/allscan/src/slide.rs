@@ -223,7 +223,7 @@ impl SlideRule {
             blast_fraction,
             cell_threshold,
             text: format!(
-                "A cell is called blast when p(blast) >= {cell_threshold}; cells flagged small or smudge are \
+                "A cell is called blast when p(blast) >= {cell_threshold:.3}; cells flagged small or smudge are \
                  left out unless reviewed; the slide is flagged when blasts / white cells >= {:.0}%.",
                 100.0 * blast_fraction
             ),
