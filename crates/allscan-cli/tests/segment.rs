@@ -156,3 +156,23 @@ fn fields_differing_only_by_extension_get_their_own_outputs() {
         }
     }
 }
+
+/// A link loop the walker passes over is a skipped file: named in nuclei.csv, exit code 1 (as
+/// in `predict`).
+#[cfg(unix)]
+#[test]
+fn a_skipped_link_loop_is_listed_and_fails_the_exit_code() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    field(&[(60, 60, 20)]).save(data.join("a.png")).expect("save");
+    std::os::unix::fs::symlink(".", data.join("loop")).expect("symlink");
+    let dir = tmp.path().join("out");
+    let (ok, stdout, stderr) = allscan(&["segment", data.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    assert!(!ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("loop"), "{stderr}");
+    let csv = std::fs::read_to_string(dir.join("nuclei.csv")).expect("csv");
+    assert!(csv.lines().any(|r| r.starts_with("loop,error: symbolic link loop")), "{csv}");
+    assert_eq!(csv.lines().filter(|r| r.starts_with("a.png,ok,")).count(), 1, "a.png segmented once: {csv}");
+    assert!(stdout.contains("1 unreadable"), "{stdout}");
+}

@@ -70,11 +70,12 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
         ModeArg::Cell => SegmentMode::Cell,
     };
     let single_file = args.path.is_file();
-    let (root, files) = if single_file {
+    let (root, files, skipped) = if single_file {
         let root = args.path.parent().map(Path::to_path_buf).unwrap_or_default();
-        (root, vec![args.path.clone()])
+        (root, vec![args.path.clone()], Vec::new())
     } else if args.path.is_dir() {
-        (args.path.clone(), list_images(&args.path)?)
+        let (files, skipped) = list_images(&args.path);
+        (args.path.clone(), files, skipped)
     } else {
         anyhow::bail!("{}: no such file or folder", args.path.display());
     };
@@ -95,11 +96,13 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
         indicatif::ProgressBar::hidden()
     };
     if cfg.mode == SegmentMode::Cell {
-        return segment_cells(&files, &root, &args, &cfg, &bar);
+        return segment_cells(&files, &skipped, &root, &args, &cfg, &bar);
     }
     let mut csv = String::from("path,status,nucleus,x,y,width,height,area,centroid_x,centroid_y,crop\n");
     let mut sheet_rows: Vec<RgbImage> = Vec::new();
-    let (mut ok, mut without, mut failed, mut nuclei_total) = (0usize, 0usize, 0usize, 0usize);
+    let (mut ok, mut without, mut nuclei_total) = (0usize, 0usize, 0usize);
+    // Entries the walker passed over (link loops, FIFOs) count as skipped files, as in predict.
+    let mut failed = skipped_rows(&mut csv, &skipped, &root, 9);
     for file in &files {
         bar.inc(1);
         let rel = file.strip_prefix(&root).unwrap_or(file).to_path_buf();
@@ -160,6 +163,7 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
 /// `--mode cell`: masks (255 nucleus / 128 cytoplasm), per-cell model views and cells.csv.
 fn segment_cells(
     files: &[PathBuf],
+    skipped: &[(PathBuf, String)],
     root: &Path,
     args: &SegmentArgs,
     cfg: &PreprocessConfig,
@@ -169,7 +173,8 @@ fn segment_cells(
         "path,status,um_per_px,scale_source,scale_note,cell,x,y,width,height,nucleus_x,nucleus_y,nucleus_width,\
          nucleus_height,cell_area,nucleus_area,flags,crop\n",
     );
-    let (mut ok, mut without, mut failed, mut total) = (0usize, 0usize, 0usize, 0usize);
+    let (mut ok, mut without, mut total) = (0usize, 0usize, 0usize);
+    let mut failed = skipped_rows(&mut csv, skipped, root, 16);
     let mut sheet_rows: Vec<RgbImage> = Vec::new();
     for file in files {
         bar.inc(1);
@@ -331,14 +336,24 @@ fn save_rgb(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
     img.save(path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Image files under `dir` (`allscan::data::walk`: each file once; link loops, FIFOs and
-/// unreadable entries are reported on stderr and skipped).
-fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Image files under `dir` and what was passed over (`allscan::data::walk`: each file once;
+/// link loops, FIFOs and unreadable entries are reported on stderr and skipped).
+fn list_images(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     let walked = allscan::data::walk::image_files(&[dir.to_path_buf()]);
     for (p, why) in &walked.skipped {
         eprintln!("skipped: {}: {why}", p.display());
     }
-    Ok(walked.files)
+    (walked.files, walked.skipped)
+}
+
+/// One `error:` CSV row (with `empty` empty columns after the status) per skipped entry;
+/// returns how many.
+fn skipped_rows(csv: &mut String, skipped: &[(PathBuf, String)], root: &Path, empty: usize) -> usize {
+    for (p, why) in skipped {
+        let rel = p.strip_prefix(root).unwrap_or(p).to_string_lossy().replace('\\', "/");
+        let _ = writeln!(csv, "{},{}{}", csv_field(&rel), csv_field(&format!("error: {why}")), ",".repeat(empty));
+    }
+    skipped.len()
 }
 
 /// Quotes a CSV field when it holds a comma, quote or newline.
