@@ -115,12 +115,20 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<
     if reader_format.is_none() {
         return Err(DecodeError::UnknownFormat { path: p() });
     }
+    let mut lim = Limits::default();
+    lim.max_image_width = Some(limits.max_side);
+    lim.max_image_height = Some(limits.max_side);
+    // Generous allocation bound: the decoded image itself plus decoder scratch (16-bit RGBA).
+    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
     // Read the header alone first (no pixel allocation), so the size error names the real size.
-    if let Ok((width, height)) = ImageReader::new(Cursor::new(bytes))
+    // Under the same limits: the `image` crate's default allows 512 MiB, and a damaged TIFF
+    // header made this read alone allocate over 100 MiB for a 24x24 image (found by
+    // tests/fuzz_decode.rs).
+    let mut header = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|source| DecodeError::Io { path: p(), source })?
-        .into_dimensions()
-    {
+        .map_err(|source| DecodeError::Io { path: p(), source })?;
+    header.limits(lim.clone());
+    if let Ok((width, height)) = header.into_dimensions() {
         check_size(width, height, path, limits)?;
     }
     if reader.format() == Some(image::ImageFormat::Jpeg) && !has_jpeg_end(bytes) {
@@ -128,11 +136,6 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<
         // must not reach training, so a missing end-of-image marker is an error.
         return Err(DecodeError::Corrupt { path: p(), reason: "truncated JPEG (no end-of-image marker)".into() });
     }
-    let mut lim = Limits::default();
-    lim.max_image_width = Some(limits.max_side);
-    lim.max_image_height = Some(limits.max_side);
-    // Generous allocation bound: the decoded image itself plus decoder scratch (16-bit RGBA).
-    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
     reader.limits(lim);
     let mut decoder = reader.into_decoder().map_err(|e| classify(e, path, limits))?;
     let (width, height) = decoder.dimensions();
