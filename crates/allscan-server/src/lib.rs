@@ -56,7 +56,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore};
 
 /// The web page (vanilla HTML + JS, no build step).
 pub const INDEX_HTML: &str = include_str!("index.html");
@@ -126,6 +126,9 @@ struct Inner {
     /// The process-wide pixel budget, in units of [`PIXEL_UNIT`] pixels (tokio semaphores
     /// count in `u32` per acquisition, too few for pixels).
     pixel_units: Arc<Semaphore>,
+    /// Passed (read, at once released) by every request's blocking work before it starts;
+    /// held for writing only by [`AppState::pause_processing`].
+    gate: Arc<RwLock<()>>,
 }
 
 /// Pixels per permit of the in-flight pixel budget.
@@ -142,7 +145,8 @@ impl AppState {
         let units =
             usize::try_from(pixel_units(config.max_inflight_pixels)).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         let pixel_units = Arc::new(Semaphore::new(units));
-        Self { inner: Arc::new(Inner { predictor, model_info, config, permits, pixel_units }) }
+        let gate = Arc::new(RwLock::new(()));
+        Self { inner: Arc::new(Inner { predictor, model_info, config, permits, pixel_units, gate }) }
     }
 
     /// Takes one processing slot, if free, and holds it until the permit is dropped: for
@@ -156,6 +160,14 @@ impl AppState {
     pub fn hold_pixels(&self, pixels: u64) -> Option<OwnedSemaphorePermit> {
         let units = u32::try_from(pixel_units(pixels)).ok()?;
         self.inner.pixel_units.clone().try_acquire_many_owned(units).ok()
+    }
+
+    /// Makes every request's decoding and prediction wait, once its slot and pixel share are
+    /// taken, until the guard is dropped (`None` if already paused): for testing the timeout
+    /// path deterministically. Work whose request timed out meanwhile stops at once when
+    /// released.
+    pub fn pause_processing(&self) -> Option<OwnedRwLockWriteGuard<()>> {
+        self.inner.gate.clone().try_write_owned().ok()
     }
 
     /// Processing slots free now (for tests and monitoring).
@@ -347,8 +359,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
 ///
 /// `axum::serve` (0.8.9) builds hyper connections without a timer, so hyper's header-read
 /// timeout never fires and a client that never finishes its headers holds its connection
-/// forever. This accept loop is axum's, with hyper-util's auto builder (HTTP/1 only, as the
-/// crate's axum features) given a tokio timer and `header_read_timeout`.
+/// forever. This accept loop is axum's, with hyper-util's auto builder restricted to HTTP/1
+/// (as the crate's axum features; no upgrades, no HTTP/2 preface sniffing, which has no
+/// timeout of its own) and given a tokio timer and `header_read_timeout`, which then runs from
+/// the moment the connection is accepted, and again while a kept-alive connection waits for
+/// its next request.
 pub async fn serve_with_shutdown(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -384,9 +399,13 @@ pub async fn serve_with_shutdown(
         let mut signal_rx = signal_rx.clone();
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
-            let mut builder = Builder::new(TokioExecutor::new());
+            // `http1_only` + `serve_connection`: hyper's HTTP/1 connection from the first
+            // byte. The auto builder otherwise first sniffs for the HTTP/2 preface (and
+            // `serve_connection_with_upgrades` always does), a read with no timeout, so a
+            // client that connects and sends nothing was never cut off.
+            let mut builder = Builder::new(TokioExecutor::new()).http1_only();
             builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-            let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
             let mut signalled = false;
             loop {
                 tokio::select! {
@@ -525,9 +544,12 @@ where
     let cancel = CancelOnDrop::default();
     let flag = cancel.flag.clone();
     let state2 = state.clone();
+    let gate = state.inner.gate.clone();
     let handle = tokio::task::spawn_blocking(move || {
         // The pixel share lives as long as the decoded images do, timeout or not.
         let _pixel_share = pixel_share;
+        // Uncontended (a read lock taken and released) unless a test paused processing.
+        drop(gate.blocking_read());
         work(&state2, files, &flag)
     });
     let out = tokio::time::timeout(timeout, handle)
