@@ -174,6 +174,20 @@ fn reports_a_slide_whose_html_equals_its_json_and_recounts_with_corrections() {
     assert!(res.status.success(), "{}", stderr(&res));
     let j3: Value = serde_json::from_str(&std::fs::read_to_string(back.join("slide.json")).unwrap()).unwrap();
     assert_eq!(j3["counts"], j2["counts"]);
+    // Review feeds training: the reviewed cells as a class-folder dataset.
+    let ds = tmp.path().join("reviewed");
+    let slide_json = out.join("slide.json");
+    let res =
+        allscan(tmp.path(), &["data", "from-review", slide_json.to_str().unwrap(), s, "--out", ds.to_str().unwrap()]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    assert!(stdout(&res).contains("1 blast and 0 normal reviewed cells (2 other reviews"), "{}", stdout(&res));
+    let written: Vec<_> = std::fs::read_dir(ds.join("blast")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(written.len(), 1);
+    let crop = image::open(&written[0]).unwrap();
+    assert_eq!(crop.width(), crop.height(), "a square window");
+    let res = allscan(tmp.path(), &["data", "inspect", ds.to_str().unwrap(), "--json"]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    assert!(stdout(&res).contains("leukemia"), "blast/ reads as leukemia: {}", stdout(&res));
 }
 
 #[test]

@@ -311,6 +311,25 @@ fn cell_box(c: &CellPrediction, width: u32, height: u32) -> BBox {
     BBox { x: x0, y: y0, width: x1 - x0, height: y1 - y0 }
 }
 
+impl SlideCounts {
+    /// Counts of `fields` fields before any cell is counted (the fraction's interval is [0, 1]).
+    pub fn empty(fields: usize) -> Self {
+        Self {
+            fields,
+            fields_without_cells: 0,
+            cells_found: 0,
+            white_cells: 0,
+            blasts: 0,
+            blast_fraction: 0.0,
+            blast_fraction_ci95: [0.0, 1.0],
+            excluded: 0,
+            not_a_cell: 0,
+            unsure: 0,
+            reviewed: 0,
+        }
+    }
+}
+
 /// Wilson score 95% interval of `k / n` (`[0, 1]` for `n = 0`).
 pub fn wilson95(k: usize, n: usize) -> [f64; 2] {
     if n == 0 {
@@ -383,19 +402,7 @@ impl SlideReport {
             notice: NOTICE.to_string(),
             rule,
             call: SlideCall::NoWhiteCells,
-            counts: SlideCounts {
-                fields: 0,
-                fields_without_cells: 0,
-                cells_found: 0,
-                white_cells: 0,
-                blasts: 0,
-                blast_fraction: 0.0,
-                blast_fraction_ci95: [0.0, 1.0],
-                excluded: 0,
-                not_a_cell: 0,
-                unsure: 0,
-                reviewed: 0,
-            },
+            counts: SlideCounts::empty(0),
             decisive_cells: Vec::new(),
             fields,
             failed,
@@ -447,19 +454,7 @@ impl SlideReport {
     /// Recomputes every status, count, the call and the decisive cells from the cells'
     /// calls, flags and reviews (module docs).
     pub fn recount(&mut self) {
-        let mut k = SlideCounts {
-            fields: self.fields.len(),
-            fields_without_cells: 0,
-            cells_found: 0,
-            white_cells: 0,
-            blasts: 0,
-            blast_fraction: 0.0,
-            blast_fraction_ci95: [0.0, 1.0],
-            excluded: 0,
-            not_a_cell: 0,
-            unsure: 0,
-            reviewed: 0,
-        };
+        let mut k = SlideCounts::empty(self.fields.len());
         for f in &mut self.fields {
             let (mut white, mut blasts) = (0, 0);
             for c in &mut f.cells {

@@ -15,6 +15,22 @@ pub enum DataCommand {
     Inspect(InspectArgs),
     /// Split a dataset into train/val/test parts (or folds) without leakage, as split.json.
     Split(SplitArgs),
+    /// Turn a reviewed slide (slide.json of `allscan report --review`, or the page's JSON
+    /// export) and its field images into a dataset of the reviewed cells (`blast/`,
+    /// `normal/`) for `allscan train`.
+    FromReview(FromReviewArgs),
+}
+
+/// `allscan data from-review SLIDE_JSON FIELDS --out DIR`.
+#[derive(Debug, clap::Args)]
+pub struct FromReviewArgs {
+    /// The reviewed slide JSON.
+    pub slide: PathBuf,
+    /// The folder holding the slide's field images (matched by file name).
+    pub fields: PathBuf,
+    /// Output dataset folder (created; existing cell files of the same names are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Options shared by every command that reads a dataset folder.
@@ -70,7 +86,32 @@ pub fn run(c: DataCommand) -> anyhow::Result<ExitCode> {
     match c {
         DataCommand::Inspect(a) => inspect(a),
         DataCommand::Split(a) => split(a),
+        DataCommand::FromReview(a) => from_review(a),
     }
+}
+
+fn from_review(a: FromReviewArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&a.slide).with_context(|| format!("reading {}", a.slide.display()))?;
+    let report: allscan::slide::SlideReport = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a slide report (slide.json or the page's JSON export)", a.slide.display()))?;
+    let limits = allscan_preprocess::DecodeLimits::default();
+    let done = allscan::data::reviewed::export_reviewed_cells(&report, &a.fields, &a.out, &limits)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "{}: {} blast and {} normal reviewed cells ({} other reviews not written); train on it with `allscan train {}` or as a source of allscan-sources.json",
+        a.out.display(),
+        done.blasts,
+        done.normal,
+        done.not_labels,
+        a.out.display()
+    );
+    for (f, why) in &done.missing {
+        eprintln!("  skipped field {f}: {why}");
+    }
+    if done.blasts + done.normal == 0 {
+        anyhow::bail!("{}: no cell was reviewed as blast or not_blast", a.slide.display());
+    }
+    Ok(if done.missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// What `inspect --json` prints.

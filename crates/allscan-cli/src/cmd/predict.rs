@@ -136,22 +136,9 @@ impl Summary {
             white_cells: cells,
             blasts,
             blast_fraction: frac,
-            blast_fraction_ci95: wilson(blasts, cells),
+            blast_fraction_ci95: allscan::slide::wilson95(blasts, cells),
         }
     }
-}
-
-/// Wilson score 95% interval of `k / n` (`[0, 1]` for `n = 0`).
-pub fn wilson(k: usize, n: usize) -> [f64; 2] {
-    if n == 0 {
-        return [0.0, 1.0];
-    }
-    let (z, nf) = (1.959_964f64, n as f64);
-    let p = k as f64 / nf;
-    let d = 1.0 + z * z / nf;
-    let c = (p + z * z / (2.0 * nf)) / d;
-    let h = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / d;
-    [(c - h).max(0.0), (c + h).min(1.0)]
 }
 
 #[derive(Debug, Serialize)]
