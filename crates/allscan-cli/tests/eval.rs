@@ -177,6 +177,8 @@ fn bundles_that_do_not_fit_the_data_stop_with_a_clear_message() {
         v["preprocess"]["mode"] = "aria-hsv".into();
         std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     }
+    // Hand-edited on purpose: drop the recorded hashes (it then loads as an older bundle).
+    std::fs::remove_file(Path::new(&run).join("integrity.json")).unwrap();
     let mapped = ["eval", &run, &odd_s, "--map", "cats=healthy,dogs=leukemia", "--out", "y", "--bootstrap", "10"];
     let o = allscan(dir.path(), &mapped);
     assert!(!o.status.success());

@@ -34,7 +34,8 @@ pub struct ReviewExport {
 }
 
 /// Writes the reviewed cells of `report`, reading each field's image as `fields_dir/<name>`
-/// (the name's last component only, so a report cannot point outside `fields_dir`).
+/// (a name with `..` or a root is cut to its last component: a report cannot point outside
+/// `fields_dir`).
 pub fn export_reviewed_cells(
     report: &SlideReport,
     fields_dir: &Path,
@@ -47,7 +48,11 @@ pub fn export_reviewed_cells(
         if labelled.is_empty() {
             continue;
         }
-        let name = Path::new(&field.name).file_name().map(PathBuf::from).unwrap_or_default();
+        // A relative name of plain components (`allscan report`'s sub-folders) is kept; any
+        // other (absolute, `..`) is cut to its last component.
+        let given = Path::new(&field.name);
+        let plain = given.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        let name = if plain { given.to_path_buf() } else { given.file_name().map(PathBuf::from).unwrap_or_default() };
         let path = fields_dir.join(&name);
         let img = match decode_file(&path, limits) {
             Ok(img) => img,

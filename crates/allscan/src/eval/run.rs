@@ -646,12 +646,9 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
     let (scored, fields, skipped) = score_fields(&predictor, &index, &eval_idx, req.progress);
     write_predictions(&req.out, &predictor, &scored, &fields)?;
     if !skipped.is_empty() {
-        let ex: Vec<String> = skipped.iter().take(3).map(|(p, r)| format!("{p}: {r}")).collect();
-        warnings.push(format!(
-            "{} images could not be scored and were skipped (e.g. {})",
-            skipped.len(),
-            ex.join("; ")
-        ));
+        // Every skipped file by name: warnings reach stdout, metrics.json and the report.
+        let all: Vec<String> = skipped.iter().map(|(p, r)| format!("{p}: {r}")).collect();
+        warnings.push(format!("{} images could not be scored and were skipped: {}", skipped.len(), all.join("; ")));
     }
     if scored.is_empty() {
         return Err(EvalError::Incompatible { data: req.data.clone(), reason: "no image could be scored".into() });
@@ -714,7 +711,12 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         warnings.extend(leakage_warnings(&input, index.near_threshold));
     }
     if !index.bad.is_empty() {
-        warnings.push(format!("{} unreadable files in the data folder were skipped", index.bad.len()));
+        let all: Vec<String> = index.bad.iter().map(|b| format!("{}: {}", b.path, b.reason)).collect();
+        warnings.push(format!(
+            "{} unreadable files in the data folder were skipped: {}",
+            index.bad.len(),
+            all.join("; ")
+        ));
     }
 
     // Gallery of the most confident errors.
