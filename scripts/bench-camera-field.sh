@@ -4,8 +4,8 @@
 #
 # The field: 2592x1944 px, a 4x3 mosaic of 12 real Barcelona (pbc-normal) cell crops at their
 # own 0.11 um/px, on a flat smear-coloured background: 12 white cells and their red cells.
-# Prints the end-to-end and model-only rates of `allscan-bench --bin predict` (one field per
-# batch, 2 threads unless RAYON_NUM_THREADS says otherwise).
+# Prints the wall time of `allscan predict --cells` on one field and on all of them (2 threads
+# unless RAYON_NUM_THREADS says otherwise).
 #
 # Usage: scripts/bench-camera-field.sh RUN   (needs ImageMagick's `montage`)
 # Env: DATA (../shared/data), FILES (4 fields timed).
@@ -28,4 +28,14 @@ for k in $(seq 1 "$FILES"); do
 done
 identify "$OUT/fields/field-1.png" >&2 || true
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
-cargo run --release -q -p allscan-bench --bin predict -- "$OUT/fields" --run "$RUN" --batch 1 --max-files "$FILES"
+cargo build --release -q -p allscan-cli
+BIN=target/release/allscan
+# One field (process start, model load and the field), then every field (the marginal cost).
+for set in "$OUT/fields/field-1.png" "$OUT/fields"; do
+  start=$(date +%s.%N)
+  "$BIN" predict "$RUN" "$set" --cells --format csv > "$OUT/predict.csv"
+  end=$(date +%s.%N)
+  n=$(grep -c ',field,' "$OUT/predict.csv")
+  cells=$(grep -c ',cell,' "$OUT/predict.csv")
+  python3 -c "import sys; t=float(sys.argv[1])-float(sys.argv[2]); n=int(sys.argv[3]); print(f'{n} field(s), {sys.argv[4]} cells: {t:.2f} s in all, {t/n:.2f} s per field (process start and model load included)')" "$end" "$start" "$n" "$cells"
+done
