@@ -13,7 +13,7 @@ out=target/bench-slide
 [ -f "$run/metadata.json" ] || { echo "no run bundle at $run: pass one (allscan train ... --profile cell)"; exit 1; }
 # PROFILE=debug uses the dev build (dependencies at opt-level 3, our crates at 1): slower, an upper bound.
 profile=${PROFILE:-release}
-if [ "$profile" = release ]; then cargo build -q --release --workspace --bin allscan --example slide_fields
+if [ "$profile" = release ]; then cargo build -q --release -p allscan-cli --bin allscan --example slide_fields
 else cargo build -q --workspace --bin allscan --example slide_fields; profile=debug; fi
 bin=target/$profile
 rm -rf "$out"
