@@ -149,20 +149,9 @@ pub fn step_in_parts<R: Send>(
     Ok((model, acc.grads(), rest))
 }
 
-/// Replaces the BatchNorm running statistics of the trainable layers by their average over
-/// `k` batches of clean views of `samples` (taken in `order`): forward passes in training
-/// mode with momentum `1 / (i + 1)` for batch `i`, no backward. Frozen layers keep theirs.
-pub fn recalibrate_batchnorm(
-    model: LeukemiaClassifier,
-    samples: &[Sample],
-    order: &[usize],
-    k: usize,
-    batch: usize,
-    norm: &allscan_preprocess::Normalization,
-    device: &Device,
-) -> LeukemiaClassifier {
-    let crops: Vec<&image::RgbImage> = samples.iter().map(|s| &s.crop).collect();
-    crate::adapt::reestimate_batchnorm(model, &crops, order, k, batch, norm, device)
+/// The training crops of `samples`, as [`crate::adapt::reestimate_batchnorm`] takes them.
+fn crops(samples: &[Sample]) -> Vec<&image::RgbImage> {
+    samples.iter().map(|s| &s.crop).collect()
 }
 
 /// Weighted, label-smoothed loss, mean over the batch: BCE on the logit for binary,
@@ -481,7 +470,17 @@ impl StageRun<'_> {
             bar.finish_and_clear();
             let recalibrate = |m: LeukemiaClassifier| match (inputs, self.train.bn_recalibration_batches) {
                 (Inputs::Images, k @ 1..) => {
-                    recalibrate_batchnorm(m, self.train_set, &order, k, self.train.batch_size, self.norm, self.device)
+                    // Clean (unaugmented) training views in this epoch's order: frozen layers keep theirs.
+                    let views = crops(self.train_set);
+                    crate::adapt::reestimate_batchnorm(
+                        m,
+                        &views,
+                        &order,
+                        k,
+                        self.train.batch_size,
+                        self.norm,
+                        self.device,
+                    )
                 }
                 _ => m,
             };
@@ -627,7 +626,7 @@ mod tests {
         let norm = allscan_preprocess::Normalization { mean: [0.5; 3], std: [0.25; 3] };
         // Batches of 2 in this order; 2 batches: images 5, 3, 1, 0 (4 and 2 unused).
         let order = [5, 3, 1, 0, 4, 2];
-        let model = recalibrate_batchnorm(model, &samples, &order, 2, 2, &norm, &device).valid();
+        let model = crate::adapt::reestimate_batchnorm(model, &crops(&samples), &order, 2, 2, &norm, &device).valid();
         let got = model.backbone.features.norm0.running_mean.value().into_data().try_to_vec::<f32>().unwrap();
         // norm0 reads conv0's output: its mean over the 4 images, per channel.
         let crops: Vec<_> = [5, 3, 1, 0].iter().map(|&j| &samples[j].crop).collect();
