@@ -13,24 +13,10 @@ use std::time::{Duration, Instant};
 use allscan_server::{app, ErrorBody, ServerConfig};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use axum::Router;
 use common::*;
-use tower::ServiceExt;
-
-async fn send(router: Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let resp = router.oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 64 << 20).await.expect("body");
-    (status, headers, body.to_vec())
-}
 
 fn predict_req(query: &str, auth: Option<&str>, parts: &[(&str, &str, &[u8])]) -> Request<Body> {
-    let mut r = Request::post(format!("/api/predict{query}")).header(header::CONTENT_TYPE, multipart_content_type());
-    if let Some(a) = auth {
-        r = r.header(header::AUTHORIZATION, a);
-    }
-    r.body(Body::from(multipart(parts))).expect("request")
+    multipart_req(&format!("/api/predict{query}"), auth, parts)
 }
 
 fn error_of(status: StatusCode, body: &[u8], want: StatusCode) -> String {

@@ -7,23 +7,10 @@ use std::time::Duration;
 use allscan_server::{app, ErrorBody, PredictResponse, ServerConfig};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use axum::Router;
 use common::*;
-use tower::ServiceExt;
-
-async fn send(router: Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let resp = router.oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 64 << 20).await.expect("body");
-    (status, headers, body.to_vec())
-}
 
 fn predict_req(query: &str, parts: &[(&str, &str, &[u8])]) -> Request<Body> {
-    Request::post(format!("/api/predict{query}"))
-        .header(header::CONTENT_TYPE, multipart_content_type())
-        .body(Body::from(multipart(parts)))
-        .expect("request")
+    multipart_req(&format!("/api/predict{query}"), None, parts)
 }
 
 /// Asserts a JSON error with this status and a message containing `needle`.

@@ -8,23 +8,10 @@ use allscan::slide::SlideReport;
 use allscan_server::{app, field_display_name, ErrorBody, ServerConfig};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use axum::Router;
 use common::*;
-use tower::ServiceExt;
-
-async fn send(router: Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let resp = router.oneshot(req).await.expect("infallible");
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = axum::body::to_bytes(resp.into_body(), 64 << 20).await.expect("body");
-    (status, headers, body.to_vec())
-}
 
 fn slide_req(query: &str, auth: Option<&str>, parts: &[(&str, &str, &[u8])]) -> Request<Body> {
-    let mut r = Request::post(format!("/api/slide{query}")).header(header::CONTENT_TYPE, multipart_content_type());
-    if let Some(a) = auth {
-        r = r.header(header::AUTHORIZATION, a);
-    }
-    r.body(Body::from(multipart(parts))).expect("request")
+    multipart_req(&format!("/api/slide{query}"), auth, parts)
 }
 
 fn error(status: StatusCode, body: &[u8], want: StatusCode) -> String {

@@ -5,6 +5,8 @@ use allscan::infer::Predictor;
 use allscan::model::ClassifierConfig;
 use allscan_preprocess::{PreprocessConfig, RoiConfig, RoiViews};
 use allscan_server::{AppState, ServerConfig};
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
 use burn::tensor::Device;
 use densenet_burn::{DenseNetConfig, DenseNetVariant};
 
@@ -138,4 +140,22 @@ pub fn vm_hwm_mib() -> f64 {
             s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .map_or(0.0, |kib: f64| kib / 1024.0)
+}
+
+/// Sends `req` through `router` (no socket): status, headers and the whole body.
+pub async fn send(router: axum::Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    use tower::ServiceExt;
+    let resp = router.oneshot(req).await.expect("infallible");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = axum::body::to_bytes(resp.into_body(), 64 << 20).await.expect("body");
+    (status, headers, body.to_vec())
+}
+
+/// A multipart POST of `parts` to `uri` (route and query), with an optional `Authorization`.
+pub fn multipart_req(uri: &str, auth: Option<&str>, parts: &[(&str, &str, &[u8])]) -> Request<Body> {
+    let mut r = Request::post(uri).header(header::CONTENT_TYPE, multipart_content_type());
+    if let Some(a) = auth {
+        r = r.header(header::AUTHORIZATION, a);
+    }
+    r.body(Body::from(multipart(parts))).expect("request")
 }
