@@ -180,6 +180,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     }
     let limits = predictor.preprocess().decode;
     let predictor = if args.adapt {
+        // A first pass over (at most ADAPT_MAX_FIELDS of) the files; they are decoded again
+        // when predicted, chunk by chunk, rather than all held in memory.
         let fields: Vec<RgbImage> = allscan::adapt::spread(files.len(), ADAPT_MAX_FIELDS)
             .into_iter()
             .filter_map(|k| decode_file(&files[k], &limits).ok())

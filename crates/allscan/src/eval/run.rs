@@ -629,6 +629,8 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
     // The evaluated part is called at the threshold the report states.
     let predictor = predictor.with_threshold(threshold);
     let predictor = if req.adapt {
+        // Decoded here and again when scored: holding a whole part's fields in memory for one
+        // pass would cost more than a second decode of at most ADAPT_MAX_FIELDS.
         let limits = predictor.preprocess().decode;
         let fields: Vec<RgbImage> = crate::adapt::spread(eval_idx.len(), ADAPT_MAX_FIELDS)
             .into_iter()

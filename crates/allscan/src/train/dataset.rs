@@ -37,6 +37,11 @@ pub struct Sample {
     pub decides: bool,
 }
 
+/// Number of distinct fields the views `samples` were cut from.
+pub fn field_count(samples: &[Sample]) -> usize {
+    samples.iter().map(|s| s.field).collect::<std::collections::HashSet<_>>().len()
+}
+
 /// The three parts of the split, preprocessed.
 #[derive(Debug, Default)]
 pub struct Prepared {

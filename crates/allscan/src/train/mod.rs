@@ -441,7 +441,6 @@ fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
     let mut skipped: Vec<(String, String)> = index.bad.iter().map(|b| (b.path.clone(), b.reason.clone())).collect();
     skipped.append(&mut prepared.skipped);
     prepared.skipped = skipped;
-    let fields = |v: &[Sample]| v.iter().map(|s| s.field).collect::<std::collections::HashSet<_>>().len();
     let views = if config.preprocess.mode == allscan_preprocess::SegmentMode::Cell {
         format!(
             " ({} / {} / {} cell views: every cell of val / test fields, the labelled ones of train)",
@@ -454,9 +453,9 @@ fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
     };
     log.line(&format!(
         "preprocessed {} train / {} val / {} test images{views} in {:.1} s ({} at {} px)",
-        fields(&prepared.train),
-        fields(&prepared.val),
-        fields(&prepared.test),
+        dataset::field_count(&prepared.train),
+        dataset::field_count(&prepared.val),
+        dataset::field_count(&prepared.test),
         t.elapsed().as_secs_f64(),
         config.preprocess.mode,
         config.preprocess.input_size

@@ -243,18 +243,17 @@ pub fn evaluate(
 /// Per field (in order of first appearance): its label and its call's p_leukemia, the
 /// [`crate::infer::field_call`] over its views. One view per field gives the views' own scores.
 pub fn field_scores(samples: &[Sample], p_leukemia: &[f32]) -> (Vec<bool>, Vec<f32>) {
-    let mut order: Vec<usize> = Vec::new();
-    let mut views: std::collections::HashMap<usize, Vec<(f32, bool)>> = std::collections::HashMap::new();
-    let mut label: std::collections::HashMap<usize, bool> = std::collections::HashMap::new();
+    // (label, views) per field, in order of first appearance.
+    let mut slot: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let mut fields: Vec<(bool, Vec<(f32, bool)>)> = Vec::new();
     for (s, &p) in samples.iter().zip(p_leukemia) {
-        let v = views.entry(s.field).or_insert_with(|| {
-            order.push(s.field);
-            Vec::new()
+        let k = *slot.entry(s.field).or_insert_with(|| {
+            fields.push((s.leukemia, Vec::new()));
+            fields.len() - 1
         });
-        v.push((p, s.decides));
-        label.insert(s.field, s.leukemia);
+        fields[k].1.push((p, s.decides));
     }
-    order.iter().map(|f| (label[f], crate::infer::field_call(views[f].iter().copied()).map_or(0.0, |(_, p)| p))).unzip()
+    fields.into_iter().map(|(y, v)| (y, crate::infer::field_call(v).map_or(0.0, |(_, p)| p))).unzip()
 }
 
 /// Output index of one probability row (binary: 1 when p >= 0.5).
@@ -365,7 +364,7 @@ impl StageRun<'_> {
         let n = self.train_set.len();
         // An epoch draws as many views as there are fields (cell mode keeps several views of a
         // not-leukemia field; they share its draws rather than lengthen the epoch).
-        let fields = self.train_set.iter().map(|s| s.field).collect::<std::collections::HashSet<_>>().len();
+        let fields = super::dataset::field_count(self.train_set);
         let draws = if matches!(self.train.balance, Balance::SourceClass | Balance::Sampler) { fields } else { n };
         let steps_per_epoch = batches(&(0..draws).collect::<Vec<_>>(), self.train.batch_size).len().max(1);
         let total = steps_per_epoch * self.cfg.epochs;
