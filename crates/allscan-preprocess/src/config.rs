@@ -1,6 +1,7 @@
 //! Preprocessing settings: one serialisable tree (`PreprocessConfig`) that goes into the model
 //! bundle, so inference repeats training's preprocessing exactly.
 
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::cell::CellConfig;
@@ -200,6 +201,44 @@ impl Default for CellViewConfig {
     }
 }
 
+/// Which channels the model input carries, computed from each view's RGB after
+/// segmentation and stain normalisation, before any crop or resize
+/// ([`crate::prepare_views`]), so training, validation and inference see the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputChannels {
+    /// The field's RGB, as decoded.
+    #[default]
+    Rgb,
+    /// The seed authors' script: H and S of OpenCV's 8-bit HSV (H 0..180, S 0..255) and a
+    /// third channel of zeros ([`crate::hsv::hs0_image`]). Their script read the file with
+    /// `cv2.imread` (BGR in memory) and converted with `COLOR_BGR2HSV`, so this is the true
+    /// hue, not the swapped one of the `aria-hsv` mask recipe.
+    Hs0,
+}
+
+impl InputChannels {
+    /// A view (true RGB order) in this channel layout; `Rgb` returns it untouched.
+    pub fn apply(self, img: RgbImage) -> RgbImage {
+        match self {
+            Self::Rgb => img,
+            Self::Hs0 => crate::hsv::hs0_image(&img),
+        }
+    }
+
+    /// One pixel (true RGB order) in this channel layout.
+    #[inline]
+    pub fn pixel(self, rgb: [u8; 3]) -> [u8; 3] {
+        match self {
+            Self::Rgb => rgb,
+            Self::Hs0 => {
+                let [h, s, _v] = crate::hsv::opencv_rgb2hsv(rgb[0], rgb[1], rgb[2]);
+                [h, s, 0]
+            }
+        }
+    }
+}
+
 /// All preprocessing settings of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -208,6 +247,8 @@ pub struct PreprocessConfig {
     pub mode: SegmentMode,
     /// Side of the square model input in pixels (DenseNet: 224).
     pub input_size: u32,
+    /// Channels of the model input (RGB by default; `hs0` for the seed authors' script).
+    pub channels: InputChannels,
     /// Crops around nuclei (`nucleus` mode).
     pub roi: RoiConfig,
     /// Nucleus finder settings (`nucleus` mode).
@@ -228,6 +269,7 @@ impl Default for PreprocessConfig {
         Self {
             mode: SegmentMode::default(),
             input_size: 224,
+            channels: InputChannels::default(),
             roi: RoiConfig::default(),
             nucleus: NucleusConfig::default(),
             cell: CellViewConfig::default(),
@@ -235,5 +277,21 @@ impl Default for PreprocessConfig {
             stain: None,
             decode: DecodeLimits::default(),
         }
+    }
+}
+
+impl PreprocessConfig {
+    /// Rejects settings that cannot work: an input size of 0, and `hs0` channels in `cell`
+    /// mode, whose crops are grey by default (`cell.colour`) and would turn into zeros.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.input_size == 0 {
+            return Err("input_size must be > 0".into());
+        }
+        if self.mode == SegmentMode::Cell && self.channels != InputChannels::Rgb {
+            return Err(
+                "cell mode sets its colours with preprocess.cell.colour; preprocess.channels must be rgb".into()
+            );
+        }
+        Ok(())
     }
 }

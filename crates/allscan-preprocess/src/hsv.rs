@@ -84,6 +84,22 @@ pub fn opencv_rgb2hsv(c0: u8, c1: u8, c2: u8) -> [u8; 3] {
     [h.clamp(0, 255) as u8, s as u8, v as u8]
 }
 
+/// The seed authors' model input before resizing: H and S of OpenCV's 8-bit HSV and a zero
+/// third channel, for a field in true RGB order. Their script read the file with
+/// `cv2.imread` (BGR in memory) and converted it with `COLOR_BGR2HSV`, which names the
+/// channels correctly, so this is the true hue (no swap, unlike [`aria_hsv_mask`]): red 0,
+/// green 60, blue 120, violet nuclei ~130. V is dropped.
+pub fn hs0_image(img: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let mut out = vec![0u8; img.as_raw().len()];
+    for (px, o) in img.as_raw().chunks_exact(3).zip(out.chunks_exact_mut(3)) {
+        let [hue, sat, _v] = opencv_rgb2hsv(px[0], px[1], px[2]);
+        o[0] = hue;
+        o[1] = sat;
+    }
+    RgbImage::from_raw(w, h, out).unwrap_or_else(|| RgbImage::new(w, h))
+}
+
 /// Whether OpenCV's `inRange` with the authors' bounds keeps an HSV triple (inclusive).
 #[inline]
 pub fn aria_in_range(hsv: [u8; 3]) -> bool {
@@ -281,6 +297,28 @@ mod tests {
         assert!(aria_hsv_keeps(violet));
         let img = RgbImage::from_pixel(4, 4, image::Rgb(violet));
         assert!(aria_hsv_mask(&img).pixels().all(|p| p[0] == 255));
+    }
+
+    #[test]
+    fn hs0_is_true_hue_and_saturation_with_a_zero_channel() {
+        // What cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV) gives for these colours (true RGB here):
+        // red, green, blue, a violet nucleus, white, a grey. `tests/hs0_channels.rs` checks
+        // the same function against OpenCV's own values from the parity fixture.
+        let cases: [([u8; 3], [u8; 2]); 6] = [
+            ([255, 0, 0], [0, 255]),
+            ([0, 255, 0], [60, 255]),
+            ([0, 0, 255], [120, 255]),
+            ([100, 60, 170], [131, 165]),
+            ([255, 255, 255], [0, 0]),
+            ([90, 90, 90], [0, 0]),
+        ];
+        let img = RgbImage::from_fn(cases.len() as u32, 1, |x, _| image::Rgb(cases[x as usize].0));
+        let out = hs0_image(&img);
+        for (x, (rgb, hs)) in cases.iter().enumerate() {
+            assert_eq!(out.get_pixel(x as u32, 0).0, [hs[0], hs[1], 0], "colour {rgb:?}");
+        }
+        // Not the swapped conversion of the aria-hsv recipe: there the violet reads as pink.
+        assert_eq!(opencv_rgb2hsv(170, 60, 100)[0], 169);
     }
 
     #[test]

@@ -19,10 +19,12 @@ pub mod stain;
 
 pub use cell::{find_white_cells, CellConfig, CellFlag, CellResult, WhiteCell};
 pub use cellcrop::{cell_crops, cut_cell, CellCrop};
-pub use config::{CellColour, CellViewConfig, NucleusConfig, PreprocessConfig, RoiConfig, RoiViews, SegmentMode};
+pub use config::{
+    CellColour, CellViewConfig, InputChannels, NucleusConfig, PreprocessConfig, RoiConfig, RoiViews, SegmentMode,
+};
 pub use crop::{largest_nucleus_crop, resize_field, roi_crops, CropRegion, RoiCrop};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
-pub use hsv::{apply_mask, aria_hsv_mask, aria_hsv_segment, opencv_rgb2hsv};
+pub use hsv::{apply_mask, aria_hsv_mask, aria_hsv_segment, hs0_image, opencv_rgb2hsv};
 pub use normalize::{to_chw_normalized, Normalization};
 pub use nucleus::{find_nuclei, nuclei_from_mask, BBox, Nucleus, NucleusResult};
 pub use scale::{estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScaleSource, RED_CELL_DIAMETER_UM};
@@ -111,10 +113,11 @@ pub fn prepare_cells(img: &RgbImage, cfg: &PreprocessConfig) -> (PreparedViews, 
 
 /// [`prepare_input`], keeping each view's region and nucleus.
 pub fn prepare_views(img: &RgbImage, cfg: &PreprocessConfig) -> Result<PreparedViews, PreprocessError> {
-    if cfg.input_size == 0 {
-        return Err(PreprocessError::InvalidConfig("input_size must be > 0".into()));
-    }
+    cfg.validate().map_err(PreprocessError::InvalidConfig)?;
     let size = cfg.input_size;
+    // The model's channels (RGB, or the seed script's H, S, 0) are computed on the field,
+    // before it is resized or cropped, as that script did.
+    let channels = cfg.channels;
     let stained = |field: &RgbImage| match &cfg.stain {
         Some(s) => s.apply(field),
         None => field.clone(),
@@ -126,14 +129,15 @@ pub fn prepare_views(img: &RgbImage, cfg: &PreprocessConfig) -> Result<PreparedV
                 None => aria_hsv_segment(img).1,
                 Some(_) => apply_mask(&stained(img), &aria_hsv_mask(img)),
             };
-            Ok(PreparedViews::whole(resize_field(&segmented, size), Vec::new()))
+            Ok(PreparedViews::whole(resize_field(&channels.apply(segmented), size), Vec::new()))
         }
-        SegmentMode::Field => Ok(PreparedViews::whole(resize_field(&stained(img), size), Vec::new())),
+        SegmentMode::Field => Ok(PreparedViews::whole(resize_field(&channels.apply(stained(img)), size), Vec::new())),
         SegmentMode::Cell => Ok(prepare_cells(img, cfg).0),
         SegmentMode::Nucleus => {
             let found = find_nuclei(img, &cfg.nucleus);
-            let field = stained(img);
-            let roi = RoiConfig { output_size: size, ..cfg.roi.clone() };
+            let field = channels.apply(stained(img));
+            // The glass-white padding of crops past the border, in the same channels.
+            let roi = RoiConfig { output_size: size, pad_rgb: channels.pixel(cfg.roi.pad_rgb), ..cfg.roi.clone() };
             let crops: Vec<RoiCrop> = match roi.views {
                 RoiViews::Largest => largest_nucleus_crop(&field, &found, &roi).into_iter().collect(),
                 RoiViews::All => roi_crops(&field, &found, &roi),
@@ -169,6 +173,28 @@ mod tests {
         assert_eq!(views.len(), 1);
         assert_eq!(views[0], resize_field(&img, 32));
         assert_eq!(views[0].dimensions(), (32, 32));
+    }
+
+    #[test]
+    fn hs0_channels_are_computed_before_the_resize() {
+        // Left half red, right half blue: resizing RGB first would blend a purple column
+        // (hue ~150); the seed script converts first and blends hues 0 and 120.
+        let img = RgbImage::from_fn(8, 4, |x, _| image::Rgb(if x < 4 { [255, 0, 0] } else { [0, 0, 255] }));
+        let cfg = PreprocessConfig {
+            mode: SegmentMode::Field,
+            input_size: 4,
+            channels: InputChannels::Hs0,
+            ..Default::default()
+        };
+        let views = prepare_input(&img, &cfg).unwrap();
+        assert_eq!(views[0], resize_field(&hs0_image(&img), 4));
+        assert_ne!(views[0], hs0_image(&resize_field(&img, 4)));
+        assert!(views[0].pixels().all(|p| p[2] == 0 && p[1] == 255), "S stays 255, the third channel 0");
+        // Nucleus mode pads past the border with glass white in the same channels (H 0, S 0).
+        assert_eq!(InputChannels::Hs0.pixel([255, 255, 255]), [0, 0, 0]);
+        // Cell crops are grey by default: H and S of grey are zeros, so hs0 is refused there.
+        let cell = PreprocessConfig { mode: SegmentMode::Cell, channels: InputChannels::Hs0, ..Default::default() };
+        assert!(matches!(prepare_views(&img, &cell), Err(PreprocessError::InvalidConfig(_))));
     }
 
     #[test]
