@@ -32,9 +32,9 @@
 //! someone who rewrites `integrity.json` as well.
 //!
 //! Determinism: [`save_weights`] writes every tensor with a parameter id derived from its
-//! module path ([`path_param_id`]) instead of Burn's random one, so two identical trainings
+//! module path ([`path_param_id`](crate::params::path_param_id)) instead of Burn's random one, so two identical trainings
 //! write byte-identical `model.bpk` files and bundles can be compared by hash. The live
-//! model gets the same ids at construction ([`with_path_ids`]), so optimizer state (keyed by
+//! model gets the same ids at construction ([`with_path_ids`](crate::params::with_path_ids)), so optimizer state (keyed by
 //! id) still matches the weights after a resume from a checkpoint.
 
 use std::collections::BTreeMap;
@@ -42,15 +42,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use allscan_preprocess::{Normalization, PreprocessConfig};
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::Module;
 use burn::store::ModuleRecord;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::SplitConfig;
 use crate::fsutil::write_atomic;
 use crate::model::{ClassifierConfig, LeukemiaClassifier, ModelError, Task};
+use crate::params::path_param_id;
 use crate::train::config::{Profile, TaskKind, TrainConfig, WeightsSource};
 
 /// Format tag of `config.json` and `metadata.json`.
@@ -550,8 +551,8 @@ fn write_weights(model: &LeukemiaClassifier, path: &Path) -> Result<String, Bund
 }
 
 /// A module's weights as burnpack bytes that depend only on its structure and values: Burn's
-/// record carries each parameter's random [`ParamId`] (and BatchNorm running statistics keep
-/// theirs even through [`with_path_ids`], which cannot reach them), so the ids are replaced
+/// record carries each parameter's random [`ParamId`](burn::module::ParamId) (and BatchNorm running statistics keep
+/// theirs even through [`crate::params::with_path_ids`], which cannot reach them), so the ids are replaced
 /// by [`path_param_id`] of the tensor's name. Loading restores these ids into the module.
 /// `path` only names the file in errors.
 pub fn weights_bytes<M: Module>(model: &M, path: &Path) -> Result<Vec<u8>, BundleError> {
@@ -567,50 +568,6 @@ pub fn weights_bytes<M: Module>(model: &M, path: &Path) -> Result<Vec<u8>, Bundl
     }
     let out = burn_pack::Writer::new(tensors).into_bytes().map_err(|e| bad(e.to_string()))?;
     Ok(out.to_vec())
-}
-
-/// The parameter id of the tensor at dotted module path `path` (e.g.
-/// `backbone.features.conv0.weight`): the first 8 bytes of SHA-256 of the path. Unique within
-/// a module as its paths are; the same in every process and every run.
-pub fn path_param_id(path: &str) -> ParamId {
-    let digest = Sha256::digest(path.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    ParamId::from(u64::from_le_bytes(first))
-}
-
-/// `module` with every parameter's id set to [`path_param_id`] of its path, so that the ids a
-/// live model trains with (and its optimizer state is keyed by) are the ones
-/// [`save_weights`] writes. BatchNorm running statistics keep their own ids: Burn's
-/// `RunningState` ignores an id a mapper returns, and no optimizer is keyed by them.
-pub fn with_path_ids<M: Module>(module: M) -> M {
-    struct PathIds(Vec<String>);
-    impl PathIds {
-        fn id(&self) -> ParamId {
-            path_param_id(&self.0.join("."))
-        }
-    }
-    impl ModuleMapper for PathIds {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.0.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.0.pop();
-        }
-        fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            param.id = self.id();
-            param
-        }
-        fn map_int<const D: usize>(&mut self, mut param: Param<Tensor<D, Int>>) -> Param<Tensor<D, Int>> {
-            param.id = self.id();
-            param
-        }
-        fn map_bool<const D: usize>(&mut self, mut param: Param<Tensor<D, Bool>>) -> Param<Tensor<D, Bool>> {
-            param.id = self.id();
-            param
-        }
-    }
-    module.map(&mut PathIds(Vec::new()))
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, BundleError> {
@@ -844,7 +801,7 @@ mod tests {
         fn exit_module(&mut self, _name: &str, _container_type: &str) {
             self.1.pop();
         }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
             self.0.push((self.1.join("."), param.id.val()));
         }
     }

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::binary_metrics;
-use super::report::{cell, html_escape, CSS};
-use super::run::{cv_aggregate, mean_sd_display, score_images, FoldFigures, MeanSd};
-use super::{write_atomic, EvalError};
 use crate::data::{DatasetIndex, IndexOptions, LabelMap, Part, SplitConfig, SplitFile};
+use crate::eval::metrics::binary_metrics;
+use crate::eval::report::{cell, html_escape, CSS};
+use crate::eval::run::{cv_aggregate, mean_sd_display, score_images, FoldFigures, MeanSd};
+use crate::eval::{write_atomic, EvalError};
 use crate::infer::Predictor;
 use crate::train::{train, TrainRequest};
 
@@ -152,7 +152,7 @@ pub fn cv_table(f: &CvFile) -> String {
         let _ = write!(s, " {:>8}", format!("fold {}", p.fold));
     }
     s.push('\n');
-    for (k, name) in super::metrics::BINARY_FIGURES.iter().enumerate() {
+    for (k, name) in crate::eval::metrics::BINARY_FIGURES.iter().enumerate() {
         let m = f.summary.get(*name).map(mean_sd_display).unwrap_or_default();
         let _ = write!(s, "{name:<20} {m:<18}");
         for p in &f.per_fold {
@@ -194,7 +194,7 @@ pub fn render_cv_report(f: &CvFile, data: &Path) -> String {
         let _ = write!(h, "<th>fold {}</th>", p.fold);
     }
     h.push_str("</tr>");
-    for (k, name) in super::metrics::BINARY_FIGURES.iter().enumerate() {
+    for (k, name) in crate::eval::metrics::BINARY_FIGURES.iter().enumerate() {
         let (m, n) = f.summary.get(*name).map_or((String::new(), 0), |m| (mean_sd_display(m), m.n_folds));
         let _ = write!(h, "<tr><td>{name}</td><td><b>{}</b></td><td>{n}</td>", html_escape(&m));
         for p in &f.per_fold {

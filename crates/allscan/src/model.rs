@@ -251,8 +251,8 @@ impl ClassifierConfig {
 
     fn init_head(&self, backbone: DenseNet, device: &Device) -> LeukemiaClassifier {
         let c = backbone.num_features();
-        // Path-derived parameter ids: the ids the weights files record (crate::bundle).
-        crate::bundle::with_path_ids(LeukemiaClassifier {
+        // Path-derived parameter ids: the ids the weights files record (crate::params).
+        crate::params::with_path_ids(LeukemiaClassifier {
             backbone,
             fc1: LinearConfig::new(c, self.hidden).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),

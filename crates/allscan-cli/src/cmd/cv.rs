@@ -1,11 +1,11 @@
 //! `allscan cv DATA --folds K`: grouped, stratified k-fold cross-validation -> one run per fold
 //! under `OUT/fold-k/run`, `OUT/cv.json` and one `OUT/report.html` (mean ± sd and per-fold
-//! tables). Glue only: the work is `allscan::eval::cv::cross_validate`.
+//! tables). Glue only: the work is `allscan::cv::cross_validate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use allscan::eval::cv::{cross_validate, CvRequest};
+use allscan::cv::{cross_validate, CvRequest};
 use anyhow::Context;
 
 use crate::cmd::train::TrainOptions;

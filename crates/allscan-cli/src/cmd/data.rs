@@ -95,7 +95,7 @@ fn from_review(a: FromReviewArgs) -> anyhow::Result<ExitCode> {
     let report: allscan::slide::SlideReport = serde_json::from_slice(&bytes)
         .with_context(|| format!("{}: not a slide report (slide.json or the page's JSON export)", a.slide.display()))?;
     let limits = allscan_preprocess::DecodeLimits::default();
-    let done = allscan::data::reviewed::export_reviewed_cells(&report, &a.fields, &a.out, &limits)
+    let done = allscan::reviewed::export_reviewed_cells(&report, &a.fields, &a.out, &limits)
         .with_context(|| format!("writing {}", a.out.display()))?;
     println!(
         "{}: {} blast and {} normal reviewed cells ({} other reviews not written); train on it with `allscan train {}` or as a source of allscan-sources.json",

@@ -6,7 +6,6 @@ pub mod batcher;
 pub mod index;
 pub mod layout;
 pub mod phash;
-pub mod reviewed;
 pub mod split;
 pub mod walk;
 

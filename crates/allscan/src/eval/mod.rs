@@ -10,7 +10,6 @@
 //! - [`leakage`]: patients and (near-)duplicate images shared by training and test parts;
 //! - [`plots`]: SVG figures drawn with plotters;
 //! - [`report`]: `metrics.json` layout and the HTML report;
-//! - [`cv`]: k-fold cross-validation (one training run per fold) and its report;
 //! - [`run`]: the driver behind `allscan eval` / `allscan cv`: bundle + data + split in,
 //!   compatibility checks, scores, per-patient figures, threshold, report out.
 //!
@@ -18,7 +17,6 @@
 //! images, empty input, nothing predicted positive) carries a reason instead of a NaN.
 
 pub mod calibration;
-pub mod cv;
 pub mod leakage;
 pub mod metrics;
 pub mod plots;
