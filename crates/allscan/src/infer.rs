@@ -86,6 +86,8 @@ pub struct FieldViews {
     pub nuclei: Vec<BBox>,
     /// `cell` mode: every white cell, in view order.
     pub cells: Vec<WhiteCell>,
+    /// `cell` mode: the nucleus and whole-cell masks of each of `cells`, in the same order.
+    pub masks: Vec<crate::masks::CellMasks>,
     /// `cell` mode: the field's scale.
     pub scale: Option<ScaleEstimate>,
     /// Whether the preprocessing cuts cells (so zero views means no white cell).
@@ -109,6 +111,10 @@ pub struct CellPrediction {
     /// `cell` mode: what the finder noticed about this cell (touches the border, small, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<CellFlag>,
+    /// `cell` mode: the nucleus and whole-cell masks, run-length encoded over their boxes
+    /// ([`crate::masks`] states the format). Absent in other modes and in older JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<crate::masks::CellMasks>,
     /// `leukemia` or `healthy` at the predictor's threshold.
     pub prediction: String,
     /// Probability of any leukemia class.
@@ -411,10 +417,19 @@ impl Predictor {
             }
             None => &self.preprocess,
         };
-        let v = prepare_views(field, pre).map_err(|e| match e {
-            PreprocessError::NoNucleus { width, height } => InferError::NoNucleus { width, height },
-            other => InferError::InvalidConfig(other.to_string()),
-        })?;
+        // `cell` mode goes through `prepare_cells` itself (what `prepare_views` does for it,
+        // after the same validation) to keep the finder's labels, from which the masks are encoded.
+        let (v, masks) = if pre.mode == allscan_preprocess::SegmentMode::Cell {
+            pre.validate().map_err(InferError::InvalidConfig)?;
+            let (v, found) = allscan_preprocess::prepare_cells(field, pre);
+            (v, crate::masks::cell_masks(&found))
+        } else {
+            let v = prepare_views(field, pre).map_err(|e| match e {
+                PreprocessError::NoNucleus { width, height } => InferError::NoNucleus { width, height },
+                other => InferError::InvalidConfig(other.to_string()),
+            })?;
+            (v, Vec::new())
+        };
         let whole = Region { x: 0, y: 0, width, height };
         let regions = v
             .regions
@@ -427,6 +442,7 @@ impl Predictor {
             nucleus_of_view: v.nucleus_of_view,
             nuclei: v.nuclei,
             cells: v.cells,
+            masks,
             scale: v.scale,
             cell_mode: self.preprocess.mode == allscan_preprocess::SegmentMode::Cell,
             width,
@@ -434,7 +450,9 @@ impl Predictor {
         })
     }
 
-    /// Normalised input tensor `[N, 3, S, S]` of views (all of one size).
+    /// Normalised input tensor `[N, 3, S, S]` of views (all of one size). The views come from
+    /// [`Self::views`] already in the bundle's `preprocess.channels` (RGB, or the seed script's
+    /// H, S, 0), computed by `prepare_views` as in training; only the mean/std is applied here.
     pub fn input_tensor(&self, views: &[&RgbImage]) -> Result<Tensor<4>, InferError> {
         let size = self.preprocess.input_size as usize;
         let mut data = Vec::with_capacity(views.len() * 3 * size * size);
@@ -528,6 +546,7 @@ impl Predictor {
             nucleus,
             cell: None,
             flags: Vec::new(),
+            masks: None,
             prediction: self.label(p_leukemia),
             p_leukemia,
             subtype,
@@ -599,9 +618,12 @@ impl Predictor {
                     let p = next.next().ok_or_else(|| InferError::Output("fewer outputs than views".into()))?;
                     let nucleus = v.nucleus_of_view[i].and_then(|n| v.nuclei.get(n).copied());
                     let mut cell = self.cell(&p, *region, nucleus);
-                    if let Some(wc) = v.nucleus_of_view[i].and_then(|n| v.cells.get(n)) {
-                        cell.cell = Some(wc.cell);
-                        cell.flags = wc.flags.clone();
+                    if let Some(n) = v.nucleus_of_view[i] {
+                        if let Some(wc) = v.cells.get(n) {
+                            cell.cell = Some(wc.cell);
+                            cell.flags = wc.flags.clone();
+                        }
+                        cell.masks = v.masks.get(n).cloned();
                     }
                     cells.push(cell);
                 }

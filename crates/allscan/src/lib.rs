@@ -26,6 +26,7 @@ pub mod weights;
 pub mod bundle;
 
 pub mod adapt;
+pub mod masks;
 pub mod infer;
 pub mod predictions;
 

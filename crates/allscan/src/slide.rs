@@ -126,6 +126,10 @@ pub struct SlideCell {
     pub call: CellCall,
     /// Whether the model counts this cell (not flagged small or smudge).
     pub decides: bool,
+    /// The nucleus and whole-cell masks, run-length encoded (cell models; format in
+    /// [`crate::masks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<crate::masks::CellMasks>,
     /// The reviewer's label, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewLabel>,
@@ -379,6 +383,7 @@ impl SlideReport {
                             p_blast: c.p_leukemia,
                             call,
                             decides,
+                            masks: c.masks.clone(),
                             review: None,
                             status: SlideCell::status_of(call, decides, None),
                         }
@@ -777,6 +782,7 @@ mod tests {
             nucleus: Some(BBox { x: 5, y: 15, width: 20, height: 20 }),
             cell: Some(BBox { x: 2, y: 12, width: 30, height: 30 }),
             flags,
+            masks: None,
             prediction: if p >= 0.5 { LEUKEMIA.into() } else { crate::infer::HEALTHY.into() },
             p_leukemia: p,
             subtype: None,
