@@ -13,6 +13,10 @@
 //!   `first_field` numbers the fields (and cell ids `f<field>-c<cell>`) from that index, so a
 //!   page may send a large slide in parts and concatenate them. Field names are the uploaded
 //!   names' last component; nothing is written to disk;
+//! - `POST /api/explain-cell?cell=N`: multipart form, one `file` (a field) -> the Grad-CAM
+//!   overlay of the view the model scored for cell `N` of that field (the numbering of
+//!   `/api/predict`'s `cells` and of the slide's `f<field>-c<N>` ids), a
+//!   [`CellExplainResponse`] with a PNG data URI; under the same limits;
 //! - `GET /api/model`: the bundle's metadata; `GET /health`.
 //!
 //! Limits, in the order a request meets them:
@@ -42,9 +46,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allscan::explain::{explain_field, png_bytes};
-use allscan::infer::{FieldPrediction, Predictor};
-use allscan::slide::{FailedField, SlideReport, SlideRule};
+use allscan::explain::{explain_cells, explain_field, png_bytes, ExplainCellError};
+use allscan::infer::{FieldPrediction, Predictor, Region};
+use allscan::slide::{CellCall, FailedField, SlideReport, SlideRule};
 use allscan_preprocess::{decode_bytes, DecodeError, DecodeLimits};
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
@@ -327,6 +331,35 @@ struct SlideQuery {
     first_field: Option<usize>,
 }
 
+#[derive(Debug, Deserialize)]
+struct ExplainQuery {
+    cell: Option<String>,
+}
+
+/// Body of a successful `POST /api/explain-cell`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellExplainResponse {
+    /// The uploaded file name (last component).
+    pub file: String,
+    /// The cell's index in the field (as in `/api/predict`'s `cells`).
+    pub cell: usize,
+    /// The model's p(blast) for this cell's view.
+    pub p_blast: f32,
+    /// The model's call at the bundle's threshold.
+    pub call: CellCall,
+    /// The square of the field the view was cut from (field pixels; may pass the edges).
+    pub region: Region,
+    /// Side of the overlay in pixels.
+    pub side: u32,
+    /// The overlay: the view's square of the field with the Grad-CAM map of the predicted
+    /// class blended on, `data:image/png;base64,...`.
+    pub overlay_png: String,
+    /// Milliseconds spent on the server.
+    pub elapsed_ms: u64,
+    /// The research-use notice.
+    pub notice: String,
+}
+
 /// Largest `first_field` accepted (a slide of more fields is not a slide).
 pub const MAX_FIRST_FIELD: usize = 100_000;
 
@@ -337,6 +370,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/model", get(model_info))
         .route("/api/predict", post(predict).layer(DefaultBodyLimit::max(body_limit)))
         .route("/api/slide", post(slide).layer(DefaultBodyLimit::max(body_limit)))
+        .route("/api/explain-cell", post(explain_cell).layer(DefaultBodyLimit::max(body_limit)))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(index))
@@ -504,6 +538,22 @@ async fn slide(
     }
     let report = process(&state, multipart, move |st, files, flag| run_slide(st, files, rule, first, flag)).await?;
     Ok(Json(report))
+}
+
+async fn explain_cell(
+    State(state): State<AppState>,
+    Query(query): Query<ExplainQuery>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<CellExplainResponse>, AppError> {
+    let start = Instant::now();
+    let raw = query.cell.ok_or_else(|| AppError::BadRequest("missing query parameter `cell` (a cell index)".into()))?;
+    let cell: usize = raw
+        .trim()
+        .parse()
+        .map_err(|_| AppError::BadRequest(format!("cell {raw:?} is not a cell index (0, 1, ...)")))?;
+    let mut out = process(&state, multipart, move |st, files, flag| run_explain_cell(st, files, cell, flag)).await?;
+    out.elapsed_ms = start.elapsed().as_millis() as u64;
+    Ok(Json(out))
 }
 
 /// The limits every upload route shares (module docs, steps 3 to 6): reads the whole form,
@@ -722,6 +772,49 @@ fn decode_all(
         decoded.push((name, img));
     }
     Ok(decoded)
+}
+
+/// Decodes the one uploaded field and explains one of its cells.
+fn run_explain_cell(
+    state: &AppState,
+    files: Vec<(String, Vec<u8>)>,
+    cell: usize,
+    cancelled: &AtomicBool,
+) -> Result<CellExplainResponse, AppError> {
+    let check = || {
+        if cancelled.load(Ordering::Relaxed) {
+            Err(AppError::Timeout(state.inner.config.request_timeout.as_secs()))
+        } else {
+            Ok(())
+        }
+    };
+    if files.len() != 1 {
+        return Err(AppError::BadRequest(format!("send exactly one `file` (the field), got {}", files.len())));
+    }
+    let files = files.into_iter().map(|(n, b)| (field_display_name(&n), b)).collect();
+    let (name, img) =
+        decode_all(state, files, &check)?.pop().ok_or_else(|| AppError::Internal("no decoded field".into()))?;
+    check()?;
+    let predictor = &state.inner.predictor;
+    let e = match explain_cells(predictor, &img, &[cell]) {
+        Ok(mut e) => e.pop().ok_or_else(|| AppError::Internal(format!("{name}: no explanation")))?,
+        Err(err @ ExplainCellError::NoSuchCell { .. }) => return Err(AppError::BadRequest(format!("{name}: {err}"))),
+        Err(err) => return Err(AppError::Internal(format!("{name}: {err}"))),
+    };
+    check()?;
+    let png = png_bytes(&e.overlay(&img)).map_err(|err| AppError::Internal(format!("{name}: {err}")))?;
+    let call = if f64::from(e.p_leukemia) >= predictor.threshold() { CellCall::Blast } else { CellCall::NotBlast };
+    Ok(CellExplainResponse {
+        file: name,
+        cell,
+        p_blast: e.p_leukemia,
+        call,
+        region: e.region,
+        side: allscan::explain::CELL_OVERLAY_SIDE,
+        overlay_png: format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png)),
+        elapsed_ms: 0,
+        notice: NOTICE.to_string(),
+    })
 }
 
 /// An uploaded file's name as a slide shows it: its last path component (a client may send

@@ -2,11 +2,14 @@
 //! decoded field. Output: the prediction, one Grad-CAM heat map per model view (whole field
 //! or nucleus crop) and one map in field coordinates, blended onto the images as overlays.
 //!
-//! [`gradcam`] computes the maps (arXiv:1610.02391); [`overlay`] colours and blends them.
+//! [`gradcam`] computes the maps (arXiv:1610.02391); [`overlay`] colours and blends them;
+//! [`cell`] explains chosen cells of a field (the review gallery's Grad-CAM on demand).
 
+pub mod cell;
 pub mod gradcam;
 pub mod overlay;
 
+pub use cell::{explain_cells, CellExplanation, ExplainCellError, CELL_OVERLAY_SIDE};
 pub use gradcam::{grad_cam, CamTarget, ExplainError, Heatmap};
 pub use overlay::{blend, png_bytes, turbo};
 

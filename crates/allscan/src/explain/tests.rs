@@ -146,3 +146,37 @@ fn gradcam_heat_falls_on_the_leukocyte_of_a_trained_model() {
     assert!(pointing >= 0.7, "the hottest pixel is inside the leukocyte on {pointing:.3} of the fields");
     assert!(mass > 2.5 * chance, "heat mass {mass:.3} not well above chance {chance:.3}");
 }
+
+#[test]
+fn chosen_cells_are_explained_with_their_predicted_probability() {
+    let cfg = PreprocessConfig {
+        input_size: 64,
+        roi: RoiConfig { views: RoiViews::All, ..Default::default() },
+        ..Default::default()
+    };
+    let p = tiny_predictor(Task::Binary, cfg);
+    let field = render_field(2, 160, &mut field_rng(9, 2, 0)).image;
+    let pred = p.predict_field(&field).unwrap();
+    let n = pred.cells.len();
+    assert!(n >= 1);
+    let last = n - 1;
+    let e = explain_cells(&p, &field, &[last, 0]).unwrap();
+    assert_eq!(e.iter().map(|c| c.cell).collect::<Vec<_>>(), vec![last, 0], "in the order asked");
+    for c in &e {
+        assert!((c.p_leukemia - pred.cells[c.cell].p_leukemia).abs() < 1e-4, "same p as predict");
+        assert_eq!(c.region, pred.cells[c.cell].region);
+        assert_eq!((c.heat.width, c.heat.height), (64, 64));
+        let o = c.overlay(&field);
+        assert_eq!(o.dimensions(), (CELL_OVERLAY_SIDE, CELL_OVERLAY_SIDE));
+        // The overlay is the view's square of the field with colour blended on, not a copy.
+        assert!(o.pixels().any(|px| px.0 != [255, 255, 255]));
+    }
+    // The same cell explained alone gives the same map (batch composition does not matter).
+    let alone = explain_cells(&p, &field, &[0]).unwrap();
+    let d = alone[0].heat.values.iter().zip(&e[1].heat.values).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(d < 1e-3, "map differs by {d}");
+    match explain_cells(&p, &field, &[0, n]) {
+        Err(ExplainCellError::NoSuchCell { cell, cells }) => assert_eq!((cell, cells), (n, n)),
+        other => panic!("expected NoSuchCell, got {other:?}"),
+    }
+}
