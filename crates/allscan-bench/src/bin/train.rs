@@ -1,15 +1,17 @@
 //! Training-step benchmark, Burn side: the seed's classifier (DenseNet201 + MLP head, random
-//! init) on the autodiff Flex device; one step = forward, BCE loss, backward, Adam update.
-//! Prints one JSON line (median ms per step, images/s, peak RSS) that `scripts/bench-train.sh`
-//! sets against PyTorch's same step in the same script.
+//! init) on an autodiff device (Flex by default; `--device cuda|wgpu` in a build with that
+//! feature); one step = forward, BCE loss, backward, Adam update. Prints one JSON line (median
+//! ms per step, images/s, peak RSS) that `scripts/bench-train.sh` (CPU) and
+//! `scripts/bench-gpu.sh` (GPU) set against PyTorch's same step in the same script.
 
 use std::time::Instant;
 
+use allscan::device::DeviceKind;
 use allscan::model::ClassifierConfig;
 use allscan::train::stage::{loss, optimizer, step_in_parts};
 use allscan::train::{Profile, TaskKind};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
 use densenet_burn::DenseNetVariant;
 
@@ -32,9 +34,15 @@ struct Args {
     /// `train.shards`, as `allscan train` does).
     #[arg(long)]
     shards: Option<usize>,
-    /// Timed steps (after one warm-up step).
+    /// Timed steps (after the warm-up steps).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Untimed steps first. On a GPU the first steps compile and autotune every kernel.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// cpu (Flex), cuda or wgpu (the last two need `--features cuda` / `--features wgpu`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -48,7 +56,8 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let device = Device::flex().autodiff();
+    anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let device = allscan::device::device(args.device)?.autodiff();
     device.seed(0);
     // `cpu`: the cpu profile's slim classifier (4 subtypes) with that profile's stage settings;
     // otherwise a torchvision DenseNet with the paper profile's, so the step is the one
@@ -75,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     let targets: Vec<usize> = (0..args.batch).map(|i| i % 2).collect();
     let weights = vec![1.0f32; args.batch];
     let mut times = Vec::new();
-    for i in 0..=args.iters {
+    for i in 0..args.warmup + args.iters {
         let t = Instant::now();
         // The batch in `shards` parts on parallel threads, as `allscan train` runs it.
         let per = args.batch / shards;
@@ -86,9 +95,9 @@ fn main() -> anyhow::Result<()> {
             Ok((GradientsParams::from_grads(l.backward(), m), ()))
         })?;
         model = optim.step(1e-4, replica, grads);
-        // Force the update to finish before the clock stops.
+        // Force the update to finish before the clock stops (on a GPU: wait for the queue).
         let _ = model.fc2.weight.val().into_data();
-        if i > 0 {
+        if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }
     }
@@ -97,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "side": "burn", "backend": "flex", "variant": args.variant, "batch": args.batch, "size": args.size,
+            "side": "burn", "backend": if args.device == DeviceKind::Cpu { "flex" } else { args.device.name() }, "variant": args.variant, "batch": args.batch, "size": args.size,
             "shards": shards, "ms_per_step": median * 1e3, "images_per_s": args.batch as f64 / median, "peak_rss_mib": peak_rss_mib(),
         })
     );
