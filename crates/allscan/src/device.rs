@@ -29,6 +29,9 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    /// Every device kind, built or not.
+    pub const ALL: [DeviceKind; 3] = [Self::Cpu, Self::Cuda, Self::Wgpu];
+
     /// The command-line spelling.
     pub fn name(self) -> &'static str {
         match self {

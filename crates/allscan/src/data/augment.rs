@@ -22,6 +22,10 @@ pub struct AugmentConfig {
     /// Random horizontal/vertical flips and 90-degree rotations (the 8 symmetries of a square:
     /// a cell on a slide has no up).
     pub dihedral: bool,
+    /// With `dihedral` off: a left-right mirror half of the time, nothing else (the seed
+    /// script's Keras `horizontal_flip=True`).
+    #[serde(default)]
+    pub horizontal_flip: bool,
     /// Free rotation up to this many degrees on top of the 90-degree steps (reflect padding).
     pub rotate_deg: f32,
     /// Zoom factor drawn from `[1 - scale, 1 + scale]`.
@@ -71,6 +75,7 @@ impl AugmentConfig {
         Self {
             enabled: true,
             dihedral: true,
+            horizontal_flip: false,
             rotate_deg: 15.0,
             scale: 0.1,
             translate: 0.06,
@@ -161,7 +166,14 @@ pub fn augment_view(img: &RgbImage, cfg: &AugmentConfig, norm: &Normalization, r
     let (wf, hf) = (w as f32, h as f32);
     let plane = (w * h) as usize;
     // Geometry: an inverse map from output pixel to source pixel.
-    let sym = if cfg.dihedral { rng.gen_range(0..8u8) } else { 0 };
+    let sym = if cfg.dihedral {
+        rng.gen_range(0..8u8)
+    } else if cfg.horizontal_flip {
+        // Symmetry 4 of `dihedral` is x -> -x, the left-right mirror.
+        4 * rng.gen_range(0..2u8)
+    } else {
+        0
+    };
     let angle = if cfg.rotate_deg > 0.0 { rng.gen_range(-cfg.rotate_deg..=cfg.rotate_deg).to_radians() } else { 0.0 };
     let zoom = if cfg.scale > 0.0 { rng.gen_range(1.0 - cfg.scale..=1.0 + cfg.scale) } else { 1.0 };
     let (tx, ty) = if cfg.translate > 0.0 {
@@ -398,6 +410,41 @@ mod tests {
             })
             .collect();
         assert_eq!(images.len(), 8);
+    }
+
+    #[test]
+    fn horizontal_flip_alone_mirrors_left_right_and_nothing_else() {
+        let img = gradient(16);
+        let norm = Normalization { mean: [0.0; 3], std: [1.0; 3] };
+        let cfg = AugmentConfig {
+            enabled: true,
+            dihedral: false,
+            horizontal_flip: true,
+            rotate_deg: 0.0,
+            scale: 0.0,
+            translate: 0.0,
+            hue: 0.0,
+            saturation: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            channel_gain: 0.0,
+            grey_probability: 0.0,
+            ..AugmentConfig::none()
+        };
+        let plain = allscan_preprocess::to_chw_normalized(&img, &norm);
+        let mirror = allscan_preprocess::to_chw_normalized(&image::imageops::flip_horizontal(&img), &norm);
+        let mut seen = [0usize; 2];
+        for seed in 0..32 {
+            let mut out = vec![0f32; 3 * 16 * 16];
+            augment_view(&img, &cfg, &norm, &mut ChaCha8Rng::seed_from_u64(seed), &mut out);
+            let close = |a: &[f32]| a.iter().zip(&out).all(|(x, y)| (x - y).abs() < 1e-6);
+            match (close(&plain), close(&mirror)) {
+                (true, false) => seen[0] += 1,
+                (false, true) => seen[1] += 1,
+                other => panic!("seed {seed}: neither the view nor its mirror ({other:?})"),
+            }
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "both outcomes drawn: {seen:?}");
     }
 
     #[test]

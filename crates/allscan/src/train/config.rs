@@ -1,9 +1,10 @@
-//! Training settings: the `train` part of a run's config tree ([`TrainConfig`]) and the two
-//! profiles that fill the whole tree ([`Profile`]): `paper` (the seed: DenseNet201 at 224 px,
-//! ImageNet weights, head then fine-tune) and `cpu` (a slim DenseNet on the whole field, from
-//! scratch, sized for 2 CPU cores).
+//! Training settings: the `train` part of a run's config tree ([`TrainConfig`]) and the
+//! profiles that fill the whole tree ([`Profile`]): `paper` (the seed's README: DenseNet201 at
+//! 224 px, ImageNet weights, head then fine-tune), `seed-code` (the seed authors' published
+//! script: H, S and a zero channel at 64 px, frozen DenseNet201, 4-class softmax), `cpu` (a
+//! slim DenseNet on the whole field, from scratch, sized for 2 CPU cores) and `cell`.
 
-use allscan_preprocess::{Normalization, PreprocessConfig, SegmentMode};
+use allscan_preprocess::{InputChannels, Normalization, PreprocessConfig, SegmentMode};
 use densenet_burn::{DenseNetConfig, DenseNetVariant};
 use serde::{Deserialize, Serialize};
 
@@ -23,15 +24,33 @@ pub enum Profile {
     /// Every white cell at one physical scale (grey, background removed), a slim DenseNet
     /// from scratch, trained on several sources at once: the cross-lab model.
     Cell,
+    /// The seed authors' published script (`cnn_hsv_org.py`): H and S of OpenCV's HSV plus a
+    /// zero channel at 64 px, frozen ImageNet DenseNet201, Dense(128)-Dropout(0.5)-softmax
+    /// over the 4 Aria classes, Adam 1e-4 for 15 epochs, their augmentation.
+    #[serde(rename = "seed-code")]
+    SeedCode,
 }
 
 impl Profile {
-    /// The command-line spelling.
+    /// Every profile, in the order `--help` lists them.
+    pub const ALL: [Profile; 4] = [Self::Cpu, Self::Paper, Self::SeedCode, Self::Cell];
+
+    /// The command-line spelling (the same as in `config.json`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Cpu => "cpu",
             Self::Paper => "paper",
             Self::Cell => "cell",
+            Self::SeedCode => "seed-code",
+        }
+    }
+
+    /// The task a run of this profile trains unless told otherwise: `seed-code` reproduces a
+    /// 4-class softmax, the others default to leukemia vs healthy.
+    pub fn default_task(self) -> TaskKind {
+        match self {
+            Self::SeedCode => TaskKind::Subtype,
+            Self::Cpu | Self::Paper | Self::Cell => TaskKind::Binary,
         }
     }
 }
@@ -43,7 +62,8 @@ impl std::str::FromStr for Profile {
             "cpu" => Ok(Self::Cpu),
             "paper" => Ok(Self::Paper),
             "cell" => Ok(Self::Cell),
-            other => Err(TrainError::Config(format!("unknown profile `{other}` (cell, cpu or paper)"))),
+            "seed-code" => Ok(Self::SeedCode),
+            other => Err(TrainError::Config(format!("unknown profile `{other}` (cpu, paper, seed-code or cell)"))),
         }
     }
 }
@@ -59,6 +79,9 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
+    /// Both tasks.
+    pub const ALL: [TaskKind; 2] = [Self::Binary, Self::Subtype];
+
     /// The command-line spelling.
     pub fn name(self) -> &'static str {
         match self {
@@ -246,6 +269,7 @@ impl Profile {
             Self::Paper => paper(task),
             Self::Cpu => cpu(task),
             Self::Cell => cell(task),
+            Self::SeedCode => seed_code(task),
         }
     }
 }
@@ -404,6 +428,100 @@ fn cell(task: Task) -> ProfileDefaults {
     ProfileDefaults { model: d.model, preprocess: d.preprocess, train: d.train, weights: WeightsSource::None }
 }
 
+/// The seed authors' published script, `cnn_hsv_org.py` in
+/// <https://github.com/karthikrs05/Acute_Lymphoblastic_Leukemia_Detection_from_Blood_Smear_images_using_Deep_Learning>
+/// (commit a273e57), where `paper` follows that repository's README. What the script does and
+/// how each step is reproduced:
+/// - **Input**: `cv2.imread` of the whole `Original/` field (BGR in memory), `COLOR_BGR2HSV`
+///   (so the true hue, H 0..180), H and S kept, `cv2.resize` to 64x64, divided by 255, a zero
+///   third channel appended; no ImageNet mean/std. Here: `field` mode, `channels: hs0`
+///   (computed before the resize, as there), 64 px, normalisation mean 0 / std 1.
+///   Differences: our resize is the triangle filter (`cv2.resize` defaults to bilinear sampling).
+/// - **Model**: Keras DenseNet201 (`weights='imagenet'`, `trainable = False`, so BatchNorm on
+///   its running statistics) -> GAP -> Dense(128, relu) -> Dropout(0.5) -> Dense(4, softmax),
+///   categorical cross-entropy. Here: torchvision's ImageNet DenseNet201 (Keras's weights are
+///   another training of the same architecture), frozen in stage 1; hidden 128, dropout 0.5,
+///   the subtype task ([`Profile::default_task`]).
+/// - **Training**: Adam 1e-4, batch 32, 15 epochs, no class weights, no schedule, no early
+///   stopping, no fine-tuning. Here: stage 1 only, on augmented views (the backbone runs every
+///   step; no feature cache), `balance: none`. Differences: the best validation-loss epoch is
+///   kept where the script keeps the last; validation views are not augmented (the script
+///   drew them from the augmenting generator).
+/// - **Augmentation** (Keras `ImageDataGenerator`, applied to the H, S, 0 arrays): rotation
+///   +-15 deg, zoom 0.2, width/height shift 0.1, horizontal flip; no colour change. Here the
+///   same ranges on the HS0 views. Differences: Keras zooms each axis independently and fills
+///   with the nearest pixel; ours zooms both axes by one factor and reflects.
+/// - **Split**: 80/20 stratified train/test (`random_state=42`), then 10% of the training
+///   part for validation (8% of all): `--test 0.2 --val 0.08` gives the same proportions.
+fn seed_code(task: Task) -> ProfileDefaults {
+    let model = ClassifierConfig {
+        backbone: BackboneConfig::Torchvision { variant: DenseNetVariant::DenseNet201 },
+        task,
+        hidden: 128,
+        dropout: 0.5,
+        test_views: TestViews::Single,
+    };
+    let preprocess = PreprocessConfig {
+        mode: SegmentMode::Field,
+        input_size: 64,
+        channels: InputChannels::Hs0,
+        // `hs / 255.0` and nothing else: the zero channel stays 0.
+        normalization: Normalization { mean: [0.0, 0.0, 0.0], std: [1.0, 1.0, 1.0] },
+        ..PreprocessConfig::default()
+    };
+    let stage = StageConfig {
+        epochs: 15,
+        lr: 1e-4,
+        min_lr: 1e-4,
+        schedule: Schedule::Constant,
+        warmup_epochs: 0.0,
+        weight_decay: 0.0,
+        augment: true,
+        patience: None,
+        unfreeze: Vec::new(),
+    };
+    let augment = AugmentConfig {
+        enabled: true,
+        dihedral: false,
+        horizontal_flip: true,
+        rotate_deg: 15.0,
+        scale: 0.2,
+        translate: 0.1,
+        hue: 0.0,
+        saturation: 0.0,
+        brightness: 0.0,
+        contrast: 0.0,
+        channel_gain: 0.0,
+        grey_probability: 0.0,
+        ..AugmentConfig::none()
+    };
+    let train = TrainConfig {
+        batch_size: 32,
+        eval_batch_size: 32,
+        stage1: stage.clone(),
+        // No fine-tuning: the script never unfreezes the backbone.
+        stage2: StageConfig {
+            epochs: 0,
+            augment: false,
+            unfreeze: vec!["denseblock4".into(), "norm5".into()],
+            ..stage
+        },
+        augment,
+        balance: Balance::None,
+        label_smoothing: 0.0,
+        select_on: SelectOn::ValLoss,
+        target_sensitivity: 0.99,
+        clip_grad_norm: None,
+        // The backbone is frozen (BatchNorm on running statistics), so the parts only share
+        // the work; the gradients equal one batch's.
+        shards: 2,
+        bn_recalibration_batches: 0,
+        ema_decay: 0.0,
+        negative_cells: 1,
+    };
+    ProfileDefaults { model, preprocess, train, weights: WeightsSource::Imagenet }
+}
+
 /// The trainable part of the backbone in stage 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unfrozen {
@@ -500,15 +618,54 @@ mod tests {
 
     #[test]
     fn profiles_are_valid_and_round_trip_as_json() {
-        for p in [Profile::Cpu, Profile::Paper, Profile::Cell] {
-            for t in [TaskKind::Binary, TaskKind::Subtype] {
+        for p in Profile::ALL {
+            for t in TaskKind::ALL {
                 let d = p.defaults(t, 4);
                 d.train.validate().unwrap();
                 d.model.validate().unwrap();
+                d.preprocess.validate().unwrap();
                 let json = serde_json::to_string(&d.train).unwrap();
                 assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), d.train);
+                let json = serde_json::to_string(&d.preprocess).unwrap();
+                assert_eq!(serde_json::from_str::<PreprocessConfig>(&json).unwrap(), d.preprocess);
+                let json = serde_json::to_string(&d.model).unwrap();
+                assert_eq!(serde_json::from_str::<ClassifierConfig>(&json).unwrap(), d.model);
             }
+            // The config.json spelling is the command-line one, and both read back.
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{}\"", p.name()));
+            assert_eq!(p.name().parse::<Profile>().unwrap(), p);
         }
+        assert!("seedcode".parse::<Profile>().is_err());
         assert_eq!(Profile::Paper.defaults(TaskKind::Binary, 4).preprocess.input_size, 224);
+    }
+
+    #[test]
+    fn seed_code_is_the_authors_script() {
+        let task = Profile::SeedCode.default_task();
+        assert_eq!(task, TaskKind::Subtype);
+        let d = Profile::SeedCode.defaults(task, 4);
+        assert_eq!(d.model.task, Task::Subtype { num_classes: 4 });
+        assert_eq!((d.model.hidden, d.model.dropout), (128, 0.5));
+        assert_eq!(d.model.backbone, BackboneConfig::Torchvision { variant: DenseNetVariant::DenseNet201 });
+        assert_eq!(d.weights, WeightsSource::Imagenet);
+        let p = &d.preprocess;
+        assert_eq!((p.mode, p.input_size, p.channels), (SegmentMode::Field, 64, InputChannels::Hs0));
+        assert_eq!(p.normalization, Normalization { mean: [0.0; 3], std: [1.0; 3] });
+        // Head only on the frozen backbone, Adam 1e-4, 15 epochs of augmented views, no fine-tune.
+        let t = &d.train;
+        assert_eq!((t.stage1.epochs, t.stage1.lr, t.stage1.weight_decay), (15, 1e-4, 0.0));
+        assert!(t.stage1.augment && t.augment.enabled);
+        assert_eq!(t.stage2.epochs, 0);
+        assert_eq!((t.batch_size, t.balance, t.label_smoothing), (32, Balance::None, 0.0));
+        let a = &t.augment;
+        assert!(!a.dihedral && a.horizontal_flip);
+        assert_eq!((a.rotate_deg, a.scale, a.translate), (15.0, 0.2, 0.1));
+        assert_eq!([a.hue, a.saturation, a.brightness, a.contrast, a.channel_gain, a.grey_probability], [0.0; 6]);
+        assert_eq!([a.blur_sigma, a.noise, a.jpeg_probability], [0.0; 3]);
+        // The other profiles keep RGB input.
+        for p in [Profile::Cpu, Profile::Paper, Profile::Cell] {
+            assert_eq!(p.defaults(TaskKind::Binary, 4).preprocess.channels, InputChannels::Rgb);
+            assert_eq!(p.default_task(), TaskKind::Binary);
+        }
     }
 }
