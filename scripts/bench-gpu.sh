@@ -16,7 +16,7 @@
 #   --steps 20, --warmup 5 (the first Burn steps compile and autotune kernels), --batch 32,
 #   --size 224, --variant densenet201, --backends cuda (wgpu: Burn's wgpu backend on Vulkan,
 #   needs libvulkan; part 2 uses the first one); --no-e2e skips part 2.
-# Env: BIN_DIR  use prebuilt `allscan` and `train` from there instead of building
+# Env: BIN_DIR  use prebuilt `train` (and `allscan`, unless --no-e2e) from there, not building
 #               (`cargo build --release --locked -p allscan-cli -p allscan-bench --features cuda`;
 #               for wgpu only, a build with `--features wgpu` needs no LLVM)
 #      PYTHON   a python with CUDA PyTorch and torchvision; default: python3 when it has them,
@@ -65,7 +65,9 @@ mkdir -p "$OUT"
 IFS=, read -r -a devices <<<"$BACKENDS"
 features=$BACKENDS
 if [ -n "${BIN_DIR:-}" ]; then
-    for b in allscan train; do
+    bins=(train)
+    if [ "$E2E" = 1 ]; then bins+=(allscan); fi
+    for b in "${bins[@]}"; do
         [ -x "$BIN_DIR/$b" ] || { echo "bench-gpu: BIN_DIR=$BIN_DIR has no executable '$b'" >&2; exit 1; }
     done
 else
