@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{DatasetIndex, IndexOptions, LabelMap, Part, SplitConfig, SplitFile};
 use crate::eval::metrics::binary_metrics;
 use crate::eval::report::{cell, html_escape, CSS};
-use crate::eval::run::{cv_aggregate, mean_sd_display, score_images, FoldFigures, MeanSd};
+use crate::eval::scoring::score_images;
 use crate::eval::{write_atomic, EvalError};
 use crate::infer::Predictor;
 use crate::train::{train, TrainRequest};
@@ -225,6 +225,52 @@ pub fn render_cv_report(f: &CvFile, data: &Path) -> String {
     h
 }
 
+/// One fold's figures (on its validation fold).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FoldFigures {
+    /// Fold number (0-based).
+    pub fold: usize,
+    /// The fold's figures.
+    pub binary: crate::eval::BinaryReport,
+}
+
+/// Mean and sample standard deviation of one figure over the folds where it is defined.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MeanSd {
+    /// Mean; `None` when no fold has the figure.
+    pub mean: Option<f64>,
+    /// Sample standard deviation (n - 1); `None` with fewer than two folds.
+    pub sd: Option<f64>,
+    /// Folds that had the figure defined.
+    pub n_folds: usize,
+}
+
+/// Per-figure mean ± sd over folds, in [`crate::eval::metrics::BINARY_FIGURES`] order.
+pub fn cv_aggregate(folds: &[FoldFigures]) -> Vec<(String, MeanSd)> {
+    crate::eval::metrics::BINARY_FIGURES
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let v: Vec<f64> = folds.iter().filter_map(|f| f.binary.figures()[k].1.value).collect();
+            let n = v.len();
+            let mean = (n > 0).then(|| v.iter().sum::<f64>() / n as f64);
+            let sd = mean
+                .filter(|_| n > 1)
+                .map(|m| (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
+            (name.to_string(), MeanSd { mean, sd, n_folds: n })
+        })
+        .collect()
+}
+
+/// "0.912 ± 0.031 (5 folds)".
+pub fn mean_sd_display(m: &MeanSd) -> String {
+    match (m.mean, m.sd) {
+        (Some(a), Some(s)) => format!("{a:.3} ± {s:.3}"),
+        (Some(a), None) => format!("{a:.3}"),
+        _ => "undefined".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +304,23 @@ mod tests {
         let html = render_cv_report(&f, Path::new("d"));
         assert!(html.contains("r&lt;0&gt;") && html.contains("fold 0"));
         assert!(cv_table(&f).contains("accuracy"));
+    }
+
+    #[test]
+    fn cv_mean_and_sd() {
+        let mk = |fold, p: Vec<f64>| {
+            let y = vec![true, true, false, false];
+            FoldFigures { fold, binary: binary_metrics(&y, &p, 0.5).unwrap() }
+        };
+        let folds = vec![mk(0, vec![0.9, 0.8, 0.1, 0.2]), mk(1, vec![0.9, 0.4, 0.1, 0.2])];
+        let agg = cv_aggregate(&folds);
+        let acc = &agg.iter().find(|(n, _)| n == "accuracy").unwrap().1;
+        assert!((acc.mean.unwrap() - 0.875).abs() < 1e-12);
+        // Sample sd of {1.0, 0.75}.
+        assert!((acc.sd.unwrap() - (0.125f64 * 0.125 * 2.0).sqrt()).abs() < 1e-12);
+        assert_eq!(acc.n_folds, 2);
+        assert_eq!(mean_sd_display(acc), "0.875 ± 0.177");
+        let one = cv_aggregate(&folds[..1]);
+        assert!(one[0].1.sd.is_none());
     }
 }

@@ -10,12 +10,16 @@
 //! - [`leakage`]: patients and (near-)duplicate images shared by training and test parts;
 //! - [`plots`]: SVG figures drawn with plotters;
 //! - [`report`]: `metrics.json` layout and the HTML report;
-//! - [`run`]: the driver behind `allscan eval` / `allscan cv`: bundle + data + split in,
-//!   compatibility checks, scores, per-patient figures, threshold, report out.
+//! - [`scoring`]: dataset images -> scored images through the predictor, and one scorer's
+//!   figures over them (binary, subtype, per patient, per source);
+//! - `baseline`: the colour-only and background-only shortcuts, trained like the model;
+//! - [`run`]: the driver behind `allscan eval`, a sequence of steps: bundle + data + split
+//!   in, compatibility, threshold, scores, baselines, leakage, gallery, report out.
 //!
 //! Every figure is an [`Estimate`]; a figure that is undefined on the data at hand (no healthy
 //! images, empty input, nothing predicted positive) carries a reason instead of a NaN.
 
+mod baseline;
 pub mod calibration;
 pub mod leakage;
 pub mod metrics;
@@ -23,6 +27,7 @@ pub mod plots;
 pub mod probe;
 pub mod report;
 pub mod run;
+pub mod scoring;
 pub mod shortcut;
 
 use std::path::{Path, PathBuf};

@@ -57,7 +57,7 @@ pub struct ReportInput {
     /// The same baseline on the pixels outside every white cell.
     pub background: Option<ModelEvaluation>,
     /// The model's figures per patient (where patient ids exist; see
-    /// [`super::run::PATIENT_RULE`]).
+    /// [`super::scoring::PATIENT_RULE`]).
     pub per_patient: Option<ModelEvaluation>,
     pub curves: Vec<EpochRow>,
     /// Name of `EpochRow::val_metric` ("accuracy", "balanced accuracy").
@@ -386,7 +386,7 @@ pub fn render_report(input: &ReportInput) -> String {
             pb.n,
             pb.n_leukemia,
             pb.n_healthy,
-            html_escape(super::run::PATIENT_RULE),
+            html_escape(super::scoring::PATIENT_RULE),
             pb.threshold,
             pp.binary.bootstrap.n_boot,
             html_escape(&pp.name)
