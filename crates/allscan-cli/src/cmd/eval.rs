@@ -10,6 +10,8 @@ use allscan::device::DeviceKind;
 use allscan::eval::run::{EvalRequest, DEFAULT_BOOTSTRAP};
 use anyhow::Context;
 
+use crate::choices::{DeviceArg, PartArg};
+
 /// Options of `allscan eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -21,9 +23,9 @@ pub struct EvalArgs {
     /// Split file for DATA (default: the run's own split.json when it fits DATA).
     #[arg(long)]
     pub split: Option<PathBuf>,
-    /// Part of the split to score: test, val or train.
-    #[arg(long, default_value = "test")]
-    pub part: String,
+    /// Part of the split to score.
+    #[arg(long, value_enum, default_value_t = PartArg::Test)]
+    pub part: PartArg,
     /// Output folder (default: RUN/eval-<data folder name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -52,9 +54,9 @@ pub struct EvalArgs {
     /// Score even when the bundle's preprocessing was made for another kind of image.
     #[arg(long)]
     pub allow_preprocess_mismatch: bool,
-    /// cpu, cuda or wgpu.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
     /// A sources dataset (allscan-sources.json): score only this source's images.
     #[arg(long)]
     pub source: Option<String>,
@@ -65,8 +67,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let part: Part = args.part.parse().map_err(anyhow::Error::msg)?;
-    let device: DeviceKind = args.device.parse()?;
+    let part = Part::from(args.part);
+    let device = DeviceKind::from(args.device);
     if let Some(t) = args.target_sensitivity {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "--target-sensitivity {t}: must be in (0, 1]");
     }

@@ -6,21 +6,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use allscan::data::SplitConfig;
-use allscan::device::DeviceKind;
 use allscan::train::{Profile, TaskKind, TrainRequest, WeightsSource};
 use anyhow::Context;
+
+use crate::choices::{DeviceArg, ProfileArg, TaskArg, ViewArg};
 
 /// Training options shared by `allscan train` and `allscan cv`.
 #[derive(Debug, clap::Args)]
 pub struct TrainOptions {
-    /// binary (leukemia vs healthy) or subtype (the dataset's classes).
-    #[arg(long, default_value = "binary")]
-    pub task: String,
-    /// cpu (slim DenseNet from scratch on the whole field, 2-core budget), paper (the seed:
-    /// DenseNet201, 224 px, ImageNet weights) or cell (every white cell at one physical scale;
-    /// see scripts/train-crosslab.sh).
-    #[arg(long, default_value = "cpu")]
-    pub profile: String,
+    /// What the head predicts (default: the profile's; subtype for seed-code, binary otherwise).
+    #[arg(long, value_enum)]
+    pub task: Option<TaskArg>,
+    /// Named defaults for the whole config tree.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Cpu)]
+    pub profile: ProfileArg,
     /// Label map for class folders whose names say nothing: NAME=healthy|leukemia,...
     #[arg(long)]
     pub map: Option<String>,
@@ -33,10 +32,9 @@ pub struct TrainOptions {
     /// Model input side in pixels (default: the profile's).
     #[arg(long)]
     pub input_size: Option<u32>,
-    /// What the model sees: field (the whole field, resized), nucleus (a crop around the
-    /// largest nucleus) or aria-hsv (the authors' HSV-masked field); default: the profile's.
-    #[arg(long)]
-    pub view: Option<allscan_preprocess::SegmentMode>,
+    /// What the model sees (default: the profile's).
+    #[arg(long, value_enum)]
+    pub view: Option<ViewArg>,
     /// Training batch size (default: the profile's).
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -47,9 +45,9 @@ pub struct TrainOptions {
     /// Seed of the split, initialisation, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, cuda or wgpu (GPU backends need a build with `--features cuda` / `--features wgpu`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Compute device (GPU backends need a build with `--features cuda` / `--features wgpu`).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
     /// No per-epoch lines on stdout (train.log still gets them).
     #[arg(long, short)]
     pub quiet: bool,
@@ -58,11 +56,12 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// A request for DATA -> OUT with these options; split, unfreeze and resume left to the caller.
     pub fn request(&self, data: PathBuf, out: PathBuf) -> anyhow::Result<TrainRequest> {
+        let profile = Profile::from(self.profile);
         Ok(TrainRequest {
             data,
             out,
-            task: self.task.parse::<TaskKind>()?,
-            profile: self.profile.parse::<Profile>()?,
+            task: self.task.map_or(profile.default_task(), TaskKind::from),
+            profile,
             split: None,
             split_config: None,
             map: self.map.clone(),
@@ -70,11 +69,11 @@ impl TrainOptions {
             unfreeze: None,
             epochs: self.epochs.as_deref().map(parse_epochs).transpose()?.unwrap_or((None, None)),
             input_size: self.input_size,
-            view: self.view,
+            view: self.view.map(Into::into),
             batch_size: self.batch_size,
             overrides: self.overrides.clone(),
             seed: self.seed,
-            device: self.device.parse::<DeviceKind>()?,
+            device: self.device.into(),
             resume: false,
             progress: true,
             echo: !self.quiet,
