@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use base64::Engine as _;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::{Deserialize, Serialize};
 
 use super::calibration::reliability_bins;
@@ -223,26 +224,39 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
-pub(crate) fn cell(e: &Estimate) -> String {
-    match (e.value, e.ci95, &e.undefined) {
-        (Some(v), Some([lo, hi]), _) => {
-            format!("<b>{v:.3}</b> <span class=ci>[{lo:.3}, {hi:.3}]</span>")
+/// An [`Estimate`] as a table cell: the value in bold with its interval, or why it is undefined.
+pub(crate) fn estimate(e: &Estimate) -> Markup {
+    html! {
+        @match (e.value, e.ci95, &e.undefined) {
+            (Some(v), Some([lo, hi]), _) => { b { (format!("{v:.3}")) } " " span.ci { (format!("[{lo:.3}, {hi:.3}]")) } }
+            (Some(v), None, _) => b { (format!("{v:.3}")) },
+            (None, _, Some(r)) => span.undef { "undefined: " (r) },
+            (None, _, None) => span.undef { "undefined" },
         }
-        (Some(v), None, _) => format!("<b>{v:.3}</b>"),
-        (None, _, Some(r)) => format!("<span class=undef>undefined: {}</span>", html_escape(r)),
-        (None, _, None) => "<span class=undef>undefined</span>".to_string(),
     }
 }
 
-fn plot_or_note(r: Result<String, EvalError>) -> String {
-    match r {
-        Ok(svg) => format!("<div class=plot>{svg}</div>"),
-        Err(e) => format!("<p class=undef>{}</p>", html_escape(&e.to_string())),
+/// [`estimate`] as an HTML string (for pages still assembled by hand).
+pub(crate) fn cell(e: &Estimate) -> String {
+    estimate(e).into_string()
+}
+
+/// An SVG plot, or the reason it could not be drawn.
+fn plot(r: Result<String, EvalError>) -> Markup {
+    html! {
+        @match r {
+            Ok(svg) => div.plot { (PreEscaped(svg)) },
+            Err(e) => p.undef { (e.to_string()) },
+        }
     }
 }
 
 fn png_data_uri(bytes: &[u8]) -> String {
     format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn confusion_text(c: &super::Confusion) -> String {
+    format!("{} / {} / {} / {}", c.tp, c.fp, c.tn, c.fn_)
 }
 
 pub(crate) const CSS: &str = r#"
@@ -266,207 +280,191 @@ figcaption{font-size:12px;color:#444;margin-top:4px}
 .small{font-size:13px;color:#555}
 "#;
 
-/// The self-contained HTML report.
+/// The self-contained HTML report (a maud template: every text is escaped on the way in).
 pub fn render_report(input: &ReportInput) -> String {
     let m = &input.model;
     let b = &m.binary.report;
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{}</title><style>{CSS}</style></head><body><main>",
-        html_escape(&input.title)
-    );
-    let _ = write!(h, "<h1>{}</h1>", html_escape(&input.title));
-    h.push_str(
-        "<p class=notice>Research use only, not a diagnostic device. These figures describe \
-         one test set; they are not a clinical validation.</p>",
-    );
-
-    // Warnings first: they qualify everything below.
-    if !input.warnings.is_empty() {
-        h.push_str("<div class=warnings><b>Warnings</b><ul>");
-        for w in &input.warnings {
-            let _ = write!(h, "<li>{}</li>", html_escape(w));
+    // The baselines shown beside the model, colour first.
+    let baselines: Vec<&ModelEvaluation> =
+        [input.shortcut.as_ref(), input.background.as_ref()].into_iter().flatten().collect();
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (input.title) }
+                style { (PreEscaped(CSS)) }
+            }
+            body { main {
+                h1 { (input.title) }
+                p.notice {
+                    "Research use only, not a diagnostic device. These figures describe one test set; \
+                     they are not a clinical validation."
+                }
+                // Warnings first: they qualify everything below.
+                @if !input.warnings.is_empty() {
+                    div.warnings { b { "Warnings" } ul { @for w in &input.warnings { li { (w) } } } }
+                }
+                h2 { "Dataset" }
+                table {
+                    @for (k, v) in &input.dataset_summary { tr { th { (k) } td { (v) } } }
+                    tr { th { "test images" } td { (b.n) " (" (b.n_leukemia) " leukemia, " (b.n_healthy) " healthy)" } }
+                }
+                h2 { "Split protocol" }
+                p { (input.split_protocol) }
+                (shortcut_section(input))
+                h2 { "Binary figures (leukemia vs healthy)" }
+                p.small {
+                    "Threshold " (format!("{:.4}", b.threshold)) ": an image is called leukemia when \
+                     p(leukemia) ≥ threshold. 95% percentile bootstrap intervals from "
+                    (m.binary.bootstrap.n_boot) " resamples of " (m.binary.bootstrap.unit)
+                    " (" (m.binary.bootstrap.n_units) ")."
+                }
+                table {
+                    tr { th { "figure" } th { (m.name) } @for s in &baselines { th { (s.name) } } }
+                    @for (i, (_, e)) in b.figures().iter().enumerate() {
+                        tr {
+                            td { (FIGURE_LABELS[i]) } td { (estimate(e)) }
+                            @for s in &baselines { td { (estimate(s.binary.report.figures()[i].1)) } }
+                        }
+                    }
+                    tr {
+                        td { "Confusion (TP / FP / TN / FN)" } td { (confusion_text(&b.confusion_matrix)) }
+                        @for s in &baselines { td { (confusion_text(&s.binary.report.confusion_matrix)) } }
+                    }
+                }
+                @if !m.binary.bootstrap.notes.is_empty() {
+                    ul.small { @for n in &m.binary.bootstrap.notes { li { (n) } } }
+                }
+                @if let Some(pp) = &input.per_patient { (patient_section(pp)) }
+                (operating_point(input))
+                @if let Some(sub) = &m.subtype {
+                    h2 { "Subtypes" }
+                    p { "Accuracy " (estimate(&sub.report.accuracy)) "; macro-F1 " (estimate(&sub.report.macro_f1)) "." }
+                    table {
+                        tr { th { "class" } th { "images" } th { "precision" } th { "recall" } th { "F1" } }
+                        @for c in &sub.report.per_class {
+                            tr {
+                                td { (c.class) } td { (c.support) } td { (estimate(&c.precision)) }
+                                td { (estimate(&c.recall)) } td { (estimate(&c.f1)) }
+                            }
+                        }
+                    }
+                    (plot(plots::confusion_svg(&sub.report.confusion_matrix, &sub.report.class_names)))
+                }
+                h2 { "Training curves" }
+                @if input.curves.is_empty() {
+                    p.undef { "No training history in this run." }
+                } @else {
+                    (plot(plots::training_curves_svg(&input.curves, &input.curve_metric)))
+                }
+                (curves_section(input))
+                h2 { "Confusion matrix and calibration" }
+                div.row {
+                    @let c = b.confusion_matrix;
+                    (plot(plots::confusion_svg(&[vec![c.tn, c.fp], vec![c.fn_, c.tp]], &["healthy".to_string(), "leukemia".to_string()])))
+                    @match reliability_bins(&m.y_leukemia, &m.p_leukemia) {
+                        Ok(bins) => (plot(plots::reliability_svg(&bins))),
+                        Err(e) => p.undef { (e.to_string()) },
+                    }
+                }
+                (gallery_section(&input.gallery))
+                h2 { "Definitions" }
+                ul.small {
+                    li { "Sensitivity TP/(TP+FN); specificity TN/(TN+FP); PPV TP/(TP+FP); NPV TN/(TN+FN); \
+                          F1 2TP/(2TP+FP+FN); balanced accuracy the mean of sensitivity and specificity." }
+                    li { "ROC-AUC: Mann-Whitney statistic, ties counted one half. PR-AUC: average precision \
+                          (step-wise, no interpolation, as scikit-learn)." }
+                    li { "Brier score: mean squared difference between p(leukemia) and the label. ECE: 10 \
+                          equal-width bins of p(leukemia), count-weighted mean |fraction leukemia - mean p|." }
+                    li { "Intervals: 95% percentile bootstrap; whole patients are resampled when patient ids \
+                          exist. A figure with a zero denominator is reported as undefined with the reason." }
+                }
+                p.small { "allscan " (env!("CARGO_PKG_VERSION")) " · research use only, not a diagnostic device." }
+            } }
         }
-        h.push_str("</ul></div>");
     }
+    .into_string()
+        + "\n"
+}
 
-    // Dataset and split.
-    h.push_str("<h2>Dataset</h2><table>");
-    for (k, v) in &input.dataset_summary {
-        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", html_escape(k), html_escape(v));
-    }
-    let _ = write!(
-        h,
-        "<tr><th>test images</th><td>{} ({} leukemia, {} healthy)</td></tr></table>",
-        b.n, b.n_leukemia, b.n_healthy
-    );
-    let _ = write!(h, "<h2>Split protocol</h2><p>{}</p>", html_escape(&input.split_protocol));
-
-    // Headline: model against colour alone.
-    h.push_str("<h2>Model against a colour-only shortcut</h2>");
-    match &input.shortcut {
-        Some(s) => {
-            let sb = &s.binary.report;
-            let acc = |e: &Estimate| e.value;
-            let text = format!(
-                "A classifier that sees only colour histograms (HSV histograms + logistic \
-                 regression, trained on the same training part) reaches {} accuracy and {} \
-                 ROC-AUC on this test part; the model reaches {} and {}. This is what colour \
-                 alone explains.",
-                sb.accuracy.display(3),
-                sb.roc_auc.display(3),
-                b.accuracy.display(3),
-                b.roc_auc.display(3)
-            );
-            let close = match (acc(&sb.balanced_accuracy), acc(&b.balanced_accuracy)) {
-                (Some(sv), Some(mv)) => mv - sv < 0.05,
-                _ => false,
-            };
-            if close {
-                let _ = write!(
-                    h,
-                    "<p class=shortcut-alert>{} The shortcut comes within 5 points of the model's \
-                     balanced accuracy: this test set cannot show that the model reads cell \
-                     morphology rather than stain or scanner colour.</p>",
-                    html_escape(&text)
+/// The headline: the model against what colour alone explains.
+fn shortcut_section(input: &ReportInput) -> Markup {
+    let b = &input.model.binary.report;
+    html! {
+        h2 { "Model against a colour-only shortcut" }
+        @match &input.shortcut {
+            Some(s) => {
+                @let sb = &s.binary.report;
+                @let text = format!(
+                    "A classifier that sees only colour histograms (HSV histograms + logistic \
+                     regression, trained on the same training part) reaches {} accuracy and {} \
+                     ROC-AUC on this test part; the model reaches {} and {}. This is what colour \
+                     alone explains.",
+                    sb.accuracy.display(3), sb.roc_auc.display(3), b.accuracy.display(3), b.roc_auc.display(3)
                 );
-            } else {
-                let _ = write!(h, "<p class=shortcut-ok>{}</p>", html_escape(&text));
+                @let close = matches!((sb.balanced_accuracy.value, b.balanced_accuracy.value), (Some(sv), Some(mv)) if mv - sv < 0.05);
+                @if close {
+                    p.shortcut-alert {
+                        (text) " The shortcut comes within 5 points of the model's balanced accuracy: this \
+                        test set cannot show that the model reads cell morphology rather than stain or \
+                        scanner colour."
+                    }
+                } @else {
+                    p.shortcut-ok { (text) }
+                }
             }
+            None => p.undef { "No shortcut baseline was run." },
         }
-        None => h.push_str("<p class=undef>No shortcut baseline was run.</p>"),
     }
+}
 
-    // Figures table.
-    let _ = write!(
-        h,
-        "<h2>Binary figures (leukemia vs healthy)</h2><p class=small>Threshold {:.4}: an image \
-         is called leukemia when p(leukemia) &ge; threshold. 95% percentile bootstrap intervals \
-         from {} resamples of {} ({}).</p><table><tr><th>figure</th><th>{}</th>",
-        b.threshold,
-        m.binary.bootstrap.n_boot,
-        html_escape(&m.binary.bootstrap.unit),
-        m.binary.bootstrap.n_units,
-        html_escape(&m.name)
-    );
-    if let Some(s) = &input.shortcut {
-        let _ = write!(h, "<th>{}</th>", html_escape(&s.name));
-    }
-    h.push_str("</tr>");
-    for (i, (_, e)) in b.figures().iter().enumerate() {
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td>", FIGURE_LABELS[i], cell(e));
-        if let Some(s) = &input.shortcut {
-            let _ = write!(h, "<td>{}</td>", cell(s.binary.report.figures()[i].1));
+fn patient_section(pp: &ModelEvaluation) -> Markup {
+    let pb = &pp.binary.report;
+    html! {
+        h2 { "Per patient" }
+        p.small {
+            (pb.n) " patients (" (pb.n_leukemia) " leukemia, " (pb.n_healthy) " healthy); "
+            (super::scoring::PATIENT_RULE) "; threshold " (format!("{:.4}", pb.threshold))
+            "; intervals from " (pp.binary.bootstrap.n_boot) " resamples of patients."
         }
-        h.push_str("</tr>");
-    }
-    let c = b.confusion_matrix;
-    let _ = write!(h, "<tr><td>Confusion (TP / FP / TN / FN)</td><td>{} / {} / {} / {}</td>", c.tp, c.fp, c.tn, c.fn_);
-    if let Some(s) = &input.shortcut {
-        let c = s.binary.report.confusion_matrix;
-        let _ = write!(h, "<td>{} / {} / {} / {}</td>", c.tp, c.fp, c.tn, c.fn_);
-    }
-    h.push_str("</tr></table>");
-    let notes: Vec<&String> = m.binary.bootstrap.notes.iter().collect();
-    if !notes.is_empty() {
-        h.push_str("<ul class=small>");
-        for n in notes {
-            let _ = write!(h, "<li>{}</li>", html_escape(n));
+        table {
+            tr { th { "figure" } th { (pp.name) } }
+            @for (i, (_, e)) in pb.figures().iter().enumerate() { tr { td { (FIGURE_LABELS[i]) } td { (estimate(e)) } } }
+            tr { td { "Confusion (TP / FP / TN / FN)" } td { (confusion_text(&pb.confusion_matrix)) } }
         }
-        h.push_str("</ul>");
     }
+}
 
-    // Per patient.
-    if let Some(pp) = &input.per_patient {
-        let pb = &pp.binary.report;
-        let _ = write!(
-            h,
-            "<h2>Per patient</h2><p class=small>{} patients ({} leukemia, {} healthy); {};              threshold {:.4}; intervals from {} resamples of patients.</p><table><tr><th>figure</th><th>{}</th></tr>",
-            pb.n,
-            pb.n_leukemia,
-            pb.n_healthy,
-            html_escape(super::scoring::PATIENT_RULE),
-            pb.threshold,
-            pp.binary.bootstrap.n_boot,
-            html_escape(&pp.name)
-        );
-        for (i, (_, e)) in pb.figures().iter().enumerate() {
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td></tr>", FIGURE_LABELS[i], cell(e));
-        }
-        let c = pb.confusion_matrix;
-        let _ = write!(
-            h,
-            "<tr><td>Confusion (TP / FP / TN / FN)</td><td>{} / {} / {} / {}</td></tr></table>",
-            c.tp, c.fp, c.tn, c.fn_
-        );
-    }
-
-    // Operating point.
-    h.push_str("<h2>Operating point</h2>");
-    match &input.threshold_choice {
-        Some(t) => {
-            let pct = |v: Option<f64>| v.map_or("undefined".to_string(), |v| format!("{v:.3}"));
-            let _ = write!(
-                h,
-                "<p>Threshold {:.4}, chosen on the validation part ({} leukemia, {} healthy \
-                 images) for sensitivity &ge; {:.3}, at the best validation specificity, midway between \
-                 the nearest healthy and leukemia scores; there it reached \
-                 sensitivity {} and specificity {}. On this test part: sensitivity {}, \
-                 specificity {}.</p>",
-                t.threshold,
-                t.n_leukemia,
-                t.n_healthy,
-                t.target_sensitivity,
-                pct(t.sensitivity),
-                pct(t.specificity),
-                b.sensitivity.display(3),
-                b.specificity.display(3)
-            );
-            if let Some(w) = &t.warning {
-                let _ = write!(h, "<p class=undef>{}</p>", html_escape(w));
+fn operating_point(input: &ReportInput) -> Markup {
+    let b = &input.model.binary.report;
+    let figure = |v: Option<f64>| v.map_or("undefined".to_string(), |v| format!("{v:.3}"));
+    html! {
+        h2 { "Operating point" }
+        @match &input.threshold_choice {
+            Some(t) => {
+                p {
+                    "Threshold " (format!("{:.4}", t.threshold)) ", chosen on the validation part ("
+                    (t.n_leukemia) " leukemia, " (t.n_healthy) " healthy images) for sensitivity ≥ "
+                    (format!("{:.3}", t.target_sensitivity)) ", at the best validation specificity, midway \
+                    between the nearest healthy and leukemia scores; there it reached sensitivity "
+                    (figure(t.sensitivity)) " and specificity " (figure(t.specificity)) ". On this test part: \
+                    sensitivity " (b.sensitivity.display(3)) ", specificity " (b.specificity.display(3)) "."
+                }
+                @if let Some(w) = &t.warning { p.undef { (w) } }
             }
-        }
-        None => {
-            let _ = write!(h, "<p>Threshold {:.4}, as stored in the run bundle (no validation part of these data was used to choose it).</p>", b.threshold);
+            None => p {
+                "Threshold " (format!("{:.4}", b.threshold)) ", as stored in the run bundle (no validation \
+                part of these data was used to choose it)."
+            },
         }
     }
+}
 
-    // Subtypes.
-    if let Some(sub) = &m.subtype {
-        let r = &sub.report;
-        let _ = write!(
-            h,
-            "<h2>Subtypes</h2><p>Accuracy {}; macro-F1 {}.</p><table><tr><th>class</th>\
-             <th>images</th><th>precision</th><th>recall</th><th>F1</th></tr>",
-            cell(&r.accuracy),
-            cell(&r.macro_f1)
-        );
-        for c in &r.per_class {
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                html_escape(&c.class),
-                c.support,
-                cell(&c.precision),
-                cell(&c.recall),
-                cell(&c.f1)
-            );
-        }
-        h.push_str("</table>");
-        h.push_str(&plot_or_note(plots::confusion_svg(&r.confusion_matrix, &r.class_names)));
-    }
-
-    // Training history.
-    h.push_str("<h2>Training curves</h2>");
-    if input.curves.is_empty() {
-        h.push_str("<p class=undef>No training history in this run.</p>");
-    } else {
-        h.push_str(&plot_or_note(plots::training_curves_svg(&input.curves, &input.curve_metric)));
-    }
-
-    // ROC and PR.
-    h.push_str("<h2>ROC and precision-recall</h2><div class=row>");
+/// ROC and precision-recall curves of the model and the colour shortcut.
+fn curves_section(input: &ReportInput) -> Markup {
+    let m = &input.model;
+    let b = &m.binary.report;
     let roc_m = roc_curve(&m.y_leukemia, &m.p_leukemia);
     let pr_m = pr_curve(&m.y_leukemia, &m.p_leukemia);
     let (roc_s, pr_s) = match &input.shortcut {
@@ -482,87 +480,53 @@ pub fn render_report(input: &ReportInput) -> String {
     if !pr_s.is_empty() {
         pr_curves.push(NamedCurve { name: shortcut_name, points: &pr_s, shortcut: true });
     }
-    let fpr = b.specificity.value.map(|s| 1.0 - s);
-    let roc_op = fpr.zip(b.sensitivity.value);
+    let roc_op = b.specificity.value.map(|s| 1.0 - s).zip(b.sensitivity.value);
     let pr_op = b.sensitivity.value.zip(b.precision.value);
-    if roc_m.is_empty() {
-        h.push_str("<p class=undef>ROC curve undefined: needs both leukemia and healthy images.</p>");
-    } else {
-        h.push_str(&plot_or_note(plots::roc_svg(&roc_curves, roc_op)));
-    }
-    if pr_m.is_empty() {
-        h.push_str("<p class=undef>Precision-recall curve undefined: no leukemia images.</p>");
-    } else {
-        let prevalence = (b.n > 0).then(|| b.n_leukemia as f64 / b.n as f64);
-        h.push_str(&plot_or_note(plots::pr_svg(&pr_curves, prevalence, pr_op)));
-    }
-    h.push_str("</div>");
-
-    // Confusion and calibration.
-    h.push_str("<h2>Confusion matrix and calibration</h2><div class=row>");
-    let cm = vec![vec![c.tn, c.fp], vec![c.fn_, c.tp]];
-    h.push_str(&plot_or_note(plots::confusion_svg(&cm, &["healthy".to_string(), "leukemia".to_string()])));
-    match reliability_bins(&m.y_leukemia, &m.p_leukemia) {
-        Ok(bins) => h.push_str(&plot_or_note(plots::reliability_svg(&bins))),
-        Err(e) => {
-            let _ = write!(h, "<p class=undef>{}</p>", html_escape(&e.to_string()));
+    let prevalence = (b.n > 0).then(|| b.n_leukemia as f64 / b.n as f64);
+    html! {
+        h2 { "ROC and precision-recall" }
+        div.row {
+            @if roc_m.is_empty() {
+                p.undef { "ROC curve undefined: needs both leukemia and healthy images." }
+            } @else {
+                (plot(plots::roc_svg(&roc_curves, roc_op)))
+            }
+            @if pr_m.is_empty() {
+                p.undef { "Precision-recall curve undefined: no leukemia images." }
+            } @else {
+                (plot(plots::pr_svg(&pr_curves, prevalence, pr_op)))
+            }
         }
     }
-    h.push_str("</div>");
+}
 
-    // Gallery.
-    let _ = write!(
-        h,
-        "<h2>Most confident errors</h2><p class=small>{} images the model got wrong with the \
-         highest confidence{}.</p>",
-        input.gallery.len(),
-        if input.gallery.iter().any(|g| g.overlay_png.is_some()) { ", each beside its Grad-CAM overlay" } else { "" }
-    );
-    if input.gallery.is_empty() {
-        h.push_str("<p class=undef>No errors to show.</p>");
-    } else {
-        h.push_str("<div class=gallery>");
-        for g in &input.gallery {
-            let cap = html_escape(&g.caption);
-            match &g.overlay_png {
-                Some(o) => {
-                    let _ = write!(
-                        h,
-                        "<figure><div class=pair><img alt=\"{cap}\" src=\"{}\"><img alt=\"Grad-CAM: {cap}\" src=\"{}\"></div><figcaption>{cap}</figcaption></figure>",
-                        png_data_uri(&g.png_bytes),
-                        png_data_uri(o)
-                    );
-                }
-                None => {
-                    let _ = write!(
-                        h,
-                        "<figure><img alt=\"{cap}\" src=\"{}\"><figcaption>{cap}</figcaption></figure>",
-                        png_data_uri(&g.png_bytes)
-                    );
+fn gallery_section(gallery: &[GalleryItem]) -> Markup {
+    let gradcam = gallery.iter().any(|g| g.overlay_png.is_some());
+    html! {
+        h2 { "Most confident errors" }
+        p.small {
+            (gallery.len()) " images the model got wrong with the highest confidence"
+            @if gradcam { ", each beside its Grad-CAM overlay" } "."
+        }
+        @if gallery.is_empty() {
+            p.undef { "No errors to show." }
+        } @else {
+            div.gallery {
+                @for g in gallery {
+                    figure {
+                        @match &g.overlay_png {
+                            Some(o) => div.pair {
+                                img alt=(g.caption) src=(png_data_uri(&g.png_bytes));
+                                img alt={ "Grad-CAM: " (g.caption) } src=(png_data_uri(o));
+                            },
+                            None => { img alt=(g.caption) src=(png_data_uri(&g.png_bytes)); }
+                        }
+                        figcaption { (g.caption) }
+                    }
                 }
             }
         }
-        h.push_str("</div>");
     }
-
-    h.push_str(
-        "<h2>Definitions</h2><ul class=small>\
-         <li>Sensitivity TP/(TP+FN); specificity TN/(TN+FP); PPV TP/(TP+FP); NPV TN/(TN+FN); \
-         F1 2TP/(2TP+FP+FN); balanced accuracy the mean of sensitivity and specificity.</li>\
-         <li>ROC-AUC: Mann-Whitney statistic, ties counted one half. PR-AUC: average precision \
-         (step-wise, no interpolation, as scikit-learn).</li>\
-         <li>Brier score: mean squared difference between p(leukemia) and the label. ECE: 10 \
-         equal-width bins of p(leukemia), count-weighted mean |fraction leukemia - mean p|.</li>\
-         <li>Intervals: 95% percentile bootstrap; whole patients are resampled when patient ids \
-         exist. A figure with a zero denominator is reported as undefined with the reason.</li>\
-         </ul>",
-    );
-    let _ = writeln!(
-        h,
-        "<p class=small>allscan {} &middot; research use only, not a diagnostic device.</p></main></body></html>",
-        env!("CARGO_PKG_VERSION")
-    );
-    h
 }
 
 #[cfg(test)]
