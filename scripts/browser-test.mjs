@@ -4,15 +4,24 @@
 //    overlay must appear.
 // 2. Slide review: uploads 3 fields as one slide, waits for the gallery, re-classifies one cell
 //    with a click and one with the keyboard, exports the reviewed slide (JSON and CSV) and checks
-//    the exported files and the updated counts against the server's report.
+//    the exported files and the updated counts against the server's report; presses g on a cell
+//    and checks its Grad-CAM overlay arrives. While the slide is uploaded and processed, the
+//    main thread's responsiveness is recorded (PerformanceObserver 'longtask' and the gaps
+//    between requestAnimationFrame callbacks) and printed.
 // Input: argv[2] = page URL, argv[3] = image, argv[4] = output folder, argv[5..] = slide fields.
+// Bench mode (scripts/bench-slide.sh): argv[2] = "--bench", argv[3] = page URL, argv[4] = output
+// folder, argv[5..] = the fields of one slide: uploads them, waits until every cell is in the
+// gallery, prints the seconds and the responsiveness figures, and writes bench-page.json.
 // Output: exit 0 with screenshots and exports in the output folder, or exit 1 with the reason.
 import { chromium } from "playwright-core";
 import { readFileSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 // (playwright gives the browser a fresh temporary profile itself; --user-data-dir is refused.)
 
-const [url, image, out, ...fields] = process.argv.slice(2);
+const bench = process.argv[2] === "--bench";
+const [url, image, out, ...fields] = bench
+  ? [process.argv[3], null, process.argv[4], ...process.argv.slice(5)]
+  : process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
@@ -20,11 +29,56 @@ const browser = await chromium.launch({
          "--disable-component-update", "--disable-sync"],
 });
 const check = (ok, what) => { if (!ok) throw new Error(what); };
+// Starts recording main-thread blocking in the page: long tasks (> 50 ms, as Chromium reports
+// them) and the gaps between animation frames (a frame gap is how long the page could not paint).
+const startWatch = page => page.evaluate(() => {
+  const w = window.__watch = { longtasks: [], maxGap: 0, frames: 0, run: true };
+  new PerformanceObserver(l => { for (const e of l.getEntries()) w.longtasks.push(e.duration); }).observe({ type: "longtask", buffered: false });
+  let last = performance.now();
+  const tick = t => { w.maxGap = Math.max(w.maxGap, t - last); last = t; w.frames++; if (w.run) requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);
+});
+const stopWatch = async page => {
+  await page.waitForTimeout(100); // the last long task's entry is delivered after it ends
+  return page.evaluate(() => {
+    const w = window.__watch; w.run = false;
+    return { longest_task_ms: Math.round(Math.max(0, ...w.longtasks)), long_tasks: w.longtasks.length,
+             long_task_total_ms: Math.round(w.longtasks.reduce((a, b) => a + b, 0)), longest_frame_gap_ms: Math.round(w.maxGap), frames: w.frames };
+  });
+};
+const watchText = r => `longest main-thread block ${r.longest_task_ms} ms, ${r.long_tasks} long task(s) > 50 ms ` +
+  `(${r.long_task_total_ms} ms in all), longest gap between frames ${r.longest_frame_gap_ms} ms over ${r.frames} frames`;
 let failed = null;
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 }, acceptDownloads: true });
   page.on("console", m => console.log(`[page] ${m.text()}`));
   await page.goto(url);
+  if (bench) {
+    // ---- bench: one large slide through the page
+    await startWatch(page);
+    const t0 = Date.now();
+    await page.setInputFiles("#slide-files", fields);
+    await page.waitForFunction(() => /^(Done|Request failed)/.test(document.getElementById("slide-progress-text").textContent), null, { timeout: 600000 });
+    const status = await page.textContent("#slide-progress-text");
+    check(/^Done/.test(status), status);
+    const n = await page.evaluate(() => slide.counts.cells_found);
+    await page.waitForFunction(n => document.querySelectorAll("#gallery .gcell").length === n, n, { timeout: 60000 });
+    const secs = (Date.now() - t0) / 1000;
+    const w = await stopWatch(page);
+    // Responsiveness of a correction on the full gallery: one key press, timed to the next frame.
+    await page.click("#gallery .gcell figcaption");
+    const keyMs = await page.evaluate(() => new Promise(res => {
+      const t = performance.now();
+      document.dispatchEvent(new KeyboardEvent("keydown", { key: "u" }));
+      requestAnimationFrame(() => res(Math.round(performance.now() - t)));
+    }));
+    await page.screenshot({ path: join(out, "bench-page.png") });
+    const result = { fields: fields.length, cells: n, seconds: secs, relabel_to_frame_ms: keyMs, ...w };
+    writeFileSync(join(out, "bench-page.json"), JSON.stringify(result, null, 2));
+    console.log(`page: slide of ${fields.length} fields, ${n} cells shown in ${secs.toFixed(1)} s; ${watchText(w)}; one correction on the full gallery: ${keyMs} ms to the next frame`);
+    await browser.close();
+    process.exit(0);
+  }
   const notice = await page.textContent("#notice");
   check(/research use only, not a diagnostic device/i.test(notice || ""), `notice missing: ${notice}`);
 
@@ -44,6 +98,7 @@ try {
   check(fields.length === 3, `expected 3 slide fields, got ${fields.length}`);
   const answers = [];
   page.on("response", async r => { if (r.url().includes("/api/slide")) answers.push(await r.json()); });
+  await startWatch(page);
   await page.setInputFiles("#slide-files", fields);
   await page.waitForFunction(() => /^Done/.test(document.getElementById("slide-progress-text").textContent), null, { timeout: 120000 });
   for (let t = 0; t < 50 && answers.length === 0; t++) await page.waitForTimeout(100);
@@ -52,6 +107,15 @@ try {
   const nCells = server.counts.cells_found;
   check(nCells >= 2, `need at least 2 cells to review, the server found ${nCells}`);
   await page.waitForFunction(n => document.querySelectorAll("#gallery .gcell").length === n, nCells, { timeout: 10000 });
+  const watch = await stopWatch(page);
+  console.log(`browser test: while the slide was processed: ${watchText(watch)}`);
+  // Gallery crops are drawn (from bitmaps decoded off the main thread), not left blank.
+  await page.waitForFunction(() => {
+    const cv = document.querySelector("#gallery .gcell canvas");
+    const d = cv.getContext("2d").getImageData(0, 0, 96, 96).data;
+    for (let i = 3; i < d.length; i += 4) if (d[i] !== 0) return true;
+    return false;
+  }, null, { timeout: 10000 });
   check(await page.$$eval(".fieldwrap rect", r => r.length) === nCells, "every cell boxed on its field");
   const count = async k => (await page.textContent(`#slide-counts [data-k="${k}"]`)).trim();
   const pct = x => (100 * x).toFixed(1) + "%";
@@ -92,6 +156,18 @@ try {
   check(await page.getAttribute(`.gcell[data-id="${a.id}"]`, "class").then(c => c.includes(aLabel)), "cell a did not move");
   check(await page.$eval(`.gcell[data-id="${b.id}"]`, e => e.parentElement.dataset.group) === "not_a_cell", "cell b not in 'not a cell'");
   check(await page.getAttribute(`rect[data-id="${b.id}"]`, "class").then(c => c.includes("not_a_cell")), "box of b not recoloured");
+  // Grad-CAM of the selected cell (b) with the g key: an overlay from /api/explain-cell.
+  const camReq = page.waitForRequest(r => r.url().includes(`/api/explain-cell?cell=`));
+  await page.keyboard.press("g");
+  const req = await camReq;
+  const bField = server.fields[b.field];
+  check(req.url().endsWith(`cell=${bField.cells.findIndex(c => c.id === b.id)}`), `explain-cell asked for ${req.url()}`);
+  await page.waitForFunction(id => { const i = document.getElementById("cam-img"); return !i.hidden && i.dataset.id === id && i.complete && i.naturalWidth > 0; }, b.id, { timeout: 60000 });
+  const camSize = await page.evaluate(() => { const i = document.getElementById("cam-img"); return [i.naturalWidth, i.naturalHeight]; });
+  check(camSize[0] === 192 && camSize[1] === 192, `Grad-CAM overlay is ${camSize}`);
+  const camText = await page.textContent("#cam-text");
+  check(camText.includes(`p(blast) ${b.p_blast.toFixed(3)}`), `Grad-CAM p differs from the slide's: ${camText}`);
+  console.log(`browser test: Grad-CAM of ${b.id} shown (${camSize[0]}x${camSize[1]}), ${camText.split(";")[0]}`);
   await page.screenshot({ path: join(out, "slide-reviewed.png"), fullPage: true });
 
   // Export, and read the files back.

@@ -208,3 +208,53 @@ fn bad_settings_and_empty_slides_are_refused() {
     assert!(!res.status.success() && stderr(&res).contains("f5-c0"), "{}", stderr(&res));
     assert!(!tmp.path().join("o/slide.json").exists(), "nothing written on a bad review");
 }
+
+#[test]
+fn gradcam_overlays_of_the_telling_cells_are_written_and_referenced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    cell_bundle(&run);
+    let slide = tmp.path().join("slide");
+    std::fs::create_dir_all(&slide).unwrap();
+    smear_field(480, 320, 4).save(slide.join("a.png")).unwrap();
+    smear_field(320, 320, 5).save(slide.join("b.png")).unwrap();
+    let out = tmp.path().join("out");
+    let (r, s, o) = (run.to_str().unwrap(), slide.to_str().unwrap(), out.to_str().unwrap());
+    let res = allscan(tmp.path(), &["report", r, s, "--out", o, "--gradcam", "2"]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    assert!(stdout(&res).contains("wrote 2 Grad-CAM overlay(s)"), "{}", stdout(&res));
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(out.join("slide.json")).unwrap()).unwrap();
+    let html = std::fs::read_to_string(out.join("slide.html")).unwrap();
+    assert_html_matches_json(&html, &j);
+    let mut cells: Vec<&Value> =
+        j["fields"].as_array().unwrap().iter().flat_map(|f| f["cells"].as_array().unwrap()).collect();
+    let with: Vec<&Value> = cells.iter().copied().filter(|c| c.get("gradcam").is_some()).collect();
+    assert_eq!(with.len(), 2);
+    // The cells that drove the call come first, then the most suspicious others.
+    cells.sort_by(|a, b| b["p_blast"].as_f64().unwrap().total_cmp(&a["p_blast"].as_f64().unwrap()));
+    let decisive: Vec<&str> = j["decisive_cells"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut want: Vec<&str> = decisive.iter().copied().take(2).collect();
+    for c in &cells {
+        let id = c["id"].as_str().unwrap();
+        if want.len() < 2 && !want.contains(&id) {
+            want.push(id);
+        }
+    }
+    let mut got: Vec<&str> = with.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    for c in with {
+        let id = c["id"].as_str().unwrap();
+        let rel = c["gradcam"].as_str().unwrap();
+        assert_eq!(rel, format!("gradcam/{id}.png"));
+        let img = image::open(out.join(rel)).unwrap();
+        assert_eq!(
+            (img.width(), img.height()),
+            (allscan::explain::CELL_OVERLAY_SIDE, allscan::explain::CELL_OVERLAY_SIDE)
+        );
+        assert!(html.contains(&format!("data-gradcam=\"{id}\"><img alt=\"\" src=\"data:image/png;base64,")), "{id}");
+    }
+    let left: Vec<_> = std::fs::read_dir(out.join("gradcam")).unwrap().collect();
+    assert_eq!(left.len(), 2, "no temporary files left");
+}

@@ -130,6 +130,10 @@ pub struct SlideCell {
     /// [`crate::masks`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masks: Option<crate::masks::CellMasks>,
+    /// Grad-CAM overlay of this cell's view, a path relative to the report's folder
+    /// (`allscan report --gradcam K` writes `gradcam/<id>.png` for K cells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradcam: Option<String>,
     /// The reviewer's label, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewLabel>,
@@ -384,6 +388,7 @@ impl SlideReport {
                             call,
                             decides,
                             masks: c.masks.clone(),
+                            gradcam: None,
                             review: None,
                             status: SlideCell::status_of(call, decides, None),
                         }
@@ -496,6 +501,26 @@ impl SlideReport {
         self.counts = k;
     }
 
+    /// The `k` cells worth a Grad-CAM: the cells that drove the call ([`Self::decisive_cells`],
+    /// most suspicious first), then the other cells by suspicion, excluded ones included.
+    pub fn gradcam_cells(&self, k: usize) -> Vec<&SlideCell> {
+        let mut out: Vec<&SlideCell> = self.decisive_cells.iter().filter_map(|id| self.cell(id)).take(k).collect();
+        for c in self.by_suspicion() {
+            if out.len() >= k {
+                break;
+            }
+            if !out.iter().any(|o| o.id == c.id) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Mutable access to the cell with this id.
+    pub fn cell_mut(&mut self, id: &str) -> Option<&mut SlideCell> {
+        self.fields.iter_mut().flat_map(|f| f.cells.iter_mut()).find(|c| c.id == id)
+    }
+
     /// The slide's cells, most suspicious first (p(blast) descending, ties by id order).
     pub fn by_suspicion(&self) -> Vec<&SlideCell> {
         let mut v: Vec<&SlideCell> = self.cells().collect();
@@ -512,12 +537,20 @@ pub struct SlideImages {
     pub fields: BTreeMap<usize, String>,
     /// Cell id -> `data:` URL of its crop.
     pub cells: BTreeMap<String, String>,
+    /// Cell id -> `data:` URL of its Grad-CAM overlay (cells with [`SlideCell::gradcam`]).
+    pub gradcam: BTreeMap<String, String>,
 }
 
 /// Longest side of a field thumbnail in the HTML report.
 pub const THUMB_SIDE: u32 = 720;
 /// Longest side of a cell crop in the gallery.
 pub const CROP_SIDE: u32 = 96;
+
+/// `data:` URL of PNG bytes.
+pub fn png_data_url(png: &[u8]) -> String {
+    use base64::Engine as _;
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+}
 
 fn jpeg_data_url(img: &image::RgbImage) -> Option<String> {
     use base64::Engine as _;
@@ -613,7 +646,9 @@ rect.not_a_cell{stroke:#444;stroke-dasharray:4 3}rect.excluded{stroke:#9e9e9e;st
 .gallery{display:flex;flex-wrap:wrap;gap:6px}.cell{margin:0;border:3px solid #ccc;border-radius:4px;padding:2px;\
 font-size:.75rem;text-align:center;width:104px}.cell img{width:96px;height:96px;object-fit:contain;background:#f4f4f4}\
 .cell.blast{border-color:#ff1744}.cell.not_blast{border-color:#00c853}.cell.unsure{border-color:#ffab00}\
-.cell.not_a_cell{border-color:#444}.cell.excluded{border-color:#9e9e9e}.small{color:#555;font-size:.9rem}";
+.cell.not_a_cell{border-color:#444}.cell.excluded{border-color:#9e9e9e}.small{color:#555;font-size:.9rem}\
+.cam{margin:0;border:3px solid #ccc;border-radius:4px;padding:2px;font-size:.75rem;text-align:center}\
+.cam img{width:192px;height:192px;display:block}.cam.blast{border-color:#ff1744}.cam.not_blast{border-color:#00c853}";
 
 /// The self-contained HTML of a report: every figure is taken from `report` (never computed
 /// here), images from `images`. Numbers carry `data-k` attributes naming their JSON key.
@@ -681,6 +716,27 @@ pub fn render_html(report: &SlideReport, images: &SlideImages, title: &str) -> S
             }
         }
         let _ = write!(h, "</ol>");
+    }
+    let cams: Vec<&SlideCell> = report.cells().filter(|c| c.gradcam.is_some()).collect();
+    if !cams.is_empty() {
+        let _ = write!(
+            h,
+            "<h2>Grad-CAM of the most suspicious cells</h2><p class=small>Where the model looked for its call on \
+             each cell's view (red hot, blue cold); it explains the model, not the cell.</p><div class=gallery>"
+        );
+        let mut cams = cams;
+        cams.sort_by(|a, b| b.p_blast.total_cmp(&a.p_blast));
+        for c in cams {
+            let img = images.gradcam.get(&c.id).map_or(String::new(), |u| format!("<img alt=\"\" src=\"{u}\">"));
+            let _ = write!(
+                h,
+                "<figure class=\"cam {cls}\" data-gradcam=\"{id}\">{img}<figcaption>{id}<br>p {p:.3}</figcaption></figure>",
+                cls = status_class(c.status),
+                id = e(&c.id),
+                p = c.p_blast
+            );
+        }
+        let _ = write!(h, "</div>");
     }
     let _ = write!(h, "<h2>Cells by call, most suspicious first</h2>");
     let groups =
@@ -910,6 +966,27 @@ mod tests {
         assert_eq!(h.matches("<figure class=\"cell").count(), 5);
         assert_eq!(h.matches("data:image/jpeg;base64,").count(), 4);
         assert!(h.contains("data-v=\"flagged\""));
+    }
+
+    #[test]
+    fn gradcam_goes_to_the_decisive_cells_first_and_shows_in_the_html() {
+        let mut r = report();
+        let ids = |v: Vec<&SlideCell>| v.into_iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        // Decisive: f0-c0 (0.9), f1-c1 (0.7); then by suspicion the excluded 0.95 and 0.2.
+        assert_eq!(ids(r.gradcam_cells(1)), ["f0-c0"]);
+        assert_eq!(ids(r.gradcam_cells(3)), ["f0-c0", "f1-c1", "f0-c2"]);
+        assert_eq!(r.gradcam_cells(99).len(), 5);
+        assert!(r.gradcam_cells(0).is_empty());
+        r.cell_mut("f1-c1").unwrap().gradcam = Some("gradcam/f1-c1.png".into());
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["fields"][1]["cells"][1]["gradcam"], "gradcam/f1-c1.png");
+        assert!(j["fields"][1]["cells"][0].get("gradcam").is_none());
+        let mut images = SlideImages::default();
+        images.gradcam.insert("f1-c1".into(), png_data_url(b"\x89PNG"));
+        let h = render_html(&r, &images, "slide");
+        assert_eq!(h.matches("data-gradcam=").count(), 1);
+        assert!(h.contains("data-gradcam=\"f1-c1\"><img alt=\"\" src=\"data:image/png;base64,iVBORw==\">"));
+        assert!(!render_html(&report(), &images, "slide").contains("data-gradcam="));
     }
 
     #[test]

@@ -7,13 +7,19 @@
 //! slide model and its HTML in `allscan::slide`. Both files are written atomically. Fields
 //! that fail are listed in the report and on stderr, the others are still reported, and the
 //! exit code is 1 when any failed. `--review` applies a reviewer's corrections (a review file,
-//! or a slide exported from the web page) before counting.
+//! or a slide exported from the web page) before counting. `--gradcam K` (default 0, off)
+//! then explains the K cells that drove the call (most suspicious first, then the others by
+//! suspicion): `DIR/gradcam/<cell id>.png`, named in the cell's `gradcam` in slide.json and
+//! embedded in slide.html; those fields are decoded a second time, the others are not.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use allscan::explain::{explain_cells, png_bytes};
 use allscan::fsutil::write_atomic;
-use allscan::slide::{render_html, FailedField, Review, SlideImages, SlideReport, SlideRule, DEFAULT_BLAST_FRACTION};
+use allscan::slide::{
+    png_data_url, render_html, FailedField, Review, SlideImages, SlideReport, SlideRule, DEFAULT_BLAST_FRACTION,
+};
 use allscan_preprocess::decode_file;
 use anyhow::Context;
 use image::RgbImage;
@@ -47,6 +53,68 @@ pub struct ReportArgs {
     /// {cell id: label}}`) or a slide JSON exported from the web page.
     #[arg(long, value_name = "JSON")]
     pub review: Option<PathBuf>,
+    /// Write Grad-CAM overlays of this many cells, those that drove the call first (0: none).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub gradcam: usize,
+}
+
+/// Explains the report's `k` most telling cells ([`SlideReport::gradcam_cells`]): each field
+/// holding one is decoded again, its cells explained together, the overlays written to
+/// `out/gradcam/<id>.png` and embedded in `images`. A field that fails is named on stderr and
+/// its cells keep no overlay; returns how many overlays were written.
+fn write_gradcams(
+    report: &mut SlideReport,
+    images: &mut SlideImages,
+    predictor: &allscan::infer::Predictor,
+    paths: &[PathBuf],
+    k: usize,
+    out: &Path,
+) -> anyhow::Result<usize> {
+    let mut by_field: std::collections::BTreeMap<usize, Vec<(usize, String)>> = Default::default();
+    for c in report.gradcam_cells(k) {
+        let field = &report.fields[c.field];
+        if let Some(i) = field.cells.iter().position(|x| x.id == c.id) {
+            by_field.entry(c.field).or_default().push((i, c.id.clone()));
+        }
+    }
+    if by_field.is_empty() {
+        return Ok(0);
+    }
+    let dir = out.join("gradcam");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let limits = predictor.preprocess().decode;
+    let mut written = 0;
+    for (f, cells) in by_field {
+        let name = report.fields[f].name.clone();
+        let Some(path) = paths.get(f) else { continue };
+        let img = match decode_file(path, &limits) {
+            Ok(img) => img,
+            Err(e) => {
+                eprintln!("  Grad-CAM skipped for {name}: {}", e.reason());
+                continue;
+            }
+        };
+        let idx: Vec<usize> = cells.iter().map(|(i, _)| *i).collect();
+        let explained = match explain_cells(predictor, &img, &idx) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("  Grad-CAM skipped for {name}: {e}");
+                continue;
+            }
+        };
+        for ((_, id), e) in cells.iter().zip(explained) {
+            let png = png_bytes(&e.overlay(&img)).with_context(|| format!("encoding the Grad-CAM of {id}"))?;
+            let rel = format!("gradcam/{id}.png");
+            let file = out.join(&rel);
+            write_atomic(&file, &png).with_context(|| format!("writing {}", file.display()))?;
+            images.gradcam.insert(id.clone(), png_data_url(&png));
+            if let Some(c) = report.cell_mut(id) {
+                c.gradcam = Some(rel);
+            }
+            written += 1;
+        }
+    }
+    Ok(written)
 }
 
 /// Reads a review file, or the per-cell reviews of an exported slide.
@@ -103,18 +171,20 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     );
     // Thumbnails and crops are cut per batch, so only one batch of fields is decoded at a time.
     let mut fields = Vec::with_capacity(files.len());
+    // The file of each reported field, for --gradcam.
+    let mut paths: Vec<PathBuf> = Vec::with_capacity(files.len());
     let mut images = SlideImages::default();
     for chunk in files.chunks(args.batch) {
-        let mut decoded: Vec<(String, RgbImage)> = Vec::with_capacity(chunk.len());
+        let mut decoded: Vec<(String, RgbImage, &PathBuf)> = Vec::with_capacity(chunk.len());
         for path in chunk {
             match decode_file(path, &limits) {
-                Ok(img) => decoded.push((field_name(&args.slide, path), img)),
+                Ok(img) => decoded.push((field_name(&args.slide, path), img, path)),
                 Err(e) => failed.push(FailedField { name: field_name(&args.slide, path), reason: e.reason() }),
             }
         }
-        let refs: Vec<&RgbImage> = decoded.iter().map(|(_, i)| i).collect();
+        let refs: Vec<&RgbImage> = decoded.iter().map(|(_, i, _)| i).collect();
         let preds = predictor.predict_fields(&refs);
-        for ((name, img), pred) in decoded.iter().zip(preds) {
+        for ((name, img, path), pred) in decoded.iter().zip(preds) {
             match pred {
                 Ok(p) => {
                     // The field's cells as the report will hold them, to cut their crops now.
@@ -125,6 +195,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                         images.add_field(index, f, img);
                     }
                     fields.push((name.clone(), p));
+                    paths.push(path.to_path_buf());
                 }
                 Err(e) => failed.push(FailedField { name: name.clone(), reason: e.to_string() }),
             }
@@ -139,13 +210,14 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
             .apply(r)
             .with_context(|| format!("applying {}", args.review.as_deref().unwrap_or(Path::new("")).display()))?;
     }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let cams = write_gradcams(&mut report, &mut images, &predictor, &paths, args.gradcam, &args.out)?;
     let title = format!(
         "allscan slide report: {}",
         args.slide.file_name().map_or_else(|| args.slide.display().to_string(), |n| n.to_string_lossy().into_owned())
     );
     let json = serde_json::to_vec_pretty(&report).context("serialising the slide report")?;
     let html = render_html(&report, &images, &title);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let (jp, hp) = (args.out.join("slide.json"), args.out.join("slide.html"));
     write_atomic(&jp, &json).with_context(|| format!("writing {}", jp.display()))?;
     write_atomic(&hp, html.as_bytes()).with_context(|| format!("writing {}", hp.display()))?;
@@ -162,6 +234,9 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         allscan::slide::call_text(report.call)
     );
     println!("wrote {} and {}", jp.display(), hp.display());
+    if args.gradcam > 0 {
+        println!("wrote {cams} Grad-CAM overlay(s) to {}", args.out.join("gradcam").display());
+    }
     println!("{}", allscan::slide::NOTICE);
     if report.failed.is_empty() {
         Ok(ExitCode::SUCCESS)
