@@ -72,9 +72,25 @@ pub enum TrainError {
     /// The model could not be built.
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// Starting weights could not be loaded.
+    /// The ImageNet starting weights could not be fetched or imported.
     #[error("starting weights: {0}")]
-    Weights(String),
+    Weights(#[from] crate::weights::WeightsError),
+    /// A starting-weights file could not be read into the backbone.
+    #[error("starting weights {path}: {source}")]
+    WeightsFile {
+        /// The file given.
+        path: PathBuf,
+        /// Why it could not be loaded (boxed: it carries key lists).
+        source: Box<densenet_burn::DenseNetError>,
+    },
+    /// A checkpoint part of an interrupted run could not be read back to resume it.
+    #[error("resuming from {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What Burn reported.
+        reason: String,
+    },
     /// The device is not available.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -516,7 +532,6 @@ fn has_files(dir: &Path) -> bool {
 /// The model at the start of the run: starting weights or a seeded random init.
 fn initial_model(cfg: &RunConfig, device: &Device) -> Result<LeukemiaClassifier, TrainError> {
     device.seed(crate::data::batcher::mix(&[cfg.seed, 0xD1CE]));
-    let werr = |e: String| TrainError::Weights(e);
     match &cfg.weights {
         WeightsSource::None => Ok(cfg.model.init(device)?),
         WeightsSource::Imagenet => {
@@ -524,9 +539,9 @@ fn initial_model(cfg: &RunConfig, device: &Device) -> Result<LeukemiaClassifier,
                 .model
                 .backbone
                 .variant()
-                .ok_or_else(|| werr("ImageNet weights exist only for torchvision variants".into()))?;
-            let dir = crate::weights::cache_dir().map_err(|e| werr(e.to_string()))?;
-            let backbone = crate::weights::load_backbone(&dir, variant, device).map_err(|e| werr(e.to_string()))?;
+                .ok_or_else(|| TrainError::Config("ImageNet weights exist only for torchvision variants".into()))?;
+            let dir = crate::weights::cache_dir()?;
+            let backbone = crate::weights::load_backbone(&dir, variant, device)?;
             Ok(cfg.model.init_with_backbone(backbone, device)?)
         }
         WeightsSource::Path(p) => {
@@ -537,13 +552,12 @@ fn initial_model(cfg: &RunConfig, device: &Device) -> Result<LeukemiaClassifier,
             } else {
                 densenet_burn::weights::load_burnpack(&dn, path, device)
             }
-            .map_err(|e| werr(format!("{p}: {e}")))?;
+            .map_err(|e| TrainError::WeightsFile { path: path.to_path_buf(), source: Box::new(e) })?;
             Ok(cfg.model.init_with_backbone(backbone, device)?)
         }
     }
 }
 
-/// Loads checkpointed weights into a fresh model.
 fn load_weights(cfg: &RunConfig, path: &Path, device: &Device) -> Result<LeukemiaClassifier, TrainError> {
     let model = cfg.model.init(device)?;
     model.try_load_file(path).map_err(|e| {
@@ -651,7 +665,9 @@ fn run(
         let mut optim = stage::optimizer(s1, &cfg.train);
         if st.stage == 1 {
             if let Some(path) = checkpoint::optim_path(out, &st) {
-                optim = optim.load(&path).map_err(|e| TrainError::Internal(format!("{}: {e}", path.display())))?;
+                optim = optim
+                    .load(&path)
+                    .map_err(|e| TrainError::Checkpoint { path: path.clone(), reason: e.to_string() })?;
             }
         }
         if st.stage == 0 {
@@ -699,7 +715,9 @@ fn run(
         let mut optim = stage::optimizer(s2, &cfg.train);
         if st.epoch > 0 {
             if let Some(path) = checkpoint::optim_path(out, &st) {
-                optim = optim.load(&path).map_err(|e| TrainError::Internal(format!("{}: {e}", path.display())))?;
+                optim = optim
+                    .load(&path)
+                    .map_err(|e| TrainError::Checkpoint { path: path.clone(), reason: e.to_string() })?;
             }
         }
         model = mk(2, s2, cfg, p, &class_weights, plan.num_targets, (&ad, &infer), &meta, out, req.progress)

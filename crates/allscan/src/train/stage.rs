@@ -381,16 +381,14 @@ impl StageRun<'_> {
             (false, _) => None,
             (true, 0) => Some(WeightAverage::new(&model, self.train.ema_decay, 0)),
             (true, _) => {
-                let path = checkpoint::average_path(self.run_dir, state).ok_or_else(|| {
-                    TrainError::Internal(format!(
-                        "the checkpoint in {} has no weight average to resume",
-                        checkpoint::dir(self.run_dir).display()
-                    ))
+                let path = checkpoint::average_path(self.run_dir, state).ok_or_else(|| TrainError::Checkpoint {
+                    path: checkpoint::dir(self.run_dir),
+                    reason: "the checkpoint has no weight average to resume".into(),
                 })?;
                 let saved = model
                     .valid()
                     .try_load_file(&path)
-                    .map_err(|e| TrainError::Internal(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| TrainError::Checkpoint { path: path.clone(), reason: e.to_string() })?;
                 Some(WeightAverage::new(&saved, self.train.ema_decay, state.average_updates))
             }
         };
