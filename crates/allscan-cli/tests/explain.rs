@@ -2,7 +2,7 @@
 
 mod common;
 
-use allscan::train::config::TaskKind;
+use allscan::config::TaskKind;
 use common::{allscan, stderr, stdout};
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use allscan::train::config::TaskKind;
+use allscan::config::TaskKind;
 use common::{allscan, stderr, stdout};
 
 fn write_fields(dir: &std::path::Path, n: usize) {

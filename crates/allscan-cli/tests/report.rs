@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use allscan::train::config::TaskKind;
+use allscan::config::TaskKind;
 use common::{allscan, stderr, stdout};
 use serde_json::Value;
 

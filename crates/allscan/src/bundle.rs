@@ -48,11 +48,11 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::{Profile, TaskKind, TrainConfig, WeightsSource};
 use crate::data::SplitConfig;
 use crate::fsutil::write_atomic;
 use crate::model::{ClassifierConfig, LeukemiaClassifier, ModelError, Task};
 use crate::params::path_param_id;
-use crate::train::config::{Profile, TaskKind, TrainConfig, WeightsSource};
 
 /// Format tag of `config.json` and `metadata.json`.
 pub const BUNDLE_FORMAT: &str = "allscan-run-v1";
@@ -595,7 +595,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<String, Bundle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::config::Profile;
+    use crate::config::Profile;
 
     fn sample(task: TaskKind) -> (RunConfig, BundleMetadata) {
         let d = Profile::Cpu.defaults(task, 4);

@@ -646,8 +646,8 @@ pub mod testing {
     use burn::tensor::Device;
 
     use crate::bundle::{BundleError, BundleMetadata, DataConfig, RunBundle, RunConfig, Versions, BUNDLE_FORMAT};
+    use crate::config::{Profile, TaskKind, WeightsSource};
     use crate::data::SplitConfig;
-    use crate::train::config::{Profile, TaskKind, WeightsSource};
 
     /// Writes a run bundle with a tiny random-weight DenseNet (growth 4, blocks [2, 2],
     /// 64-pixel inputs, one crop per nucleus) into `dir`: the bundle format and the whole
@@ -782,7 +782,7 @@ pub(crate) mod tests {
 
     #[test]
     fn random_bundles_load_into_predictors() {
-        use crate::train::config::TaskKind;
+        use crate::config::TaskKind;
         for task in [TaskKind::Binary, TaskKind::Subtype] {
             let dir = tempfile::tempdir().unwrap();
             let b = testing::write_random_bundle(dir.path(), task).unwrap();
@@ -795,7 +795,7 @@ pub(crate) mod tests {
 
     #[test]
     fn adapt_reestimates_batchnorm_on_the_images_to_predict() {
-        use crate::train::config::TaskKind;
+        use crate::config::TaskKind;
         let dir = tempfile::tempdir().unwrap();
         let b = testing::write_random_bundle(dir.path(), TaskKind::Binary).unwrap();
         let bundle = crate::bundle::RunBundle::open(&b.dir).unwrap();

@@ -5,6 +5,7 @@
 //! 2. [`data`]: image files -> index, layouts, split, augmentation, batches (preprocessing is
 //!    the crate `allscan-preprocess`);
 //! 3. [`params`], [`weights`], [`model`]: the DenseNet backbone + head and its weights;
+//!    then [`config`]: the config tree's training part and the profiles that fill it;
 //! 4. [`bundle`]: a trained run on disk;
 //! 5. [`adapt`], [`infer`], [`predictions`]: a decoded field -> cells -> calls;
 //! 6. [`explain`], then [`eval`], then [`train`] (which reports through `eval`);
@@ -23,11 +24,13 @@ pub mod model;
 pub mod params;
 pub mod weights;
 
+pub mod config;
+
 pub mod bundle;
 
 pub mod adapt;
-pub mod masks;
 pub mod infer;
+pub mod masks;
 pub mod predictions;
 
 pub mod eval;

@@ -11,7 +11,6 @@
 pub mod average;
 pub mod cache;
 pub mod checkpoint;
-pub mod config;
 pub mod dataset;
 pub mod progress;
 pub mod stage;
@@ -24,9 +23,9 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-pub use config::{
-    parse_unfreeze, Balance, Profile, ProfileDefaults, Schedule, SelectOn, StageConfig, TaskKind, TrainConfig,
-    Unfrozen, WeightsSource,
+pub use crate::config::{
+    parse_unfreeze, Balance, ConfigError, Profile, ProfileDefaults, Schedule, SelectOn, StageConfig, TaskKind,
+    TrainConfig, Unfrozen, WeightsSource,
 };
 
 use crate::bundle::{
@@ -45,8 +44,8 @@ use stage::{evaluate, Inputs, StageRun};
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// Settings that cannot train.
-    #[error("invalid training settings: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The dataset cannot train this task (empty class, missing labels, ...).
     #[error("{path}: {reason}")]
     Dataset {
@@ -316,7 +315,7 @@ pub fn apply_overrides(
     preprocess: PreprocessConfig,
     train: TrainConfig,
 ) -> Result<(ClassifierConfig, PreprocessConfig, TrainConfig), TrainError> {
-    let bad = |o: &str, why: String| TrainError::Config(format!("--set {o}: {why}"));
+    let bad = |o: &str, why: String| TrainError::Config(ConfigError(format!("--set {o}: {why}")));
     let mut tree = serde_json::json!({ "model": model, "preprocess": preprocess, "train": train });
     for o in overrides {
         let (key, value) = o.split_once('=').ok_or_else(|| bad(o, "expected KEY=VALUE".into()))?;
@@ -334,7 +333,9 @@ pub fn apply_overrides(
         *node = value;
     }
     let part = |name: &str| tree.get(name).cloned().unwrap_or_default();
-    let err = |e: serde_json::Error| TrainError::Config(format!("--set: the changed config does not read back: {e}"));
+    let err = |e: serde_json::Error| {
+        TrainError::Config(ConfigError(format!("--set: the changed config does not read back: {e}")))
+    };
     Ok((
         serde_json::from_value(part("model")).map_err(err)?,
         serde_json::from_value(part("preprocess")).map_err(err)?,
@@ -400,16 +401,16 @@ fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
         if let Some(v) = model.backbone.variant() {
             model.backbone = BackboneConfig::Torchvision { variant: v };
         } else {
-            return Err(TrainError::Config(
+            return Err(TrainError::Config(ConfigError(
                 "--weights imagenet needs a torchvision backbone; the cpu profile's slim DenseNet trains from scratch"
                     .into(),
-            ));
+            )));
         }
     }
     train.validate()?;
     model.validate()?;
     if preprocess.input_size < 32 {
-        return Err(TrainError::Config(format!("input size {} is below 32 px", preprocess.input_size)));
+        return Err(TrainError::Config(ConfigError(format!("input size {} is below 32 px", preprocess.input_size))));
     }
     parse_unfreeze(&train.stage2.unfreeze, model.backbone.densenet().block_config.len())?;
     let split_cfg = req.split_config.unwrap_or(SplitConfig { seed: req.seed, ..SplitConfig::default() });
@@ -535,11 +536,9 @@ fn initial_model(cfg: &RunConfig, device: &Device) -> Result<LeukemiaClassifier,
     match &cfg.weights {
         WeightsSource::None => Ok(cfg.model.init(device)?),
         WeightsSource::Imagenet => {
-            let variant = cfg
-                .model
-                .backbone
-                .variant()
-                .ok_or_else(|| TrainError::Config("ImageNet weights exist only for torchvision variants".into()))?;
+            let variant = cfg.model.backbone.variant().ok_or_else(|| {
+                TrainError::Config(ConfigError("ImageNet weights exist only for torchvision variants".into()))
+            })?;
             let dir = crate::weights::cache_dir()?;
             let backbone = crate::weights::load_backbone(&dir, variant, device)?;
             Ok(cfg.model.init_with_backbone(backbone, device)?)

@@ -15,10 +15,10 @@ use rand_chacha::ChaCha8Rng;
 use super::average::WeightAverage;
 use super::cache::FeatureCache;
 use super::checkpoint::{self, EpochRow, TrainState};
-use super::config::{Balance, Schedule, SelectOn, StageConfig, TrainConfig};
 use super::dataset::Sample;
 use super::{RunLog, TrainError};
 use crate::bundle::{BestEpoch, BundleMetadata};
+use crate::config::{Balance, Schedule, SelectOn, StageConfig, TrainConfig};
 use crate::data::batcher::{
     activations_tensor, balanced_order, batches, images_tensor, mix, rows_tensor, shuffled_order, source_class_order,
 };

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::data::augment::AugmentConfig;
 use crate::model::{BackboneConfig, ClassifierConfig, Task, TestViews};
 
-use super::TrainError;
+/// Settings that cannot train (or an unknown name of a profile, task or weights source).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid training settings: {0}")]
+pub struct ConfigError(pub String);
 
 /// A named set of defaults for the whole run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,14 +59,14 @@ impl Profile {
 }
 
 impl std::str::FromStr for Profile {
-    type Err = TrainError;
+    type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "cpu" => Ok(Self::Cpu),
             "paper" => Ok(Self::Paper),
             "cell" => Ok(Self::Cell),
             "seed-code" => Ok(Self::SeedCode),
-            other => Err(TrainError::Config(format!("unknown profile `{other}` (cpu, paper, seed-code or cell)"))),
+            other => Err(ConfigError(format!("unknown profile `{other}` (cpu, paper, seed-code or cell)"))),
         }
     }
 }
@@ -100,12 +103,12 @@ impl TaskKind {
 }
 
 impl std::str::FromStr for TaskKind {
-    type Err = TrainError;
+    type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "binary" => Ok(Self::Binary),
             "subtype" | "subtypes" => Ok(Self::Subtype),
-            other => Err(TrainError::Config(format!("unknown task `{other}` (binary or subtype)"))),
+            other => Err(ConfigError(format!("unknown task `{other}` (binary or subtype)"))),
         }
     }
 }
@@ -123,7 +126,7 @@ pub enum WeightsSource {
 }
 
 impl std::str::FromStr for WeightsSource {
-    type Err = TrainError;
+    type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "imagenet" => Self::Imagenet,
@@ -535,8 +538,8 @@ pub enum Unfrozen {
 /// Parses an `--unfreeze` list (`denseblock4,norm5`, `transition3,denseblock4,norm5`, `all`)
 /// for a backbone with `num_blocks` dense blocks. The frozen part must be a prefix: everything
 /// from the first named part on trains.
-pub fn parse_unfreeze(names: &[String], num_blocks: usize) -> Result<Unfrozen, TrainError> {
-    let bad = |reason: String| Err(TrainError::Config(format!("--unfreeze {}: {reason}", names.join(","))));
+pub fn parse_unfreeze(names: &[String], num_blocks: usize) -> Result<Unfrozen, ConfigError> {
+    let bad = |reason: String| Err(ConfigError(format!("--unfreeze {}: {reason}", names.join(","))));
     if names.is_empty() {
         return bad("name at least one part (e.g. denseblock4,norm5 or all)".into());
     }
@@ -568,8 +571,8 @@ pub fn parse_unfreeze(names: &[String], num_blocks: usize) -> Result<Unfrozen, T
 
 impl TrainConfig {
     /// Rejects settings that cannot train.
-    pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |s: String| Err(TrainError::Config(s));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError(s));
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             return bad("batch sizes must be > 0".into());
         }
