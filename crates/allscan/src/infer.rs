@@ -54,6 +54,9 @@ pub enum InferError {
     /// The run bundle could not be loaded.
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
+    /// The preprocessing refused the field or its settings.
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
     /// Burn returned data in an unexpected form.
     #[error("model output could not be read: {0}")]
     Output(String),
@@ -420,13 +423,13 @@ impl Predictor {
         // `cell` mode goes through `prepare_cells` itself (what `prepare_views` does for it,
         // after the same validation) to keep the finder's labels, from which the masks are encoded.
         let (v, masks) = if pre.mode == allscan_preprocess::SegmentMode::Cell {
-            pre.validate().map_err(InferError::InvalidConfig)?;
+            pre.validate().map_err(PreprocessError::InvalidConfig)?;
             let (v, found) = allscan_preprocess::prepare_cells(field, pre);
             (v, crate::masks::cell_masks(&found))
         } else {
             let v = prepare_views(field, pre).map_err(|e| match e {
                 PreprocessError::NoNucleus { width, height } => InferError::NoNucleus { width, height },
-                other => InferError::InvalidConfig(other.to_string()),
+                other => InferError::Preprocess(other),
             })?;
             (v, Vec::new())
         };
