@@ -1,7 +1,7 @@
 //! allscan: Acute Lymphoblastic Leukemia detection in peripheral blood smear images.
 //!
 //! Modules in data-flow order; each uses only modules above it (checked by `tests/layers.rs`):
-//! 1. [`fsutil`], [`device`], [`synth`] (synthetic smears for the demo and the tests);
+//! 1. [`fsutil`], [`device`], [`progress`], [`synth`] (synthetic smears for the demo and the tests);
 //! 2. [`data`]: image files -> index, layouts, split, augmentation, batches (preprocessing is
 //!    the crate `allscan-preprocess`);
 //! 3. [`params`], [`weights`], [`model`]: the DenseNet backbone + head and its weights;
@@ -16,6 +16,7 @@
 
 pub mod device;
 pub mod fsutil;
+pub mod progress;
 pub mod synth;
 
 pub mod data;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 const ORDER: &[&str] = &[
     "fsutil",
     "device",
+    "progress",
     "synth",
     "data",
     "params",

@@ -31,11 +31,7 @@ pub struct DemoDataArgs {
 pub fn run(args: DemoDataArgs) -> anyhow::Result<ExitCode> {
     let cfg = SynthConfig { per_class: args.n, seed: args.seed, size: args.size };
     let total = (cfg.per_class * synth::CLASSES.len()) as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("drawing fields {bar:30} {pos}/{len} ({eta} left)")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = allscan::progress::bar(total, "drawing fields", true);
     let start = std::time::Instant::now();
     let summary = synth::generate_with_progress(&args.out, &cfg, |done, _| bar.set_position(done as u64))
         .with_context(|| format!("cannot write a synthetic set to {}", args.out.display()));

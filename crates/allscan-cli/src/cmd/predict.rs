@@ -193,15 +193,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     } else {
         predictor
     };
-    let bar = if files.len() >= 32 {
-        indicatif::ProgressBar::new(files.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = allscan::progress::bar(files.len() as u64, "images", files.len() >= 32);
     let mut rows = Vec::with_capacity(files.len());
     for chunk in files.chunks(args.batch.max(1)) {
         let mut decoded: Vec<(&PathBuf, RgbImage)> = Vec::with_capacity(chunk.len());

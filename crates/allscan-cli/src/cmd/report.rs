@@ -164,11 +164,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no image file found in {}", args.slide.display());
     }
     let limits = predictor.preprocess().decode;
-    let bar = indicatif::ProgressBar::new(files.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} fields, {per_sec}, eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = allscan::progress::bar(files.len() as u64, "fields", true);
     // Thumbnails and crops are cut per batch, so only one batch of fields is decoded at a time.
     let mut fields = Vec::with_capacity(files.len());
     // The file of each reported field, for --gradcam.

@@ -9,7 +9,6 @@
 //! Glue only: every image operation is in `allscan_preprocess`.
 
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -85,16 +84,7 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&config_path, serde_json::to_string_pretty(&cfg)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
 
-    let bar = if std::io::stderr().is_terminal() && files.len() > 1 {
-        let bar = indicatif::ProgressBar::new(files.len() as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} fields, {per_sec}, eta {eta}")
-        {
-            bar.set_style(style);
-        }
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = allscan::progress::bar(files.len() as u64, "fields", files.len() > 1);
     if cfg.mode == SegmentMode::Cell {
         return segment_cells(&files, &skipped, &root, &args, &cfg, &bar);
     }

@@ -398,15 +398,7 @@ fn read_all(
     limits: &DecodeLimits,
     progress: bool,
 ) -> (Vec<ImageRecord>, Vec<BadFile>) {
-    let bar = if progress {
-        indicatif::ProgressBar::new(candidates.len() as u64).with_style(
-            indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed_precise} < {eta}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_message("reading images");
+    let bar = crate::progress::bar(candidates.len() as u64, "reading images", progress);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Result<ImageRecord, BadFile>>> = Mutex::new(Vec::with_capacity(candidates.len()));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);

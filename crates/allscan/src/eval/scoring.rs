@@ -88,7 +88,7 @@ pub fn score_fields(
     progress: bool,
 ) -> (Vec<ScoredImage>, Vec<FieldPrediction>, Vec<(String, String)>) {
     let mut fps = Vec::with_capacity(indices.len());
-    let bar = progress_bar(indices.len() as u64, progress, "scoring");
+    let bar = crate::progress::bar(indices.len() as u64, "scoring", progress);
     let limits = &predictor.preprocess().decode;
     let mut out = Vec::with_capacity(indices.len());
     let mut skipped = Vec::new();
@@ -118,18 +118,6 @@ pub fn score_fields(
     }
     bar.finish_and_clear();
     (out, fps, skipped)
-}
-
-fn progress_bar(len: u64, show: bool, what: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} ({eta})") {
-        bar.set_style(style);
-    }
-    bar.set_message(what.to_string());
-    bar
 }
 
 /// Bootstrap groups: patient ids where any image has one (an image without one is its own

@@ -73,7 +73,7 @@ pub fn prepare(
     let parts = [Part::Train, Part::Val, Part::Test];
     let jobs: Vec<(Part, usize)> =
         parts.iter().flat_map(|&p| split.select(index, p, None).into_iter().map(move |i| (p, i))).collect();
-    let bar = crate::train::progress::bar(jobs.len() as u64, "preprocessing", progress);
+    let bar = crate::progress::bar(jobs.len() as u64, "preprocessing", progress);
     let threads = crate::device::cpu_threads().max(1);
     let chunk = jobs.len().div_ceil(threads).max(1);
     // Per thread: (part, the sample or (path, why it could not be read)).

@@ -12,7 +12,6 @@ pub mod average;
 pub mod cache;
 pub mod checkpoint;
 pub mod dataset;
-pub mod progress;
 pub mod stage;
 
 use std::collections::BTreeMap;
@@ -795,7 +794,7 @@ fn build_cache(
     frozen: &dyn Fn(Tensor<4>) -> (Vec<f32>, Vec<usize>),
 ) -> Result<cache::FeatureCache, TrainError> {
     let key = cache_key(valid, cfg, what)?;
-    let bar = progress::bar((p.train.len() + p.val.len()) as u64, "caching", show_progress);
+    let bar = crate::progress::bar((p.train.len() + p.val.len()) as u64, "caching", show_progress);
     let cache =
         cache::FeatureCache::build(&[&p.train, &p.val], cfg.train.eval_batch_size, norm, infer, key, frozen, &|n| {
             bar.inc(n as u64)

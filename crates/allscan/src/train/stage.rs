@@ -408,7 +408,7 @@ impl StageRun<'_> {
                 Balance::SourceClass => source_class_order(&targets, &sources, self.num_targets, draws, &mut rng),
                 _ => shuffled_order(n, &mut rng),
             };
-            let bar = super::progress::bar(
+            let bar = crate::progress::bar(
                 steps_per_epoch as u64,
                 &format!("stage {} ep {}/{}", self.stage, epoch + 1, self.cfg.epochs),
                 self.progress,

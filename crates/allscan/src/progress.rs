@@ -1,5 +1,6 @@
-//! Progress display for long training work: indicatif bars on stderr, hidden when stderr is not
-//! a terminal (logs and CI stay clean) or when the caller asks for quiet.
+//! Progress display for long work (indexing, preprocessing, training, scoring, the CLI's
+//! loops): one indicatif bar style on stderr, hidden when stderr is not a terminal (logs and CI
+//! stay clean) or when the caller asks for quiet.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
