@@ -32,6 +32,10 @@ fn a_wrong_profile_is_refused_with_the_list_of_profiles() {
     }
     let r = allscan(tmp.path(), &["eval", "run", "data", "--part", "holdout"]);
     assert!(stderr(&r).contains("[possible values: test, val, train]"), "{}", stderr(&r));
+    let r = allscan(tmp.path(), &["probe", "run", "data", "--part", "holdout"]);
+    assert!(stderr(&r).contains("[possible values: test, val, train]"), "{}", stderr(&r));
+    let r = allscan(tmp.path(), &["probe", "run", "data", "--class", "blasts"]);
+    assert!(stderr(&r).contains("[possible values: healthy, leukemia, all]"), "{}", stderr(&r));
     // --help lists the values with their meaning.
     let r = allscan(tmp.path(), &["train", "--help"]);
     let help = stdout(&r);

@@ -10,6 +10,18 @@ use allscan::data::{BinaryLabel, DatasetIndex, IndexOptions, Part, SplitFile};
 use anyhow::Context;
 
 use super::predict::load_predictor;
+use crate::choices::PartArg;
+
+/// Which labelled images `allscan probe` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeClass {
+    /// Normal cells only.
+    Healthy,
+    /// Blasts only.
+    Leukemia,
+    /// Every labelled image.
+    All,
+}
 
 /// Options of `allscan probe`.
 #[derive(Debug, clap::Args)]
@@ -21,13 +33,13 @@ pub struct ProbeArgs {
     /// Split file for DATA: only its --part is probed (default: every image).
     #[arg(long)]
     pub split: Option<PathBuf>,
-    /// Part of the split to probe: test, val or train.
-    #[arg(long, default_value = "test")]
-    pub part: String,
+    /// Part of the split to probe.
+    #[arg(long, value_enum, default_value_t = PartArg::Test)]
+    pub part: PartArg,
     /// Which images: healthy (normal cells of every source, the default: across classes the
     /// sources differ in class too), leukemia, or all.
-    #[arg(long, default_value = "healthy")]
-    pub class: String,
+    #[arg(long, value_enum, default_value_t = ProbeClass::Healthy)]
+    pub class: ProbeClass,
     /// Images per source at most.
     #[arg(long, default_value_t = 300)]
     pub max_per_source: usize,
@@ -49,16 +61,14 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let mut idx: Vec<usize> = match &args.split {
         Some(p) => {
             let split = SplitFile::load(p, &index)?;
-            let part: Part = args.part.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            split.select(&index, part, None)
+            split.select(&index, Part::from(args.part), None)
         }
         None => (0..index.images.len()).collect(),
     };
-    let want = match args.class.as_str() {
-        "healthy" => Some(BinaryLabel::Healthy),
-        "leukemia" => Some(BinaryLabel::Leukemia),
-        "all" => None,
-        other => anyhow::bail!("--class {other}: expected healthy, leukemia or all"),
+    let want = match args.class {
+        ProbeClass::Healthy => Some(BinaryLabel::Healthy),
+        ProbeClass::Leukemia => Some(BinaryLabel::Leukemia),
+        ProbeClass::All => None,
     };
     if let Some(w) = want {
         idx.retain(|&i| index.images[i].label == Some(w));
