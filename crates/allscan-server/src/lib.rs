@@ -706,6 +706,18 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
     }
 }
 
+/// Between steps of a request's work: `Err(Timeout)` once the request was cancelled (nobody
+/// reads the answer then; the error only ends the work early).
+fn cancel_check<'a>(state: &'a AppState, cancelled: &'a AtomicBool) -> impl Fn() -> Result<(), AppError> + 'a {
+    move || {
+        if cancelled.load(Ordering::Relaxed) {
+            Err(AppError::Timeout(state.inner.config.request_timeout.as_secs()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Decodes every file (any failure rejects the request, naming the file), then predicts.
 fn run_prediction(
     state: &AppState,
@@ -713,14 +725,7 @@ fn run_prediction(
     overlay: bool,
     cancelled: &AtomicBool,
 ) -> Result<Vec<ImageResult>, AppError> {
-    // Nobody reads the answer once cancelled; the error only ends the work early.
-    let check = || {
-        if cancelled.load(Ordering::Relaxed) {
-            Err(AppError::Timeout(state.inner.config.request_timeout.as_secs()))
-        } else {
-            Ok(())
-        }
-    };
+    let check = cancel_check(state, cancelled);
     let predictor = &state.inner.predictor;
     let decoded = decode_all(state, files, &check)?;
     if overlay {
@@ -781,13 +786,7 @@ fn run_explain_cell(
     cell: usize,
     cancelled: &AtomicBool,
 ) -> Result<CellExplainResponse, AppError> {
-    let check = || {
-        if cancelled.load(Ordering::Relaxed) {
-            Err(AppError::Timeout(state.inner.config.request_timeout.as_secs()))
-        } else {
-            Ok(())
-        }
-    };
+    let check = cancel_check(state, cancelled);
     if files.len() != 1 {
         return Err(AppError::BadRequest(format!("send exactly one `file` (the field), got {}", files.len())));
     }
@@ -811,7 +810,7 @@ fn run_explain_cell(
         call,
         region: e.region,
         side: allscan::explain::CELL_OVERLAY_SIDE,
-        overlay_png: format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png)),
+        overlay_png: allscan::explain::overlay::png_data_url(&png),
         elapsed_ms: 0,
         notice: NOTICE.to_string(),
     })
@@ -837,13 +836,7 @@ fn run_slide(
     first: usize,
     cancelled: &AtomicBool,
 ) -> Result<SlideReport, AppError> {
-    let check = || {
-        if cancelled.load(Ordering::Relaxed) {
-            Err(AppError::Timeout(state.inner.config.request_timeout.as_secs()))
-        } else {
-            Ok(())
-        }
-    };
+    let check = cancel_check(state, cancelled);
     let files = files.into_iter().map(|(n, b)| (field_display_name(&n), b)).collect();
     let decoded = decode_all(state, files, &check)?;
     check()?;

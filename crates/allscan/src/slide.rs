@@ -546,11 +546,7 @@ pub const THUMB_SIDE: u32 = 720;
 /// Longest side of a cell crop in the gallery.
 pub const CROP_SIDE: u32 = 96;
 
-/// `data:` URL of PNG bytes.
-pub fn png_data_url(png: &[u8]) -> String {
-    use base64::Engine as _;
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
-}
+pub use crate::explain::overlay::png_data_url;
 
 fn jpeg_data_url(img: &image::RgbImage) -> Option<String> {
     use base64::Engine as _;

@@ -5,7 +5,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use base64::Engine as _;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +12,7 @@ use super::calibration::reliability_bins;
 use super::metrics::{pr_curve, roc_curve, BinaryEstimates, MulticlassEstimates, ThresholdChoice};
 use super::plots::{self, NamedCurve};
 use super::{write_atomic, Estimate, EvalError};
+use crate::explain::overlay::png_data_url;
 
 /// One epoch of training history. `stage` names the stage ("head", "finetune"); `epoch`
 /// counts from 1 within it.
@@ -249,10 +249,6 @@ fn plot(r: Result<String, EvalError>) -> Markup {
             Err(e) => p.undef { (e.to_string()) },
         }
     }
-}
-
-fn png_data_uri(bytes: &[u8]) -> String {
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 fn confusion_text(c: &super::Confusion) -> String {
@@ -516,10 +512,10 @@ fn gallery_section(gallery: &[GalleryItem]) -> Markup {
                     figure {
                         @match &g.overlay_png {
                             Some(o) => div.pair {
-                                img alt=(g.caption) src=(png_data_uri(&g.png_bytes));
-                                img alt={ "Grad-CAM: " (g.caption) } src=(png_data_uri(o));
+                                img alt=(g.caption) src=(png_data_url(&g.png_bytes));
+                                img alt={ "Grad-CAM: " (g.caption) } src=(png_data_url(o));
                             },
-                            None => { img alt=(g.caption) src=(png_data_uri(&g.png_bytes)); }
+                            None => { img alt=(g.caption) src=(png_data_url(&g.png_bytes)); }
                         }
                         figcaption { (g.caption) }
                     }

@@ -9,7 +9,7 @@
 
 use image::{Rgb, RgbImage};
 
-use super::gradcam::{grad_cam, CamTarget, Heatmap};
+use super::gradcam::Heatmap;
 use super::overlay::blend;
 use super::{ExplainFieldError, OVERLAY_ALPHA};
 use crate::infer::{InferError, Predictor, Region};
@@ -89,14 +89,7 @@ pub fn explain_cells(
     }
     let chosen: Vec<&RgbImage> = cells.iter().map(|&c| &views.images[c]).collect();
     let probs = predictor.view_probabilities(&chosen)?;
-    let config = predictor.model_config();
-    let mut heat = Vec::with_capacity(cells.len());
-    for chunk in chosen.chunks(predictor.batch_size()) {
-        let x = predictor.input_tensor(chunk)?;
-        let maps = grad_cam(predictor.model(), config.task, x, CamTarget::Predicted, config.test_views)
-            .map_err(ExplainFieldError::Cam)?;
-        heat.extend(maps);
-    }
+    let heat = super::views_grad_cam(predictor, &chosen)?;
     Ok(cells
         .iter()
         .zip(probs)

@@ -61,15 +61,20 @@ impl FieldExplanation {
 pub fn explain_field(predictor: &Predictor, field: &RgbImage) -> Result<FieldExplanation, ExplainFieldError> {
     let views = predictor.views(field)?;
     let prediction = predictor.predict_field(field)?;
-    let mut view_heat = Vec::with_capacity(views.images.len());
-    let refs: Vec<&RgbImage> = views.images.iter().collect();
-    for chunk in refs.chunks(predictor.batch_size()) {
-        let x = predictor.input_tensor(chunk)?;
-        let config = predictor.model_config();
-        view_heat.extend(grad_cam(predictor.model(), config.task, x, CamTarget::Predicted, config.test_views)?);
-    }
+    let view_heat = views_grad_cam(predictor, &views.images.iter().collect::<Vec<_>>())?;
     let field_heat = to_field(&views, &view_heat);
     Ok(FieldExplanation { prediction, views, view_heat, field_heat })
+}
+
+/// The predicted class's Grad-CAM map of each view, a predictor batch at a time.
+pub(crate) fn views_grad_cam(predictor: &Predictor, views: &[&RgbImage]) -> Result<Vec<Heatmap>, ExplainFieldError> {
+    let config = predictor.model_config();
+    let mut heat = Vec::with_capacity(views.len());
+    for chunk in views.chunks(predictor.batch_size()) {
+        let x = predictor.input_tensor(chunk)?;
+        heat.extend(grad_cam(predictor.model(), config.task, x, CamTarget::Predicted, config.test_views)?);
+    }
+    Ok(heat)
 }
 
 /// Places per-view maps into field coordinates (each view covers its region).

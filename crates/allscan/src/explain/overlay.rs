@@ -43,6 +43,12 @@ pub fn png_bytes(image: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
     Ok(buf)
 }
 
+/// A `data:` URL of PNG bytes (for self-contained pages and JSON).
+pub fn png_data_url(png: &[u8]) -> String {
+    use base64::Engine as _;
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
