@@ -231,7 +231,8 @@ fn set_report(name: &str, files: &[PathBuf], dump: Option<&Path>) -> Option<BTre
         sources[match res.scale.source {
             ScaleSource::RedCells => 0,
             ScaleSource::Assumed => 1,
-            ScaleSource::Given => 2,
+            // Per-image figures: the bench scores images one at a time, never pooled.
+            ScaleSource::Given | ScaleSource::Pooled => 2,
         }] += 1;
         if let Some(note) = &res.scale.note {
             let generic: String = note.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();

@@ -27,7 +27,7 @@ pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
 pub use hsv::{apply_mask, aria_hsv_mask, aria_hsv_segment, hs0_image, opencv_rgb2hsv};
 pub use normalize::{to_chw_normalized, Normalization};
 pub use nucleus::{find_nuclei, nuclei_from_mask, BBox, Nucleus, NucleusResult};
-pub use scale::{estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScaleSource, RED_CELL_DIAMETER_UM};
+pub use scale::{estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScalePool, ScaleSource, RED_CELL_DIAMETER_UM};
 pub use sheet::contact_sheet;
 pub use stain::{macenko_normalize, reinhard_normalize, MacenkoTarget, StainNormalization, StainStats};
 
@@ -93,7 +93,16 @@ impl PreparedViews {
 /// `cell` mode on a decoded field: scale, white cells, one crop per cell. A field with no white
 /// cell gives no view (a result, not an error: "no white cell found").
 pub fn prepare_cells(img: &RgbImage, cfg: &PreprocessConfig) -> (PreparedViews, CellResult) {
-    let scale = estimate_scale(img, &cfg.cell.scale);
+    prepare_cells_at(img, cfg, None)
+}
+
+/// [`prepare_cells`] at a scale already known (e.g. a set's pooled one, [`ScalePool`]);
+/// `None`: the field's own estimate.
+pub fn prepare_cells_at(img: &RgbImage, cfg: &PreprocessConfig, scale: Option<&ScaleEstimate>) -> (PreparedViews, CellResult) {
+    let scale = match scale {
+        Some(s) => s.clone(),
+        None => estimate_scale(img, &cfg.cell.scale),
+    };
     let found = find_white_cells(img, &cfg.cell.finder, &scale);
     let field = match &cfg.stain {
         Some(s) => s.apply(img),
@@ -113,6 +122,15 @@ pub fn prepare_cells(img: &RgbImage, cfg: &PreprocessConfig) -> (PreparedViews, 
 
 /// [`prepare_input`], keeping each view's region and nucleus.
 pub fn prepare_views(img: &RgbImage, cfg: &PreprocessConfig) -> Result<PreparedViews, PreprocessError> {
+    prepare_views_at(img, cfg, None)
+}
+
+/// [`prepare_views`] at a known scale in `cell` mode (ignored by the other modes).
+pub fn prepare_views_at(
+    img: &RgbImage,
+    cfg: &PreprocessConfig,
+    scale: Option<&ScaleEstimate>,
+) -> Result<PreparedViews, PreprocessError> {
     cfg.validate().map_err(PreprocessError::InvalidConfig)?;
     let size = cfg.input_size;
     // The model's channels (RGB, or the seed script's H, S, 0) are computed on the field,
@@ -132,7 +150,7 @@ pub fn prepare_views(img: &RgbImage, cfg: &PreprocessConfig) -> Result<PreparedV
             Ok(PreparedViews::whole(resize_field(&channels.apply(segmented), size), Vec::new()))
         }
         SegmentMode::Field => Ok(PreparedViews::whole(resize_field(&channels.apply(stained(img)), size), Vec::new())),
-        SegmentMode::Cell => Ok(prepare_cells(img, cfg).0),
+        SegmentMode::Cell => Ok(prepare_cells_at(img, cfg, scale).0),
         SegmentMode::Nucleus => {
             let found = find_nuclei(img, &cfg.nucleus);
             let field = channels.apply(stained(img));

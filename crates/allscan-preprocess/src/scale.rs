@@ -19,6 +19,12 @@
 //!    nucleus (speckle and granules of a crop that its white cell fills).
 //! 3. **Assumed**: no usable red cells (a single cell on black, a crop without red cells): the
 //!    largest white cell is taken to be `assumed_cell_diameter_um` wide.
+//!
+//! Images scored together come from one instrument (a dataset source, a folder given to
+//! `predict`, a slide), so an image whose own estimate fell back to Assumed takes the set's
+//! **pooled** scale ([`ScalePool`]): the median of the set's red-cell estimates, or, with
+//! too few of those, the median of its assumed ones (the set's *median* cell is
+//! `assumed_cell_diameter_um` wide, not every cell; a blast stays larger than a lymphocyte).
 
 use image::{GrayImage, Luma, RgbImage};
 use imageproc::region_labelling::{connected_components, Connectivity};
@@ -44,6 +50,9 @@ pub enum ScaleSource {
     RedCells,
     /// The largest white cell taken to be `assumed_cell_diameter_um` wide.
     Assumed,
+    /// The field's own estimate was Assumed; the median scale of the images scored with it
+    /// stands instead ([`ScalePool`]).
+    Pooled,
 }
 
 /// A field's scale and how it was obtained.
@@ -53,12 +62,20 @@ pub struct ScaleEstimate {
     pub um_per_px: f32,
     /// Where the figure came from.
     pub source: ScaleSource,
-    /// Isolated red cells measured (0 unless source is RedCells).
+    /// Isolated red cells measured (0 unless source is RedCells); for Pooled, the number of
+    /// images whose estimates were pooled.
     pub red_cells: usize,
     /// Robust relative spread of their diameters (IQR / median); 0 when not measured.
     pub spread: f32,
     /// Why red cells were not used, when source != RedCells (e.g. "3 isolated red cells, need 5").
     pub note: Option<String>,
+}
+
+impl ScaleEstimate {
+    /// A given scale (a per-dataset setting or `--um-per-px`).
+    pub fn given(um_per_px: f32) -> Self {
+        ScaleEstimate { um_per_px, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None }
+    }
 }
 
 /// Settings of [`estimate_scale`].
@@ -75,11 +92,91 @@ pub struct ScaleConfig {
     /// Fallback when red cells cannot be measured (e.g. a single cell on black): the largest
     /// white cell is taken to be this wide (equivalent diameter).
     pub assumed_cell_diameter_um: f32,
+    /// Pool the scales of images scored together ([`ScalePool`]); off: every image keeps its
+    /// own estimate.
+    pub pool: bool,
+    /// Fewest red-cell estimates in a set for their median to be the pooled scale.
+    pub pool_min_red_cell_images: usize,
+    /// Fewest assumed estimates in a set for their median to be the pooled scale (fewer: each
+    /// image keeps its own).
+    pub pool_min_assumed_images: usize,
 }
 
 impl Default for ScaleConfig {
     fn default() -> Self {
-        Self { um_per_px: None, min_red_cells: 5, max_spread: 0.35, assumed_cell_diameter_um: 11.0 }
+        Self {
+            um_per_px: None,
+            min_red_cells: 5,
+            max_spread: 0.35,
+            assumed_cell_diameter_um: 11.0,
+            pool: true,
+            pool_min_red_cell_images: 3,
+            pool_min_assumed_images: 10,
+        }
+    }
+}
+
+/// The scales of a set of images from one instrument, gathered to give the images whose own
+/// estimate fell back to Assumed the set's scale (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct ScalePool {
+    red_cells: Vec<f32>,
+    assumed: Vec<f32>,
+}
+
+impl ScalePool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one image's own estimate (Given and Pooled estimates are not evidence).
+    pub fn add(&mut self, est: &ScaleEstimate) {
+        if !(est.um_per_px.is_finite() && est.um_per_px > 0.0) {
+            return;
+        }
+        match est.source {
+            ScaleSource::RedCells => self.red_cells.push(est.um_per_px),
+            ScaleSource::Assumed => self.assumed.push(est.um_per_px),
+            ScaleSource::Given | ScaleSource::Pooled => {}
+        }
+    }
+
+    /// The set's scale, `None` when pooling is off or the set is too small to say.
+    pub fn pooled(&self, cfg: &ScaleConfig) -> Option<ScaleEstimate> {
+        if !cfg.pool || cfg.um_per_px.is_some() {
+            return None;
+        }
+        let (values, what) = if self.red_cells.len() >= cfg.pool_min_red_cell_images.max(1) {
+            (&self.red_cells, "red-cell")
+        } else if self.assumed.len() >= cfg.pool_min_assumed_images.max(1) {
+            (&self.assumed, "assumed")
+        } else {
+            return None;
+        };
+        let mut v = values.clone();
+        let m = median(&mut v);
+        let spread = if m > 0.0 { (quantile(&v, 0.75) - quantile(&v, 0.25)) / m } else { 0.0 };
+        Some(ScaleEstimate {
+            um_per_px: m,
+            source: ScaleSource::Pooled,
+            red_cells: v.len(),
+            spread,
+            note: Some(format!("median of the set's {} {what} estimates", v.len())),
+        })
+    }
+
+    /// `own` if it stands on its own (given or red cells), else the set's pooled scale (its
+    /// note keeps why the image's own red cells were not used).
+    pub fn resolve(own: &ScaleEstimate, pooled: Option<&ScaleEstimate>) -> ScaleEstimate {
+        match (own.source, pooled) {
+            (ScaleSource::Assumed, Some(p)) => {
+                let why = own.note.as_deref().unwrap_or("no red cells");
+                let note = format!("{}; own red cells: {why}", p.note.as_deref().unwrap_or("pooled"));
+                ScaleEstimate { note: Some(note), ..p.clone() }
+            }
+            _ => own.clone(),
+        }
     }
 }
 
@@ -595,10 +692,11 @@ fn quantile(sorted: &[f32], q: f32) -> f32 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
 }
 
-/// The whole rule: given > red cells > assumed (with `note` saying why red cells were not used).
+/// The one-image rule: given > red cells > assumed (with `note` saying why red cells were not
+/// used). A set of images adds the pooled scale through [`ScalePool`].
 pub fn estimate_scale(img: &RgbImage, cfg: &ScaleConfig) -> ScaleEstimate {
     if let Some(s) = cfg.um_per_px.filter(|s| s.is_finite() && *s > 0.0) {
-        return ScaleEstimate { um_per_px: s, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None };
+        return ScaleEstimate::given(s);
     }
     let field = WorkField::new(img);
     match red_cell_scale_on(&field, cfg) {

@@ -6,7 +6,7 @@
 
 use allscan_preprocess::{
     estimate_scale, find_white_cells, red_cell_scale, CellConfig, CellFlag, CellResult, ScaleConfig, ScaleEstimate,
-    ScaleSource,
+    ScalePool, ScaleSource,
 };
 use image::{Rgb, RgbImage};
 
@@ -281,4 +281,68 @@ fn settings_round_trip_through_json_and_take_defaults() {
     assert_eq!(json, "\"red-cells\"");
     let flag = serde_json::to_string(&CellFlag::TouchesBorder).unwrap_or_default();
     assert_eq!(flag, "\"touches-border\"");
+}
+
+#[test]
+fn crops_on_black_from_one_microscope_keep_their_sizes_at_the_pooled_scale() {
+    // One microscope (0.05 um/px): eight lymphocyte-sized cells (9 um) and four blast-sized
+    // ones (15 um), each cropped on black. Alone each is taken to be 11 um wide; pooled, the
+    // set's median cell is, so the blasts stay 15 / 9 times as wide as the lymphocytes.
+    let cfg = ScaleConfig::default();
+    let truth = 0.05;
+    let diameters = [9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 15.0, 15.0, 15.0, 15.0];
+    let mut pool = ScalePool::new();
+    let mut own = Vec::new();
+    for d in diameters {
+        let mut img = RgbImage::new(450, 450);
+        let r = d / 2.0 / truth;
+        draw_wbc(&mut img, Wbc { x: 225.0, y: 225.0, nucleus_r: 0.8 * r, cell_r: r, lobes: 1 });
+        let est = estimate_scale(&img, &cfg);
+        assert_eq!(est.source, ScaleSource::Assumed, "{est:?}");
+        pool.add(&est);
+        own.push(est);
+    }
+    // Alone each is 11 um: the scale of a 9 um cell is read 11/9 of the truth, of a 15 um one
+    // 11/15: the two kinds come out the same size.
+    assert!((own[0].um_per_px / truth - 11.0 / 9.0).abs() < 0.1, "{:?}", own[0]);
+    assert!((own[11].um_per_px / truth - 11.0 / 15.0).abs() < 0.1, "{:?}", own[11]);
+    let pooled = pool.pooled(&cfg).expect("12 assumed estimates pool");
+    assert_eq!(pooled.source, ScaleSource::Pooled);
+    assert_eq!(pooled.red_cells, 12);
+    let resolved: Vec<ScaleEstimate> = own.iter().map(|e| ScalePool::resolve(e, Some(&pooled))).collect();
+    assert!(resolved.iter().all(|e| e.um_per_px == pooled.um_per_px && e.source == ScaleSource::Pooled));
+    assert!(resolved[0].note.as_deref().is_some_and(|n| n.contains("assumed") && n.contains("own red cells")));
+    // The width ratio of the two kinds at the pooled scale is the true one.
+    let width = |d: f32| d / truth * pooled.um_per_px;
+    assert!((width(15.0) / width(9.0) - 15.0 / 9.0).abs() < 1e-4);
+    // The median cell is 9 um, taken to be 11: within 25% of the truth, one scale for all.
+    assert!((pooled.um_per_px / truth - 11.0 / 9.0).abs() < 0.1, "{pooled:?}");
+}
+
+#[test]
+fn a_pool_needs_enough_images_and_prefers_red_cells() {
+    let cfg = ScaleConfig::default();
+    let est = |u: f32, source| ScaleEstimate { um_per_px: u, source, red_cells: 0, spread: 0.0, note: None };
+    let mut pool = ScalePool::new();
+    for _ in 0..cfg.pool_min_assumed_images - 1 {
+        pool.add(&est(0.1, ScaleSource::Assumed));
+    }
+    assert_eq!(pool.pooled(&cfg), None, "too few assumed estimates");
+    pool.add(&est(0.1, ScaleSource::Assumed));
+    assert_eq!(pool.pooled(&cfg).map(|p| p.um_per_px), Some(0.1));
+    // Given and pooled estimates are not evidence; red cells win once there are enough.
+    pool.add(&est(9.0, ScaleSource::Given));
+    pool.add(&est(9.0, ScaleSource::Pooled));
+    for u in [0.2, 0.3, 0.4] {
+        pool.add(&est(u, ScaleSource::RedCells));
+    }
+    let p = pool.pooled(&cfg).expect("pooled");
+    assert!((p.um_per_px - 0.3).abs() < 1e-6, "{p:?}");
+    assert!(p.note.as_deref().is_some_and(|n| n.contains("3 red-cell")), "{p:?}");
+    // An image with its own red cells keeps them.
+    let own = est(0.25, ScaleSource::RedCells);
+    assert_eq!(ScalePool::resolve(&own, Some(&p)), own);
+    // Off, or with a given scale: no pooling.
+    assert_eq!(pool.pooled(&ScaleConfig { pool: false, ..cfg.clone() }), None);
+    assert_eq!(pool.pooled(&ScaleConfig { um_per_px: Some(0.1), ..cfg }), None);
 }

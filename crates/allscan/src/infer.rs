@@ -17,7 +17,8 @@
 //! Research use only, not a diagnostic device.
 
 use allscan_preprocess::{
-    prepare_views, to_chw_normalized, BBox, CellFlag, PreprocessConfig, PreprocessError, ScaleEstimate, WhiteCell,
+    prepare_views, to_chw_normalized, BBox, CellFlag, PreprocessConfig, PreprocessError, ScaleEstimate, ScalePool,
+    ScaleSource, WhiteCell,
 };
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -277,7 +278,7 @@ impl Predictor {
         Self::new(
             model,
             bundle.config.model.clone(),
-            m.preprocess.clone(),
+            bundle.preprocess().clone(),
             m.class_names.clone(),
             m.leukemia_classes.clone(),
             m.threshold,
@@ -345,6 +346,12 @@ impl Predictor {
         self
     }
 
+    /// Pool the scales of fields predicted together ([`Self::predict_set`]; on by default).
+    pub fn with_scale_pool(mut self, pool: bool) -> Self {
+        self.preprocess.cell.scale.pool = pool;
+        self
+    }
+
     /// Whether the model scores white cells at a physical scale (`cell` mode).
     pub fn cell_mode(&self) -> bool {
         self.preprocess.mode == allscan_preprocess::SegmentMode::Cell
@@ -407,24 +414,17 @@ impl Predictor {
         self.views_at(field, None)
     }
 
-    /// [`Self::views`] at a given scale (`cell` mode), over the red-cell estimate.
-    pub fn views_at(&self, field: &RgbImage, um_per_px: Option<f32>) -> Result<FieldViews, InferError> {
+    /// [`Self::views`] at a scale already known (`cell` mode: a given or a set's pooled scale,
+    /// over the field's own estimate; a setting in the predictor's config wins over both).
+    pub fn views_at(&self, field: &RgbImage, scale: Option<&ScaleEstimate>) -> Result<FieldViews, InferError> {
         let (width, height) = field.dimensions();
-        let given;
-        let pre = match um_per_px {
-            Some(u) => {
-                let mut p = self.preprocess.clone();
-                p.cell.scale.um_per_px = Some(u);
-                given = p;
-                &given
-            }
-            None => &self.preprocess,
-        };
+        let pre = &self.preprocess;
+        let scale = scale.filter(|_| pre.cell.scale.um_per_px.is_none());
         // `cell` mode goes through `prepare_cells` itself (what `prepare_views` does for it,
         // after the same validation) to keep the finder's labels, from which the masks are encoded.
         let (v, masks) = if pre.mode == allscan_preprocess::SegmentMode::Cell {
             pre.validate().map_err(PreprocessError::InvalidConfig)?;
-            let (v, found) = allscan_preprocess::prepare_cells(field, pre);
+            let (v, found) = allscan_preprocess::prepare_cells_at(field, pre, scale);
             (v, crate::masks::cell_masks(&found))
         } else {
             let v = prepare_views(field, pre).map_err(|e| match e {
@@ -588,21 +588,15 @@ impl Predictor {
         self.predict_fields_at(fields, &[])
     }
 
-    /// [`Self::predict_fields`] with a known scale (micrometres per pixel) for some fields
-    /// (`cell` mode; `scales[i] = None` or a shorter list: the predictor's own rule).
+    /// [`Self::predict_fields`] with a known scale for some fields (`cell` mode; `scales[i] =
+    /// None` or a shorter list: the field's own estimate).
     pub fn predict_fields_at(
         &self,
         fields: &[&RgbImage],
-        scales: &[Option<f32>],
+        scales: &[Option<ScaleEstimate>],
     ) -> Vec<Result<FieldPrediction, InferError>> {
-        let views: Vec<Result<FieldViews, InferError>> = fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| match scales.get(i).copied().flatten() {
-                Some(u) if self.preprocess.cell.scale.um_per_px.is_none() => self.views_at(f, Some(u)),
-                _ => self.views(f),
-            })
-            .collect();
+        let views: Vec<Result<FieldViews, InferError>> =
+            fields.iter().enumerate().map(|(i, f)| self.views_at(f, scales.get(i).and_then(Option::as_ref))).collect();
         let flat: Vec<&RgbImage> = views.iter().filter_map(|v| v.as_ref().ok()).flat_map(|v| v.images.iter()).collect();
         let probs = match self.view_probabilities(&flat) {
             Ok(p) => p,
@@ -635,89 +629,75 @@ impl Predictor {
             .collect()
     }
 
+    /// Predicts a set of `n` fields from one instrument (a dataset source, the files given to
+    /// `predict`), `chunk` at a time: `load(i)` decodes field `i` and says its given scale, if
+    /// any. Fields whose own scale fell back to Assumed are predicted again at the set's pooled
+    /// scale ([`ScalePool`]; loaded twice, never all held in memory). `tick` counts first-pass
+    /// fields. One result per field, in order; an error is the reason as text.
+    pub fn predict_set(
+        &self,
+        n: usize,
+        chunk: usize,
+        load: &dyn Fn(usize) -> Result<(RgbImage, Option<f32>), String>,
+        tick: &dyn Fn(u64),
+    ) -> Vec<Result<FieldPrediction, String>> {
+        let mut out: Vec<Result<FieldPrediction, String>> = Vec::with_capacity(n);
+        let mut pool = ScalePool::new();
+        let ids: Vec<usize> = (0..n).collect();
+        for part in ids.chunks(chunk.max(1)) {
+            out.extend(self.predict_loaded(part, load, |_| None));
+            tick(part.len() as u64);
+        }
+        for fp in out.iter().flatten() {
+            if let Some(s) = &fp.scale {
+                pool.add(s);
+            }
+        }
+        let Some(pooled) = pool.pooled(&self.preprocess.cell.scale) else { return out };
+        let again: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Ok(fp) if fp.scale.as_ref().is_some_and(|s| s.source == ScaleSource::Assumed)))
+            .map(|(i, _)| i)
+            .collect();
+        for part in again.chunks(chunk.max(1)) {
+            let own: Vec<ScaleEstimate> =
+                part.iter().filter_map(|&i| out[i].as_ref().ok().and_then(|fp| fp.scale.clone())).collect();
+            let redone = self.predict_loaded(part, load, |k| Some(ScalePool::resolve(&own[k], Some(&pooled))));
+            for (&i, r) in part.iter().zip(redone) {
+                out[i] = r;
+            }
+        }
+        out
+    }
+
+    /// Loads and predicts the fields `ids`; `scale(k)` overrides the `k`-th one's scale.
+    fn predict_loaded(
+        &self,
+        ids: &[usize],
+        load: &dyn Fn(usize) -> Result<(RgbImage, Option<f32>), String>,
+        scale: impl Fn(usize) -> Option<ScaleEstimate>,
+    ) -> Vec<Result<FieldPrediction, String>> {
+        let loaded: Vec<Result<(RgbImage, Option<f32>), String>> = ids.iter().map(|&i| load(i)).collect();
+        let refs: Vec<&RgbImage> = loaded.iter().flatten().map(|(img, _)| img).collect();
+        let scales: Vec<Option<ScaleEstimate>> = loaded
+            .iter()
+            .enumerate()
+            .filter_map(|(k, r)| r.as_ref().ok().map(|(_, given)| scale(k).or_else(|| given.map(ScaleEstimate::given))))
+            .collect();
+        let mut predicted = self.predict_fields_at(&refs, &scales).into_iter();
+        loaded
+            .into_iter()
+            .map(|r| match r {
+                Ok(_) => predicted.next().unwrap_or_else(|| Err(InferError::Output("no result".into()))).map_err(|e| e.to_string()),
+                Err(why) => Err(why),
+            })
+            .collect()
+    }
+
     /// Predicts one decoded field.
     pub fn predict_field(&self, field: &RgbImage) -> Result<FieldPrediction, InferError> {
         self.predict_fields(&[field]).pop().unwrap_or_else(|| Err(InferError::Output("no result".into())))
-    }
-}
-
-/// Helpers for tests and demos of the serving path (never for real predictions).
-pub mod testing {
-    use std::collections::BTreeMap;
-    use std::path::Path;
-
-    use burn::tensor::Device;
-
-    use crate::bundle::{BundleError, BundleMetadata, DataConfig, RunBundle, RunConfig, Versions, BUNDLE_FORMAT};
-    use crate::config::{Profile, TaskKind, WeightsSource};
-    use crate::data::SplitConfig;
-
-    /// Writes a run bundle with a tiny random-weight DenseNet (growth 4, blocks [2, 2],
-    /// 64-pixel inputs, one crop per nucleus) into `dir`: the bundle format and the whole
-    /// predict / explain / serve path are real, the predictions are meaningless.
-    pub fn write_random_bundle(dir: &Path, task: TaskKind) -> Result<RunBundle, BundleError> {
-        let d = Profile::Cpu.defaults(task, 4);
-        let mut model = d.model;
-        model.backbone =
-            crate::model::BackboneConfig::Custom(densenet_burn::DenseNetConfig::custom(4, vec![2, 2], 8, None));
-        model.hidden = 8;
-        // The nucleus-crop path whatever the cpu profile's view is, so crops are exercised.
-        let preprocess = allscan_preprocess::PreprocessConfig {
-            input_size: 64,
-            roi: allscan_preprocess::RoiConfig {
-                views: allscan_preprocess::RoiViews::All,
-                max_crops: 4,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let config = RunConfig {
-            format: BUNDLE_FORMAT.into(),
-            task,
-            profile: Profile::Cpu,
-            seed: 0,
-            data: DataConfig {
-                root: "synthetic".into(),
-                map: None,
-                split_file: None,
-                split: SplitConfig::default(),
-                fingerprint: "random".into(),
-            },
-            weights: WeightsSource::None,
-            model: model.clone(),
-            preprocess: preprocess.clone(),
-            train: d.train,
-        };
-        let classes: Vec<String> = crate::synth::CLASSES.iter().map(|s| s.to_string()).collect();
-        let (class_names, leukemia_classes) = match task {
-            TaskKind::Binary => (vec!["healthy".to_string(), "leukemia".to_string()], vec!["leukemia".to_string()]),
-            TaskKind::Subtype => (classes.clone(), classes[1..].to_vec()),
-        };
-        let metadata = BundleMetadata {
-            format: BUNDLE_FORMAT.into(),
-            task: model.task,
-            class_names,
-            leukemia_classes,
-            dataset_classes: Vec::new(),
-            input_size: preprocess.input_size,
-            normalization: preprocess.normalization.clone(),
-            preprocess,
-            threshold: 0.5,
-            threshold_rule: "fixed 0.5 (random test bundle)".into(),
-            dataset_fingerprint: "random".into(),
-            split: None,
-            best: None,
-            test_metrics: BTreeMap::new(),
-            versions: Versions::default(),
-        };
-        let bundle = RunBundle::create(dir, config, metadata)?;
-        let net = bundle
-            .config
-            .model
-            .init(&Device::flex())
-            .map_err(|source| BundleError::Model { path: dir.to_path_buf(), source })?;
-        bundle.save_weights(&net)?;
-        Ok(bundle)
     }
 }
 
@@ -788,7 +768,7 @@ pub(crate) mod tests {
         use crate::config::TaskKind;
         for task in [TaskKind::Binary, TaskKind::Subtype] {
             let dir = tempfile::tempdir().unwrap();
-            let b = testing::write_random_bundle(dir.path(), task).unwrap();
+            let b = crate::bundle::testing::write_random_bundle(dir.path(), task).unwrap();
             let p = Predictor::from_bundle(&crate::bundle::RunBundle::open(&b.dir).unwrap(), &Device::flex()).unwrap();
             assert_eq!(p.is_subtype(), task == TaskKind::Subtype);
             let f = crate::synth::render_field(1, 96, &mut crate::synth::field_rng(0, 1, 0)).image;
@@ -800,7 +780,7 @@ pub(crate) mod tests {
     fn adapt_reestimates_batchnorm_on_the_images_to_predict() {
         use crate::config::TaskKind;
         let dir = tempfile::tempdir().unwrap();
-        let b = testing::write_random_bundle(dir.path(), TaskKind::Binary).unwrap();
+        let b = crate::bundle::testing::write_random_bundle(dir.path(), TaskKind::Binary).unwrap();
         let bundle = crate::bundle::RunBundle::open(&b.dir).unwrap();
         let p = Predictor::from_bundle(&bundle, &Device::flex()).unwrap();
         let fields: Vec<RgbImage> =

@@ -41,6 +41,11 @@ pub struct PredictArgs {
     /// their red cells.
     #[arg(long, value_name = "UM")]
     pub um_per_px: Option<f32>,
+    /// Keep each image's own scale estimate. By default the images of one call are taken to
+    /// come from one microscope: an image without measurable red cells (a crop on black) takes
+    /// the median scale of the others (scale_source `pooled`), so cell sizes stay comparable.
+    #[arg(long)]
+    pub per_image_scale: bool,
     /// Re-estimate the model's BatchNorm statistics on these images before predicting them
     /// (test-time adaptation, AdaBN: for a batch of one lab's images; no labels used).
     #[arg(long)]
@@ -166,7 +171,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
             "--um-per-px {u} must be a positive number of micrometres"
         );
     }
-    let predictor = predictor.with_batch_size(args.batch.max(1)).with_um_per_px(args.um_per_px);
+    let predictor = predictor.with_batch_size(args.batch.max(1)).with_um_per_px(args.um_per_px)
+        .with_scale_pool(!args.per_image_scale);
     let mut failed = Vec::new();
     let files = collect_images(&args.paths, &mut failed);
     if files.is_empty() {
@@ -195,22 +201,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     };
     let bar = allscan::progress::bar(files.len() as u64, "images", files.len() >= 32);
     let mut rows = Vec::with_capacity(files.len());
-    for chunk in files.chunks(args.batch.max(1)) {
-        let mut decoded: Vec<(&PathBuf, RgbImage)> = Vec::with_capacity(chunk.len());
-        for path in chunk {
-            match decode_file(path, &limits) {
-                Ok(img) => decoded.push((path, img)),
-                Err(e) => failed.push(Failure { path: path.display().to_string(), reason: e.reason() }),
-            }
+    // The files of one call are one set: those without a red-cell scale share the set's.
+    let load = |k: usize| decode_file(&files[k], &limits).map(|img| (img, None)).map_err(|e| e.reason());
+    let predicted = predictor.predict_set(files.len(), args.batch.max(1), &load, &|n| bar.inc(n));
+    for (path, result) in files.iter().zip(predicted) {
+        match result {
+            Ok(field) => rows.push(Row { path: path.display().to_string(), n_cells: field.cells.len(), field }),
+            Err(reason) => failed.push(Failure { path: path.display().to_string(), reason }),
         }
-        let refs: Vec<&RgbImage> = decoded.iter().map(|(_, i)| i).collect();
-        for ((path, _), result) in decoded.iter().zip(predictor.predict_fields(&refs)) {
-            match result {
-                Ok(field) => rows.push(Row { path: path.display().to_string(), n_cells: field.cells.len(), field }),
-                Err(e) => failed.push(Failure { path: path.display().to_string(), reason: e.to_string() }),
-            }
-        }
-        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
 

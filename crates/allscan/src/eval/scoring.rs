@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use allscan_preprocess::decode_file;
-use image::RgbImage;
 
 use super::metrics::{binary_metrics, bootstrap_binary, bootstrap_multiclass};
 use super::report::{ModelEvaluation, ReportInput};
@@ -87,36 +86,38 @@ pub fn score_fields(
     indices: &[usize],
     progress: bool,
 ) -> (Vec<ScoredImage>, Vec<FieldPrediction>, Vec<(String, String)>) {
-    let mut fps = Vec::with_capacity(indices.len());
     let bar = crate::progress::bar(indices.len() as u64, "scoring", progress);
     let limits = &predictor.preprocess().decode;
-    let mut out = Vec::with_capacity(indices.len());
-    let mut skipped = Vec::new();
-    for chunk in indices.chunks(SCORE_CHUNK) {
-        let mut fields: Vec<(usize, RgbImage)> = Vec::with_capacity(chunk.len());
-        for &i in chunk {
-            let rec = &index.images[i];
-            match decode_file(&index.abs_path(rec), limits) {
-                Ok(img) => fields.push((i, img)),
-                Err(e) => skipped.push((rec.path.clone(), e.to_string())),
-            }
-        }
-        let refs: Vec<&RgbImage> = fields.iter().map(|(_, f)| f).collect();
-        let scales: Vec<Option<f32>> = fields.iter().map(|(i, _)| index.images[*i].um_per_px).collect();
-        for ((i, _), r) in fields.iter().zip(predictor.predict_fields_at(&refs, &scales)) {
-            let rec = &index.images[*i];
-            match r {
-                Ok(fp) => {
-                    let probs = fp.probabilities.iter().map(|c| f64::from(c.p).clamp(0.0, 1.0)).collect();
-                    out.push(scored_from(rec, f64::from(fp.p_leukemia).clamp(0.0, 1.0), probs));
-                    fps.push(fp);
-                }
-                Err(e) => skipped.push((rec.path.clone(), e.to_string())),
-            }
-        }
-        bar.inc(chunk.len() as u64);
+    // Each source is one instrument: its images share a pooled scale (`Predictor::predict_set`).
+    let mut sets: BTreeMap<Option<&str>, Vec<usize>> = BTreeMap::new();
+    for &i in indices {
+        sets.entry(index.images[i].source.as_deref()).or_default().push(i);
+    }
+    let mut results: BTreeMap<usize, Result<FieldPrediction, String>> = BTreeMap::new();
+    for set in sets.values() {
+        let load = |k: usize| {
+            let rec = &index.images[set[k]];
+            decode_file(&index.abs_path(rec), limits).map(|img| (img, rec.um_per_px)).map_err(|e| e.to_string())
+        };
+        let predicted = predictor.predict_set(set.len(), SCORE_CHUNK, &load, &|n| bar.inc(n));
+        results.extend(set.iter().copied().zip(predicted));
     }
     bar.finish_and_clear();
+    let mut fps = Vec::with_capacity(indices.len());
+    let mut out = Vec::with_capacity(indices.len());
+    let mut skipped = Vec::new();
+    for &i in indices {
+        let rec = &index.images[i];
+        match results.remove(&i) {
+            Some(Ok(fp)) => {
+                let probs = fp.probabilities.iter().map(|c| f64::from(c.p).clamp(0.0, 1.0)).collect();
+                out.push(scored_from(rec, f64::from(fp.p_leukemia).clamp(0.0, 1.0), probs));
+                fps.push(fp);
+            }
+            Some(Err(e)) => skipped.push((rec.path.clone(), e)),
+            None => {}
+        }
+    }
     (out, fps, skipped)
 }
 

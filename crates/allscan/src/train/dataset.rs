@@ -2,9 +2,10 @@
 //! (decoded and preprocessed once, kept in memory; augmentation works on these), with each
 //! image's target, binary label and content hash. Unreadable files are skipped and counted.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use allscan_preprocess::{decode_file, prepare_views, PreprocessConfig};
+use allscan_preprocess::{decode_file, prepare_views_at, PreprocessConfig, ScaleEstimate, ScalePool, ScaleSource};
 use image::RgbImage;
 
 use crate::data::{DatasetIndex, ImageRecord, Part, SplitFile};
@@ -61,6 +62,8 @@ pub struct Prepared {
 /// One view per field outside cell mode. In cell mode validation and test keep every cell
 /// (the field call is scored as inference scores it), and training keeps the labelled ones:
 /// the dominant cell of a leukemia field, up to `negative_cells` cells of any other field.
+/// Each source is one instrument: a field without a red-cell scale is cut again at its
+/// source's pooled scale, as inference does ([`crate::infer::Predictor::predict_set`]).
 pub fn prepare(
     index: &DatasetIndex,
     split: &SplitFile,
@@ -69,43 +72,56 @@ pub fn prepare(
     target: &(dyn Fn(&ImageRecord) -> Option<usize> + Sync),
     progress: bool,
 ) -> Prepared {
-    let mut out = Prepared::default();
     let parts = [Part::Train, Part::Val, Part::Test];
     let jobs: Vec<(Part, usize)> =
         parts.iter().flat_map(|&p| split.select(index, p, None).into_iter().map(move |i| (p, i))).collect();
-    let bar = crate::progress::bar(jobs.len() as u64, "preprocessing", progress);
-    let threads = crate::device::cpu_threads().max(1);
-    let chunk = jobs.len().div_ceil(threads).max(1);
-    // Per thread: (part, the sample or (path, why it could not be read)).
-    type Loaded = Vec<(Part, Result<Vec<Sample>, (String, String)>)>;
-    let results: Vec<Loaded> = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|part_jobs| {
-                let bar = bar.clone();
-                s.spawn(move || {
-                    part_jobs
-                        .iter()
-                        .map(|&(p, i)| {
-                            let rec = &index.images[i];
-                            let keep = match p {
-                                Part::Train => negative_cells.max(1),
-                                Part::Val | Part::Test => usize::MAX,
-                            };
-                            let r = one(&index.abs_path(rec), i, rec, pre, keep, target);
-                            bar.inc(1);
-                            (p, r)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-    });
-    bar.finish_and_clear();
-    for (part, r) in results.into_iter().flatten() {
+    let run = |jobs: &[(Part, usize)], scales: &[Option<ScaleEstimate>], what: &str| {
+        let bar = crate::progress::bar(jobs.len() as u64, what, progress);
+        let done = parallel_map(jobs.len(), |k| {
+            let (p, i) = jobs[k];
+            let rec = &index.images[i];
+            let keep = match p {
+                Part::Train => negative_cells.max(1),
+                Part::Val | Part::Test => usize::MAX,
+            };
+            let r = one(&index.abs_path(rec), i, rec, pre, keep, target, scales.get(k).and_then(Option::as_ref));
+            bar.inc(1);
+            r
+        });
+        bar.finish_and_clear();
+        done
+    };
+    let mut results = run(&jobs, &[], "preprocessing");
+
+    let mut pools: BTreeMap<Option<&str>, ScalePool> = BTreeMap::new();
+    for (&(_, i), r) in jobs.iter().zip(&results) {
+        if let Ok((_, Some(scale))) = r {
+            pools.entry(index.images[i].source.as_deref()).or_default().add(scale);
+        }
+    }
+    let pooled: BTreeMap<Option<&str>, ScaleEstimate> =
+        pools.into_iter().filter_map(|(k, pool)| pool.pooled(&pre.cell.scale).map(|p| (k, p))).collect();
+    let mut again = Vec::new();
+    let mut scales = Vec::new();
+    for (k, (&(_, i), r)) in jobs.iter().zip(&results).enumerate() {
+        let own = match r {
+            Ok((_, Some(s))) if s.source == ScaleSource::Assumed => s,
+            _ => continue,
+        };
+        if let Some(p) = pooled.get(&index.images[i].source.as_deref()) {
+            again.push(k);
+            scales.push(Some(ScalePool::resolve(own, Some(p))));
+        }
+    }
+    let redo: Vec<(Part, usize)> = again.iter().map(|&k| jobs[k]).collect();
+    for (k, r) in again.into_iter().zip(run(&redo, &scales, "pooled scale")) {
+        results[k] = r;
+    }
+
+    let mut out = Prepared::default();
+    for (&(part, _), r) in jobs.iter().zip(results) {
         match r {
-            Ok(samples) => match part {
+            Ok((samples, _)) => match part {
                 Part::Train => out.train.extend(samples.into_iter().filter(|s| s.labelled)),
                 Part::Val => out.val.extend(samples),
                 Part::Test => out.test.extend(samples),
@@ -116,8 +132,22 @@ pub fn prepare(
     out
 }
 
+/// `f(0..n)` on all cores, in order.
+fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = crate::device::cpu_threads().max(1);
+    let chunk = n.div_ceil(threads).max(1);
+    let ids: Vec<usize> = (0..n).collect();
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> =
+            ids.chunks(chunk).map(|c| s.spawn(move || c.iter().map(|&k| f(k)).collect::<Vec<T>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
 /// The views of one field: every cell in cell mode (up to `negative_cells` for a
-/// not-leukemia field), else the first view.
+/// not-leukemia field), else the first view; with the field's scale (cell mode). `scale`: a
+/// known one (the source's pooled scale), else the source's given one or the field's own.
 fn one(
     path: &Path,
     field: usize,
@@ -125,27 +155,22 @@ fn one(
     pre: &PreprocessConfig,
     negative_cells: usize,
     target: &(dyn Fn(&ImageRecord) -> Option<usize> + Sync),
-) -> Result<Vec<Sample>, (String, String)> {
+    scale: Option<&ScaleEstimate>,
+) -> Result<(Vec<Sample>, Option<ScaleEstimate>), (String, String)> {
     let bad = |reason: String| (rec.path.clone(), reason);
     let t = target(rec).ok_or_else(|| bad(format!("class `{}` has no label for this task", rec.class)))?;
     let img = decode_file(path, &pre.decode).map_err(|e| bad(e.reason()))?;
-    let views = match rec.um_per_px {
-        // The source's own scale (sources datasets), over each image's red-cell estimate.
-        Some(u) if pre.cell.scale.um_per_px.is_none() => {
-            let mut p = pre.clone();
-            p.cell.scale.um_per_px = Some(u);
-            prepare_views(&img, &p)
-        }
-        _ => prepare_views(&img, pre),
-    }
-    .map_err(|e| bad(e.to_string()))?;
+    // The source's own scale (sources datasets) stands over each image's red-cell estimate.
+    let given = rec.um_per_px.filter(|_| pre.cell.scale.um_per_px.is_none()).map(ScaleEstimate::given);
+    let views = prepare_views_at(&img, pre, scale.or(given.as_ref())).map_err(|e| bad(e.to_string()))?;
     let cell_mode = pre.mode == allscan_preprocess::SegmentMode::Cell;
     if views.images.is_empty() {
         return Err(bad(if cell_mode { "no white cell found" } else { "preprocessing gave no view" }.into()));
     }
     let leukemia = rec.label.is_some_and(|l| l.is_leukemia());
     let n = if cell_mode { views.images.len().min(negative_cells) } else { 1 };
-    Ok(views
+    let scale = views.scale.clone();
+    let samples = views
         .images
         .into_iter()
         .take(n)
@@ -161,5 +186,6 @@ fn one(
             labelled: k == 0 || !leukemia,
             decides: views.cells.get(k).is_none_or(|c| crate::infer::cell_decides(&c.flags)),
         })
-        .collect())
+        .collect();
+    Ok((samples, scale))
 }

@@ -1,0 +1,73 @@
+//! `allscan predict` on a folder of single-cell crops on black (no red cells, C-NMC style):
+//! the files of one call share one pooled scale, so cells keep their relative sizes;
+//! `--per-image-scale` gives each crop its own assumed scale instead.
+
+mod common;
+
+use std::path::Path;
+
+use allscan::config::TaskKind;
+use common::{allscan, stderr, stdout};
+use image::{Rgb, RgbImage};
+
+fn disc(img: &mut RgbImage, r: f32, c: [u8; 3]) {
+    let (cx, cy) = (img.width() as f32 / 2.0, img.height() as f32 / 2.0);
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        if (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) <= r * r {
+            *p = Rgb(c);
+        }
+    }
+}
+
+/// Twelve 300 px crops on black from one microscope: eight small cells and four large ones.
+fn crops(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for k in 0..12 {
+        let r = if k < 8 { 60.0 } else { 100.0 };
+        let mut img = RgbImage::new(300, 300);
+        disc(&mut img, r, [185, 190, 225]);
+        disc(&mut img, 0.8 * r, [105, 55, 150]);
+        img.save(dir.join(format!("cell{k:02}.png"))).unwrap();
+    }
+}
+
+/// `(scale_source, um_per_px)` of every field row of `predict --format csv`.
+fn scales(csv: &str) -> Vec<(String, f32)> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} in {header:?}"));
+    let (source, um) = (col("scale_source"), col("um_per_px"));
+    lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .map(|f| (f[source].to_string(), f[um].parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn crops_of_one_call_share_the_pooled_scale_and_per_image_scale_turns_it_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = allscan::bundle::testing::BundleFixture::new(TaskKind::Binary);
+    b.config.preprocess.mode = allscan_preprocess::SegmentMode::Cell;
+    b.write(&tmp.path().join("run")).unwrap();
+    crops(&tmp.path().join("cells"));
+
+    let pooled = allscan(tmp.path(), &["predict", "run", "cells", "--format", "csv"]);
+    assert!(pooled.status.success(), "{}", stderr(&pooled));
+    let pooled = scales(&stdout(&pooled));
+    assert_eq!(pooled.len(), 12);
+    assert!(pooled.iter().all(|(s, u)| s == "pooled" && *u == pooled[0].1), "{pooled:?}");
+    // The median crop is a small cell (120 px): taken to be 11 um wide.
+    assert!((pooled[0].1 - 11.0 / 120.0).abs() / (11.0 / 120.0) < 0.1, "{pooled:?}");
+
+    let own = allscan(tmp.path(), &["predict", "run", "cells", "--format", "csv", "--per-image-scale"]);
+    assert!(own.status.success(), "{}", stderr(&own));
+    let own = scales(&stdout(&own));
+    assert!(own.iter().all(|(s, _)| s == "assumed"), "{own:?}");
+    // Alone, each crop's cell is 11 um: the large cells get a scale 120 / 200 of the small ones'.
+    let ratio = own[11].1 / own[0].1;
+    assert!((ratio - 0.6).abs() < 0.06, "{own:?}");
+
+    // One image alone has no set to pool with.
+    let one = allscan(tmp.path(), &["predict", "run", "cells/cell11.png", "--format", "csv"]);
+    assert_eq!(scales(&stdout(&one))[0].0, "assumed");
+}
