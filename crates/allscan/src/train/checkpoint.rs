@@ -45,25 +45,34 @@ pub struct EpochRow {
 }
 
 impl EpochRow {
-    /// The CSV header.
-    pub const HEADER: &'static str =
-        "stage,epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,val_auc,seconds,best";
+    /// The CSV header's columns.
+    pub const COLUMNS: [&'static str; 10] = [
+        "stage",
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_auc",
+        "seconds",
+        "best",
+    ];
 
-    /// One CSV line.
-    pub fn csv(&self) -> String {
-        format!(
-            "{},{},{:.3e},{:.5},{:.4},{:.5},{:.4},{},{:.1},{}",
-            self.stage,
-            self.epoch,
-            self.lr,
-            self.train_loss,
-            self.train_accuracy,
-            self.val_loss,
-            self.val_accuracy,
+    /// One CSV record, in [`Self::COLUMNS`] order.
+    pub fn record(&self) -> [String; 10] {
+        [
+            self.stage.to_string(),
+            self.epoch.to_string(),
+            format!("{:.3e}", self.lr),
+            format!("{:.5}", self.train_loss),
+            format!("{:.4}", self.train_accuracy),
+            format!("{:.5}", self.val_loss),
+            format!("{:.4}", self.val_accuracy),
             self.val_auc.map(|a| format!("{a:.4}")).unwrap_or_default(),
-            self.seconds,
-            self.best
-        )
+            format!("{:.1}", self.seconds),
+            self.best.to_string(),
+        ]
     }
 }
 
@@ -160,4 +169,34 @@ pub fn average_path(run: &Path, state: &TrainState) -> Option<PathBuf> {
 pub fn optim_path(run: &Path, state: &TrainState) -> Option<PathBuf> {
     let p = dir(run).join(&state.dir).join(OPTIM_FILE);
     p.is_file().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_csv_keeps_its_columns_and_number_formats() {
+        let row = |stage, best, val_auc| EpochRow {
+            stage,
+            epoch: 3,
+            lr: 1e-4,
+            train_loss: 0.123456,
+            train_accuracy: 0.9,
+            val_loss: 0.25,
+            val_accuracy: 0.875,
+            val_auc,
+            seconds: 12.34,
+            best,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        super::super::write_metrics(dir.path(), &[row(1, true, Some(0.95)), row(2, false, None)]).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(crate::bundle::METRICS_FILE)).unwrap();
+        assert_eq!(
+            text,
+            "stage,epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,val_auc,seconds,best\n\
+             1,3,1.000e-4,0.12346,0.9000,0.25000,0.8750,0.9500,12.3,true\n\
+             2,3,1.000e-4,0.12346,0.9000,0.25000,0.8750,,12.3,false\n"
+        );
+    }
 }
