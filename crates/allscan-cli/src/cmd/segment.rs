@@ -8,7 +8,6 @@
 //!
 //! Glue only: every image operation is in `allscan_preprocess`.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -88,11 +87,23 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     if cfg.mode == SegmentMode::Cell {
         return segment_cells(&files, &skipped, &root, &args, &cfg, &bar);
     }
-    let mut csv = String::from("path,status,nucleus,x,y,width,height,area,centroid_x,centroid_y,crop\n");
+    let mut csv = Table::new(&[
+        "path",
+        "status",
+        "nucleus",
+        "x",
+        "y",
+        "width",
+        "height",
+        "area",
+        "centroid_x",
+        "centroid_y",
+        "crop",
+    ]);
     let mut sheet_rows: Vec<RgbImage> = Vec::new();
     let (mut ok, mut without, mut nuclei_total) = (0usize, 0usize, 0usize);
     // Entries the walker passed over (link loops, FIFOs) count as skipped files, as in predict.
-    let mut failed = skipped_rows(&mut csv, &skipped, &root, 9);
+    let mut failed = skipped_rows(&mut csv, &skipped, &root)?;
     for file in &files {
         bar.inc(1);
         let rel = file.strip_prefix(&root).unwrap_or(file).to_path_buf();
@@ -102,24 +113,24 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
                 ok += 1;
                 if field.found.nuclei.is_empty() {
                     without += 1;
-                    let _ = writeln!(csv, "{},no nucleus found,,,,,,,,,", csv_field(&rel_s));
+                    csv.row([rel_s.clone(), "no nucleus found".into()])?;
                 }
                 for (k, n) in field.found.nuclei.iter().enumerate() {
                     nuclei_total += 1;
                     let crop = if k < field.crops.len() { field.crops[k].clone() } else { String::new() };
-                    let _ = writeln!(
-                        csv,
-                        "{},ok,{k},{},{},{},{},{},{:.2},{:.2},{}",
-                        csv_field(&rel_s),
-                        n.bbox.x,
-                        n.bbox.y,
-                        n.bbox.width,
-                        n.bbox.height,
-                        n.area,
-                        n.centroid.0,
-                        n.centroid.1,
-                        csv_field(&crop)
-                    );
+                    csv.row([
+                        rel_s.clone(),
+                        "ok".into(),
+                        k.to_string(),
+                        n.bbox.x.to_string(),
+                        n.bbox.y.to_string(),
+                        n.bbox.width.to_string(),
+                        n.bbox.height.to_string(),
+                        n.area.to_string(),
+                        format!("{:.2}", n.centroid.0),
+                        format!("{:.2}", n.centroid.1),
+                        crop,
+                    ])?;
                 }
                 if args.sheet && sheet_rows.len() < args.sheet_rows {
                     sheet_rows.push(field.sheet_row);
@@ -128,13 +139,12 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
             Err(err) => {
                 failed += 1;
                 bar.suspend(|| eprintln!("skipped: {err:#}"));
-                let _ = writeln!(csv, "{},{},,,,,,,,,", csv_field(&rel_s), csv_field(&format!("error: {err:#}")));
+                csv.row([rel_s, format!("error: {err:#}")])?;
             }
         }
     }
     bar.finish_and_clear();
-    let csv_path = args.out.join("nuclei.csv");
-    std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
+    csv.save(&args.out.join("nuclei.csv"))?;
     if args.sheet && !sheet_rows.is_empty() {
         let sheet_path = args.out.join("sheet.png");
         stack_rows(&sheet_rows).save(&sheet_path).with_context(|| format!("writing {}", sheet_path.display()))?;
@@ -159,12 +169,28 @@ fn segment_cells(
     cfg: &PreprocessConfig,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<ExitCode> {
-    let mut csv = String::from(
-        "path,status,um_per_px,scale_source,scale_note,cell,x,y,width,height,nucleus_x,nucleus_y,nucleus_width,\
-         nucleus_height,cell_area,nucleus_area,flags,crop\n",
-    );
+    let mut csv = Table::new(&[
+        "path",
+        "status",
+        "um_per_px",
+        "scale_source",
+        "scale_note",
+        "cell",
+        "x",
+        "y",
+        "width",
+        "height",
+        "nucleus_x",
+        "nucleus_y",
+        "nucleus_width",
+        "nucleus_height",
+        "cell_area",
+        "nucleus_area",
+        "flags",
+        "crop",
+    ]);
     let (mut ok, mut without, mut total) = (0usize, 0usize, 0usize);
-    let mut failed = skipped_rows(&mut csv, skipped, root, 16);
+    let mut failed = skipped_rows(&mut csv, skipped, root)?;
     let mut sheet_rows: Vec<RgbImage> = Vec::new();
     for file in files {
         bar.inc(1);
@@ -175,12 +201,7 @@ fn segment_cells(
             Err(e) => {
                 failed += 1;
                 bar.suspend(|| eprintln!("skipped: {}: {}", file.display(), e.reason()));
-                let _ = writeln!(
-                    csv,
-                    "{},{},,,,,,,,,,,,,,,,",
-                    csv_field(&rel_s),
-                    csv_field(&format!("error: {}", e.reason()))
-                );
+                csv.row([rel_s, format!("error: {}", e.reason())])?;
                 continue;
             }
         };
@@ -188,17 +209,13 @@ fn segment_cells(
         let (views, found) = allscan_preprocess::prepare_cells(&img, cfg);
         let s = &found.scale;
         let source = serde_json::to_value(s.source)?.as_str().unwrap_or_default().to_string();
-        let note = csv_field(s.note.as_deref().unwrap_or(""));
+        let note = s.note.clone().unwrap_or_default();
+        let um_per_px = format!("{:.4}", s.um_per_px);
         let png_rel = png_name(&rel);
         save_gray(&found.mask, &args.out.join("masks").join(&png_rel))?;
         if found.cells.is_empty() {
             without += 1;
-            let _ = writeln!(
-                csv,
-                "{},no white cell found,{:.4},{source},{note},,,,,,,,,,,,,",
-                csv_field(&rel_s),
-                s.um_per_px
-            );
+            csv.row([rel_s.clone(), "no white cell found".into(), um_per_px.clone(), source.clone(), note.clone()])?;
         }
         let crop_dir_rel = Path::new("crops").join(&rel);
         for (k, c) in found.cells.iter().enumerate() {
@@ -216,24 +233,26 @@ fn segment_cells(
                 .iter()
                 .filter_map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from)))
                 .collect();
-            let _ = writeln!(
-                csv,
-                "{},ok,{:.4},{source},{note},{k},{},{},{},{},{},{},{},{},{},{},{},{}",
-                csv_field(&rel_s),
-                s.um_per_px,
-                c.cell.x,
-                c.cell.y,
-                c.cell.width,
-                c.cell.height,
-                c.nucleus.x,
-                c.nucleus.y,
-                c.nucleus.width,
-                c.nucleus.height,
-                c.cell_area,
-                c.nucleus_area,
+            csv.row([
+                rel_s.clone(),
+                "ok".into(),
+                um_per_px.clone(),
+                source.clone(),
+                note.clone(),
+                k.to_string(),
+                c.cell.x.to_string(),
+                c.cell.y.to_string(),
+                c.cell.width.to_string(),
+                c.cell.height.to_string(),
+                c.nucleus.x.to_string(),
+                c.nucleus.y.to_string(),
+                c.nucleus.width.to_string(),
+                c.nucleus.height.to_string(),
+                c.cell_area.to_string(),
+                c.nucleus_area.to_string(),
                 flags.join(" "),
-                csv_field(&crop)
-            );
+                crop,
+            ])?;
         }
         if args.sheet && sheet_rows.len() < args.sheet_rows {
             let crops: Vec<allscan_preprocess::RoiCrop> = views
@@ -249,8 +268,7 @@ fn segment_cells(
         }
     }
     bar.finish_and_clear();
-    let csv_path = args.out.join("cells.csv");
-    std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
+    csv.save(&args.out.join("cells.csv"))?;
     if args.sheet && !sheet_rows.is_empty() {
         let sheet_path = args.out.join("sheet.png");
         stack_rows(&sheet_rows).save(&sheet_path).with_context(|| format!("writing {}", sheet_path.display()))?;
@@ -336,22 +354,42 @@ fn list_images(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     (walked.files, walked.skipped)
 }
 
-/// One `error:` CSV row (with `empty` empty columns after the status) per skipped entry;
-/// returns how many.
-fn skipped_rows(csv: &mut String, skipped: &[(PathBuf, String)], root: &Path, empty: usize) -> usize {
+/// One `error:` CSV row (path, status, the other columns empty) per skipped entry; returns
+/// how many.
+fn skipped_rows(csv: &mut Table, skipped: &[(PathBuf, String)], root: &Path) -> anyhow::Result<usize> {
     for (p, why) in skipped {
         let rel = p.strip_prefix(root).unwrap_or(p).to_string_lossy().replace('\\', "/");
-        let _ = writeln!(csv, "{},{}{}", csv_field(&rel), csv_field(&format!("error: {why}")), ",".repeat(empty));
+        csv.row([rel, format!("error: {why}")])?;
     }
-    skipped.len()
+    Ok(skipped.len())
 }
 
-/// Quotes a CSV field when it holds a comma, quote or newline.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
+/// A CSV table (`nuclei.csv`, `cells.csv`) written through the `csv` crate: fields with a
+/// comma, a quote or a line break are quoted; a short row is padded with empty columns.
+struct Table {
+    writer: csv::Writer<Vec<u8>>,
+    columns: usize,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        // Writing into memory cannot fail.
+        let _ = writer.write_record(header);
+        Self { writer, columns: header.len() }
+    }
+
+    /// One row: `fields`, then empty columns up to the header's length.
+    fn row<const N: usize>(&mut self, fields: [String; N]) -> anyhow::Result<()> {
+        let pad = self.columns.saturating_sub(N);
+        let row = fields.into_iter().chain(std::iter::repeat_n(String::new(), pad));
+        self.writer.write_record(row)?;
+        Ok(())
+    }
+
+    fn save(self, path: &Path) -> anyhow::Result<()> {
+        let bytes = self.writer.into_inner().map_err(|e| e.into_error())?;
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
     }
 }
 
