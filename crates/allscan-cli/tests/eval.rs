@@ -171,12 +171,10 @@ fn bundles_that_do_not_fit_the_data_stop_with_a_clear_message() {
     }
 
     // aria-hsv preprocessing (made for Aria fields) on a dataset of another layout.
-    for file in ["config.json", "metadata.json"] {
-        let p = Path::new(&run).join(file);
-        let mut v = read_json(&p);
-        v["preprocess"]["mode"] = "aria-hsv".into();
-        std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-    }
+    let p = Path::new(&run).join("config.json");
+    let mut v = read_json(&p);
+    v["preprocess"]["mode"] = "aria-hsv".into();
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     // Hand-edited on purpose: drop the recorded hashes (it then loads as an older bundle).
     std::fs::remove_file(Path::new(&run).join("integrity.json")).unwrap();
     let mapped = ["eval", &run, &odd_s, "--map", "cats=healthy,dogs=leukemia", "--out", "y", "--bootstrap", "10"];

@@ -9,7 +9,7 @@ use common::{allscan, stderr, stdout};
 fn writes_field_and_crop_overlays() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    allscan::infer::testing::write_random_bundle(&run, TaskKind::Binary).unwrap();
+    allscan::bundle::testing::write_random_bundle(&run, TaskKind::Binary).unwrap();
     let f = allscan::synth::render_field(2, 128, &mut allscan::synth::field_rng(4, 2, 0));
     let img = tmp.path().join("field.png");
     f.image.save(&img).unwrap();

@@ -19,7 +19,7 @@ fn write_fields(dir: &std::path::Path, n: usize) {
 fn predicts_a_folder_in_every_format_and_lists_failures() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    allscan::infer::testing::write_random_bundle(&run, TaskKind::Subtype).unwrap();
+    allscan::bundle::testing::write_random_bundle(&run, TaskKind::Subtype).unwrap();
     let imgs = tmp.path().join("imgs");
     write_fields(&imgs, 3);
     let (r, i) = (run.to_str().unwrap(), imgs.to_str().unwrap());
@@ -62,7 +62,7 @@ fn predicts_a_folder_in_every_format_and_lists_failures() {
 fn binary_csv_has_the_minimal_columns_and_bad_runs_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    allscan::infer::testing::write_random_bundle(&run, TaskKind::Binary).unwrap();
+    allscan::bundle::testing::write_random_bundle(&run, TaskKind::Binary).unwrap();
     let imgs = tmp.path().join("imgs");
     write_fields(&imgs, 1);
     let o = allscan(

@@ -10,11 +10,11 @@ use allscan::config::TaskKind;
 use common::{allscan, stderr, stdout};
 use serde_json::Value;
 
-/// A random-weight bundle switched to `cell` mode (whole white cells at a physical scale).
+/// A random-weight bundle in `cell` mode (whole white cells at a physical scale).
 fn cell_bundle(dir: &Path) {
-    let mut b = allscan::infer::testing::write_random_bundle(dir, TaskKind::Binary).unwrap();
-    b.metadata.preprocess.mode = allscan_preprocess::SegmentMode::Cell;
-    b.write_metadata().unwrap();
+    let mut b = allscan::bundle::testing::BundleFixture::new(TaskKind::Binary);
+    b.config.preprocess.mode = allscan_preprocess::SegmentMode::Cell;
+    b.write(dir).unwrap();
 }
 
 /// A `w` x `h` smear field tiled from synthetic 160-pixel fields (one white cell each).

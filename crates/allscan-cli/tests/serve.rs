@@ -22,7 +22,7 @@ fn get(addr: &str, path: &str) -> String {
 fn serves_a_bundle_on_loopback() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    allscan::infer::testing::write_random_bundle(&run, TaskKind::Binary).unwrap();
+    allscan::bundle::testing::write_random_bundle(&run, TaskKind::Binary).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_allscan"))
         .args(["serve", run.to_str().unwrap(), "--addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())

@@ -61,7 +61,7 @@ fn cpu_profile_writes_a_complete_bundle_that_reopens() {
     assert_eq!(b.config.model.backbone.densenet().block_config, [2, 2]);
     assert_eq!(b.metadata.class_names, ["Benign", "Early", "Pre", "Pro"]);
     assert_eq!(b.metadata.leukemia_classes, ["Early", "Pre", "Pro"]);
-    assert_eq!(b.metadata.input_size, 32);
+    assert_eq!(b.preprocess().input_size, 32, "--input-size reaches the config tree");
     assert!((0.0..=1.0).contains(&b.metadata.threshold));
     assert!(b.metadata.split.is_some());
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();

@@ -2,10 +2,10 @@
 //! the data gives a same-dataset evaluation whose threshold is chosen on validation and stored;
 //! without one the data is another dataset; labels that say nothing are refused.
 
+use allscan::bundle::testing::{write_random_bundle, BundleFixture};
 use allscan::bundle::RunBundle;
 use allscan::data::{DatasetIndex, IndexOptions, SplitConfig, SplitFile};
 use allscan::eval::run::{check_compatibility, evaluate, EvalRequest};
-use allscan::infer::testing::write_random_bundle;
 use allscan::synth::{generate, SynthConfig};
 use allscan::train::TaskKind;
 
@@ -33,7 +33,7 @@ fn same_dataset_and_cross_dataset_evaluations() {
     assert_eq!(RunBundle::open(&run).unwrap().metadata.threshold, stored);
     assert_eq!(out.metrics.threshold, stored);
     assert_eq!(out.metrics.n, split.select(&index, allscan::data::Part::Test, None).len());
-    let compat = check_compatibility(&RunBundle::open(&run).unwrap().metadata, &index, false).unwrap();
+    let compat = check_compatibility(&RunBundle::open(&run).unwrap(), &index, false).unwrap();
     assert_eq!(compat.subtype, out.metrics.subtype.is_some());
     assert!(out.report_path.is_file() && out.metrics_path.is_file());
     // Evaluated again: the stored threshold is kept.
@@ -74,18 +74,6 @@ fn colour_cast_set(root: &std::path::Path, n: usize) {
     }
 }
 
-/// Points the bundle's preprocessing (config and metadata) at `stain`.
-fn set_stain(run: &std::path::Path, stain: serde_json::Value) {
-    for (file, key) in [("config.json", "preprocess"), ("metadata.json", "preprocess")] {
-        let path = run.join(file);
-        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        v[key]["stain"] = stain.clone();
-        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-    }
-    // Hand-edited on purpose: drop the recorded hashes (it then loads as an older bundle).
-    std::fs::remove_file(run.join("integrity.json")).unwrap();
-}
-
 #[test]
 fn the_colour_shortcut_reads_the_stain_normalised_field_when_the_run_normalises_stain() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,8 +85,9 @@ fn the_colour_shortcut_reads_the_stain_normalised_field_when_the_run_normalises_
     split.save(&split_path).unwrap();
     let shortcut_auc = |stain: serde_json::Value, name: &str| -> f64 {
         let run = dir.path().join(name);
-        write_random_bundle(&run, TaskKind::Binary).unwrap();
-        set_stain(&run, stain);
+        let mut bundle = BundleFixture::new(TaskKind::Binary);
+        bundle.config.preprocess.stain = serde_json::from_value(stain).unwrap();
+        bundle.write(&run).unwrap();
         let mut req = EvalRequest::new(&run, &data, dir.path().join(format!("ev-{name}")));
         req.split = Some(split_path.clone());
         req.n_boot = 20;

@@ -66,6 +66,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (bundle, predictor) = load_predictor(&args.run)?;
     let mut info = serde_json::to_value(&bundle.metadata).context("serialising the bundle metadata")?;
     if let Some(o) = info.as_object_mut() {
+        // The preprocessing is stored once, in config.json; /api/model still shows it beside
+        // what training produced, with the input size and normalisation drawn from it.
+        let p = bundle.preprocess();
+        o.insert("preprocess".into(), serde_json::to_value(p).context("serialising the preprocessing")?);
+        o.insert("input_size".into(), p.input_size.into());
+        o.insert("normalization".into(), serde_json::to_value(&p.normalization).context("serialising it")?);
         o.insert("run".into(), serde_json::Value::String(bundle.dir.display().to_string()));
     }
     let mut config = ServerConfig {

@@ -10,7 +10,7 @@ use super::run::{EvalRequest, TrainingData};
 use super::scoring::{evaluate_scores, ScoredImage};
 use super::shortcut::ColourShortcut;
 use super::EvalError;
-use crate::bundle::BundleMetadata;
+use crate::bundle::RunBundle;
 use crate::data::{DatasetIndex, ImageRecord};
 use crate::model::Task;
 
@@ -110,7 +110,7 @@ fn stained(img: image::RgbImage, preprocess: &allscan_preprocess::PreprocessConf
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn shortcut(
     kind: ShortcutKind,
-    meta: &BundleMetadata,
+    bundle: &RunBundle,
     t: &TrainingData,
     index: &DatasetIndex,
     scored: &[ScoredImage],
@@ -119,7 +119,8 @@ pub(crate) fn shortcut(
     subtype_names: Option<&[String]>,
     req: &EvalRequest,
 ) -> Result<ModelEvaluation, EvalError> {
-    let limits = &meta.preprocess.decode;
+    let (meta, preprocess) = (&bundle.metadata, bundle.preprocess());
+    let limits = &preprocess.decode;
     // Classes: the model's for a subtype model (so p(leukemia) sums the same classes), else binary.
     let subtype_model = matches!(meta.task, Task::Subtype { .. });
     let classes: Vec<String> =
@@ -131,7 +132,7 @@ pub(crate) fn shortcut(
             Some(usize::from(r.label.is_some_and(|l| l.is_leukemia())))
         }
     };
-    let train = features_of(&t.index, &t.train, &meta.preprocess, kind);
+    let train = features_of(&t.index, &t.train, preprocess, kind);
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for (i, f) in train {
         if let Some(k) = label_of(&t.index.images[i]) {
@@ -147,7 +148,7 @@ pub(crate) fn shortcut(
     let score = |idx: &DatasetIndex, s: &ScoredImage| -> Result<Option<ScoredImage>, EvalError> {
         let Some(rec) = idx.images.iter().find(|r| r.path == s.path) else { return Ok(None) };
         let Ok(img) = decode_file(&idx.abs_path(rec), limits) else { return Ok(None) };
-        let probs = model.predict_proba(&shortcut_features(img, kind, &meta.preprocess))?;
+        let probs = model.predict_proba(&shortcut_features(img, kind, preprocess))?;
         let p: f64 = probs.iter().zip(&leuk).filter(|(_, l)| **l).map(|(p, _)| *p).sum::<f64>().clamp(0.0, 1.0);
         Ok(Some(ScoredImage { p_leukemia: p, probs, ..s.clone() }))
     };

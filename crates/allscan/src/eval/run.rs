@@ -140,14 +140,16 @@ pub struct Compatibility {
     pub notes: Vec<String>,
 }
 
-/// Checks that `meta`'s model can be scored against `index`'s labels and that its
+/// Checks that `bundle`'s model can be scored against `index`'s labels and that its
 /// preprocessing fits these images. Errors name the classes or settings that disagree and how
 /// to fix them.
 pub fn check_compatibility(
-    meta: &BundleMetadata,
+    bundle: &RunBundle,
     index: &DatasetIndex,
     allow_preprocess_mismatch: bool,
 ) -> Result<Compatibility, EvalError> {
+    let meta = &bundle.metadata;
+    let preprocess = bundle.preprocess();
     let bad = |reason: String| Err(EvalError::Incompatible { data: index.root.clone(), reason });
     let mut notes = Vec::new();
     // Every image needs a leukemia/healthy label to be scored at all.
@@ -195,7 +197,7 @@ pub fn check_compatibility(
             }
         }
     };
-    if meta.preprocess.mode == SegmentMode::AriaHsv && index.layout != LayoutKind::Aria && !allow_preprocess_mismatch {
+    if preprocess.mode == SegmentMode::AriaHsv && index.layout != LayoutKind::Aria && !allow_preprocess_mismatch {
         return bad(format!(
             "the bundle preprocesses with `aria-hsv` (the Aria authors' colour thresholds, made for \
              Aria's 224 px fields of view) but this is a {} dataset; its images would reach the \
@@ -204,7 +206,7 @@ pub fn check_compatibility(
             index.layout.describe()
         ));
     }
-    let min_side = meta.preprocess.decode.min_side;
+    let min_side = preprocess.decode.min_side;
     let small = index.images.iter().filter(|r| r.width.min(r.height) < min_side).count();
     if small > 0 {
         return bad(format!(
@@ -375,7 +377,7 @@ impl EvalData {
         let map = req.map.as_deref().map(LabelMap::parse).transpose()?;
         let index =
             DatasetIndex::build(&req.data, &IndexOptions { map, progress: req.progress, ..Default::default() })?;
-        let compat = check_compatibility(&bundle.metadata, &index, req.allow_preprocess_mismatch)?;
+        let compat = check_compatibility(&bundle, &index, req.allow_preprocess_mismatch)?;
         warnings.extend(compat.notes.iter().cloned());
 
         // Same dataset (a split fits the data) or another one.
@@ -589,8 +591,7 @@ fn baseline_figures(
     warnings: &mut Vec<String>,
 ) -> Option<ModelEvaluation> {
     let t = data.training.as_ref().filter(|t| req.shortcut && !t.train.is_empty())?;
-    let meta = &data.bundle.metadata;
-    shortcut(kind, meta, t, &data.index, scored, thr.val_scores.as_deref(), target, subtype_names, req)
+    shortcut(kind, &data.bundle, t, &data.index, scored, thr.val_scores.as_deref(), target, subtype_names, req)
         .map_err(|e| warnings.push(format!("{} not run: {e}", kind.name())))
         .ok()
 }
@@ -628,7 +629,7 @@ fn error_gallery(
     threshold: f64,
     req: &EvalRequest,
 ) -> Vec<GalleryItem> {
-    let limits = &data.bundle.metadata.preprocess.decode;
+    let limits = &data.bundle.preprocess().decode;
     let mut gallery = Vec::new();
     for i in most_confident_errors(&model.y_leukemia, &model.p_leukemia, threshold, req.gallery) {
         let s = &scored[i];
@@ -740,7 +741,7 @@ fn model_name(bundle: &RunBundle) -> String {
         Task::Binary => "binary".to_string(),
         Task::Subtype { num_classes } => format!("{num_classes}-class"),
     };
-    format!("model ({task}, {})", bundle.metadata.preprocess.mode)
+    format!("model ({task}, {})", bundle.preprocess().mode)
 }
 
 /// The run's training data in cross-dataset mode; `Err` is a warning.
@@ -776,7 +777,7 @@ fn dataset_summary(
         .map(|c| format!("{} ({}, {})", c.name, c.label.map_or("unlabelled", |l| l.as_str()), c.count))
         .collect();
     let (l, h) = count_label(scored);
-    let m = &bundle.metadata;
+    let (m, p) = (&bundle.metadata, bundle.preprocess());
     vec![
         ("data".into(), index.root.display().to_string()),
         ("layout".into(), index.layout.describe().to_string()),
@@ -801,10 +802,7 @@ fn dataset_summary(
         ("scored".into(), format!("{} images ({l} leukemia, {h} healthy)", scored.len())),
         ("run".into(), bundle.dir.display().to_string()),
         ("model classes".into(), m.class_names.join(", ")),
-        (
-            "preprocessing".into(),
-            format!("{} mode, {} px input, threshold {:.4}", m.preprocess.mode, m.preprocess.input_size, m.threshold),
-        ),
+        ("preprocessing".into(), format!("{} mode, {} px input, threshold {:.4}", p.mode, p.input_size, m.threshold)),
         (
             "relation to training data".into(),
             if cross { "another dataset (cross-dataset evaluation)".into() } else { "same dataset as training".into() },

@@ -205,15 +205,14 @@ impl RunLog {
 
 /// Rewrites `metrics.csv` (atomically) from the epoch history.
 pub fn write_metrics(dir: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
-    let path = dir.join(METRICS_FILE);
-    let io = |source| BundleError::Io { path: path.clone(), source };
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(EpochRow::COLUMNS).map_err(|e| io(e.into()))?;
+    let mut s = String::from(EpochRow::HEADER);
+    s.push('\n');
     for r in rows {
-        w.write_record(r.record()).map_err(|e| io(e.into()))?;
+        s.push_str(&r.csv());
+        s.push('\n');
     }
-    let bytes = w.into_inner().map_err(|e| io(e.into_error()))?;
-    crate::fsutil::write_atomic(&path, &bytes).map_err(io)?;
+    let path = dir.join(METRICS_FILE);
+    crate::fsutil::write_atomic(&path, s.as_bytes()).map_err(|source| BundleError::Io { path, source })?;
     Ok(())
 }
 
@@ -902,9 +901,6 @@ fn metadata(
             .iter()
             .map(|c| (c.name.clone(), c.label.map(|l| l.as_str().to_string()).unwrap_or_else(|| "unlabelled".into())))
             .collect(),
-        preprocess: cfg.preprocess.clone(),
-        input_size: cfg.preprocess.input_size,
-        normalization: cfg.preprocess.normalization.clone(),
         threshold,
         threshold_rule: rule,
         dataset_fingerprint: plan.index.fingerprint.clone(),

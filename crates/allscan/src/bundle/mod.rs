@@ -1,13 +1,14 @@
 //! Run bundle I/O, the seam between training and every later command: a run directory ->
-//! its config tree ([`RunConfig`], `config.json`), what inference needs ([`BundleMetadata`],
-//! `metadata.json`: classes, preprocessing, input size, normalisation, threshold, dataset
-//! fingerprint, split, versions) and the trained weights (`model.bpk`).
+//! its config tree ([`RunConfig`], `config.json`: preprocessing, model, training, the only
+//! place each setting is stored), what training produced ([`BundleMetadata`],
+//! `metadata.json`: classes, threshold, dataset fingerprint, split, best epoch, test figures,
+//! versions) and the trained weights (`model.bpk`).
 //!
 //! Layout of `RUN/`:
 //!
 //! ```text
 //! config.json     the whole config tree (task, profile, model, preprocess, train, seed, data)
-//! metadata.json   classes, leukemia classes, preprocessing, threshold, fingerprint, split, versions
+//! metadata.json   classes, leukemia classes, threshold, fingerprint, split, best epoch, versions
 //! model.bpk       the best epoch's weights (Burn burnpack, parameter ids derived from paths)
 //! integrity.json  SHA-256 of config.json, metadata.json and model.bpk
 //! split.json      the split the run used (a copy of --split, or the one it made)
@@ -17,7 +18,12 @@
 //! ```
 //!
 //! `predict`, `eval`, `serve` and `explain` rebuild everything from here: no constant of the
-//! run is repeated elsewhere.
+//! run is repeated elsewhere. Preprocessing, input size and
+//! normalisation are read from `config.json` ([`RunBundle::preprocess`]). Bundles written
+//! before that kept copies of them in `metadata.json` (`preprocess`, `input_size`,
+//! `normalization`): those are still read, checked against `config.json` and otherwise
+//! ignored; a copy that disagrees is refused with [`BundleError::Inconsistent`], naming the
+//! file and the field.
 //!
 //! Integrity: [`RunBundle::create`] records the SHA-256 of `config.json` and `metadata.json`
 //! (and of `model.bpk` when it is already there) in `integrity.json`;
@@ -37,22 +43,24 @@
 //! model gets the same ids at construction ([`with_path_ids`](crate::params::with_path_ids)), so optimizer state (keyed by
 //! id) still matches the weights after a resume from a checkpoint.
 
+mod files;
+pub mod testing;
+
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use allscan_preprocess::{Normalization, PreprocessConfig};
+use allscan_preprocess::PreprocessConfig;
 use burn::module::Module;
 use burn::store::ModuleRecord;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::{Profile, TaskKind, TrainConfig, WeightsSource};
 use crate::data::SplitConfig;
-use crate::fsutil::write_atomic;
 use crate::model::{ClassifierConfig, LeukemiaClassifier, ModelError, Task};
-use crate::params::path_param_id;
+use files::{parse_json, read_bytes, write_weights};
+pub use files::{read_integrity, read_json, save_weights, sha256_hex, weights_bytes, write_json, IntegrityRecord};
 
 /// Format tag of `config.json` and `metadata.json`.
 pub const BUNDLE_FORMAT: &str = "allscan-run-v1";
@@ -110,7 +118,8 @@ pub enum BundleError {
         /// The format tag found.
         found: String,
     },
-    /// The files disagree with each other (e.g. metadata's input size vs the config's).
+    /// The files disagree with each other (e.g. an older metadata.json's copy of the
+    /// preprocessing vs config.json's).
     #[error("{path}: {reason}")]
     Inconsistent {
         /// The file.
@@ -150,52 +159,6 @@ pub enum BundleError {
     },
 }
 
-/// `integrity.json`: the SHA-256 (lowercase hex) of each bundle file, by file name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IntegrityRecord {
-    /// [`INTEGRITY_FORMAT`].
-    pub format: String,
-    /// Always `sha256`.
-    pub algorithm: String,
-    /// File name inside the bundle -> hex digest.
-    pub files: BTreeMap<String, String>,
-}
-
-impl IntegrityRecord {
-    fn new() -> Self {
-        Self { format: INTEGRITY_FORMAT.into(), algorithm: "sha256".into(), files: BTreeMap::new() }
-    }
-
-    /// Checks `bytes` (the content of `dir/file`) against the recorded hash.
-    fn verify(&self, dir: &Path, file: &str, bytes: &[u8]) -> Result<(), BundleError> {
-        let path = dir.join(file);
-        let recorded = self.files.get(file).ok_or_else(|| BundleError::IntegrityUnrecorded { path: path.clone() })?;
-        let actual = sha256_hex(bytes);
-        if !recorded.eq_ignore_ascii_case(&actual) {
-            return Err(BundleError::IntegrityMismatch { path, recorded: recorded.clone(), actual });
-        }
-        Ok(())
-    }
-}
-
-/// SHA-256 of `bytes` as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Reads `dir/integrity.json`; `None` for an older bundle that has none.
-pub fn read_integrity(dir: &Path) -> Result<Option<IntegrityRecord>, BundleError> {
-    let path = dir.join(INTEGRITY_FILE);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let record: IntegrityRecord = read_json(&path)?;
-    if record.format != INTEGRITY_FORMAT || record.algorithm != "sha256" {
-        return Err(BundleError::Format { path, found: format!("{} / {}", record.format, record.algorithm) });
-    }
-    Ok(Some(record))
-}
-
 /// Where the data came from and how it was split; part of [`RunConfig`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataConfig {
@@ -231,7 +194,8 @@ pub struct RunConfig {
     pub weights: WeightsSource,
     /// Classifier structure.
     pub model: ClassifierConfig,
-    /// Preprocessing (also in metadata, where inference reads it).
+    /// Preprocessing, exactly as in training; every reader takes it from here
+    /// ([`RunBundle::preprocess`]).
     pub preprocess: PreprocessConfig,
     /// Training schedule.
     pub train: TrainConfig,
@@ -286,7 +250,8 @@ pub struct BestEpoch {
     pub val_accuracy: f64,
 }
 
-/// What inference needs (`metadata.json`).
+/// What training produced (`metadata.json`); the settings it ran with are the
+/// [`RunConfig`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleMetadata {
     /// [`BUNDLE_FORMAT`].
@@ -301,12 +266,6 @@ pub struct BundleMetadata {
     pub leukemia_classes: Vec<String>,
     /// The dataset's class folders and their binary labels (`healthy` / `leukemia`).
     pub dataset_classes: Vec<(String, String)>,
-    /// Preprocessing, exactly as in training.
-    pub preprocess: PreprocessConfig,
-    /// Side of the square model input (equals `preprocess.input_size`).
-    pub input_size: u32,
-    /// Input normalisation (equals `preprocess.normalization`).
-    pub normalization: Normalization,
     /// Decision threshold on p(leukemia): `p >= threshold` is called leukemia.
     pub threshold: f64,
     /// How the threshold was chosen.
@@ -330,15 +289,6 @@ impl BundleMetadata {
     /// Checks the fields against each other and the config.
     fn check(&self, config: &RunConfig, path: &Path) -> Result<(), BundleError> {
         let bad = |reason: String| Err(BundleError::Inconsistent { path: path.to_path_buf(), reason });
-        if self.input_size != self.preprocess.input_size {
-            return bad(format!(
-                "input_size {} differs from preprocess.input_size {}",
-                self.input_size, self.preprocess.input_size
-            ));
-        }
-        if self.normalization != self.preprocess.normalization {
-            return bad("normalization differs from preprocess.normalization".into());
-        }
         if self.task != config.model.task {
             return bad(format!("task {:?} differs from config.json's {:?}", self.task, config.model.task));
         }
@@ -353,6 +303,54 @@ impl BundleMetadata {
         }
         Ok(())
     }
+}
+
+/// Parses `metadata.json`. Copies of the config that older bundles kept there
+/// (`preprocess`, `input_size`, `normalization`) are taken out and checked against
+/// `config.json`, the one place they are read from now: equal, they are ignored; different,
+/// the bundle is refused, naming the file and the field (which of the two was used before
+/// cannot be told from here).
+fn parse_metadata(path: &Path, bytes: &[u8], config: &RunConfig) -> Result<BundleMetadata, BundleError> {
+    let mut value: serde_json::Value = parse_json(path, bytes)?;
+    if let Some(fields) = value.as_object_mut() {
+        let p = &config.preprocess;
+        legacy_copy(path, fields.remove("preprocess"), "preprocess", "preprocess", p)?;
+        legacy_copy(path, fields.remove("input_size"), "input_size", "preprocess.input_size", &p.input_size)?;
+        legacy_copy(
+            path,
+            fields.remove("normalization"),
+            "normalization",
+            "preprocess.normalization",
+            &p.normalization,
+        )?;
+    }
+    serde_json::from_value(value).map_err(|e| BundleError::Json { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Checks one field of an older `metadata.json` against `config.json`'s `key`.
+fn legacy_copy<T>(
+    path: &Path,
+    copy: Option<serde_json::Value>,
+    field: &str,
+    key: &str,
+    config: &T,
+) -> Result<(), BundleError>
+where
+    T: serde::de::DeserializeOwned + PartialEq,
+{
+    let Some(copy) = copy else { return Ok(()) };
+    let copy: T = serde_json::from_value(copy)
+        .map_err(|e| BundleError::Json { path: path.to_path_buf(), reason: format!("field `{field}`: {e}") })?;
+    if copy != *config {
+        return Err(BundleError::Inconsistent {
+            path: path.to_path_buf(),
+            reason: format!(
+                "field `{field}` (a copy older bundles kept) differs from {CONFIG_FILE}'s `{key}`, which is \
+                 the one read now; make them agree, or delete `{field}` from {METADATA_FILE} to use {CONFIG_FILE}'s"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// An opened run directory.
@@ -392,11 +390,12 @@ impl RunBundle {
             ),
         }
         let config: RunConfig = parse_json(&config_path, &config_bytes)?;
-        let metadata: BundleMetadata = parse_json(&meta_path, &meta_bytes)?;
-        for (path, format) in [(dir.join(CONFIG_FILE), &config.format), (meta_path.clone(), &metadata.format)] {
-            if format != BUNDLE_FORMAT {
-                return Err(BundleError::Format { path, found: format.clone() });
-            }
+        if config.format != BUNDLE_FORMAT {
+            return Err(BundleError::Format { path: config_path, found: config.format });
+        }
+        let metadata = parse_metadata(&meta_path, &meta_bytes, &config)?;
+        if metadata.format != BUNDLE_FORMAT {
+            return Err(BundleError::Format { path: meta_path, found: metadata.format });
         }
         config.model.validate().map_err(|source| BundleError::Model { path: dir.join(CONFIG_FILE), source })?;
         metadata.check(&config, &meta_path)?;
@@ -427,6 +426,12 @@ impl RunBundle {
             write_json(&self.dir.join(INTEGRITY_FILE), &record)?;
         }
         Ok(())
+    }
+
+    /// The preprocessing the model was trained with (`config.json`'s `preprocess`): input
+    /// size, normalisation, view, decode limits.
+    pub fn preprocess(&self) -> &PreprocessConfig {
+        &self.config.preprocess
     }
 
     /// Path of the weights file.
@@ -536,282 +541,5 @@ pub fn p_leukemia(meta: &BundleMetadata, probs: &[f32]) -> f32 {
     }
 }
 
-/// Saves a classifier's weights to `path` (burnpack with path-derived parameter ids, see
-/// [`weights_bytes`]; written to a temporary file and renamed, so a crash leaves the old
-/// file or the new one). Used for the bundle's weights and for checkpoints alike.
-pub fn save_weights(model: &LeukemiaClassifier, path: &Path) -> Result<(), BundleError> {
-    write_weights(model, path).map(|_| ())
-}
-
-/// [`save_weights`], returning the SHA-256 of the bytes written.
-fn write_weights(model: &LeukemiaClassifier, path: &Path) -> Result<String, BundleError> {
-    let bytes = weights_bytes(model, path)?;
-    write_atomic(path, &bytes).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })?;
-    Ok(sha256_hex(&bytes))
-}
-
-/// A module's weights as burnpack bytes that depend only on its structure and values: Burn's
-/// record carries each parameter's random [`ParamId`](burn::module::ParamId) (and BatchNorm running statistics keep
-/// theirs even through [`crate::params::with_path_ids`], which cannot reach them), so the ids are replaced
-/// by [`path_param_id`] of the tensor's name. Loading restores these ids into the module.
-/// `path` only names the file in errors.
-pub fn weights_bytes<M: Module>(model: &M, path: &Path) -> Result<Vec<u8>, BundleError> {
-    let bad = |e: String| BundleError::Model {
-        path: path.to_path_buf(),
-        source: ModelError::Record { path: path.to_path_buf(), reason: format!("cannot save weights: {e}") },
-    };
-    let bytes = model.clone().into_record().into_bytes().map_err(|e| bad(e.to_string()))?;
-    let mut tensors =
-        burn_pack::Reader::from_bytes(bytes).and_then(|r| r.into_tensors()).map_err(|e| bad(e.to_string()))?;
-    for t in &mut tensors {
-        t.param_id = Some(path_param_id(&t.name).val());
-    }
-    let out = burn_pack::Writer::new(tensors).into_bytes().map_err(|e| bad(e.to_string()))?;
-    Ok(out.to_vec())
-}
-
-fn read_bytes(path: &Path) -> Result<Vec<u8>, BundleError> {
-    std::fs::read(path).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, BundleError> {
-    serde_json::from_slice(bytes).map_err(|e| BundleError::Json { path: path.to_path_buf(), reason: e.to_string() })
-}
-
-/// Reads and parses a JSON file.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BundleError> {
-    parse_json(path, &read_bytes(path)?)
-}
-
-/// Writes pretty JSON atomically; returns the SHA-256 of the bytes written.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<String, BundleError> {
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| BundleError::Json { path: path.to_path_buf(), reason: e.to_string() })?;
-    bytes.push(b'\n');
-    write_atomic(path, &bytes).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })?;
-    Ok(sha256_hex(&bytes))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Profile;
-
-    fn sample(task: TaskKind) -> (RunConfig, BundleMetadata) {
-        let d = Profile::Cpu.defaults(task, 4);
-        let mut model = d.model;
-        if let crate::model::BackboneConfig::Custom(c) = &mut model.backbone {
-            *c = densenet_burn::DenseNetConfig::custom(4, vec![1, 1], 8, None);
-        }
-        let config = RunConfig {
-            format: BUNDLE_FORMAT.into(),
-            task,
-            profile: Profile::Cpu,
-            seed: 1,
-            data: DataConfig {
-                root: "data".into(),
-                map: None,
-                split_file: None,
-                split: SplitConfig::default(),
-                fingerprint: "abc".into(),
-            },
-            weights: WeightsSource::None,
-            model: model.clone(),
-            preprocess: d.preprocess.clone(),
-            train: d.train,
-        };
-        let classes: Vec<String> = ["Benign", "Early", "Pre", "Pro"].iter().map(|s| s.to_string()).collect();
-        let (class_names, leukemia) = match task {
-            TaskKind::Binary => (vec!["healthy".to_string(), "leukemia".to_string()], vec!["leukemia".to_string()]),
-            TaskKind::Subtype => (classes.clone(), classes[1..].to_vec()),
-        };
-        let metadata = BundleMetadata {
-            format: BUNDLE_FORMAT.into(),
-            task: model.task,
-            class_names,
-            leukemia_classes: leukemia,
-            dataset_classes: vec![("Benign".into(), "healthy".into())],
-            input_size: d.preprocess.input_size,
-            normalization: d.preprocess.normalization.clone(),
-            preprocess: d.preprocess,
-            threshold: 0.5,
-            threshold_rule: "test".into(),
-            dataset_fingerprint: "abc".into(),
-            split: None,
-            best: None,
-            test_metrics: BTreeMap::new(),
-            versions: Versions::default(),
-        };
-        (config, metadata)
-    }
-
-    #[test]
-    fn create_open_and_threshold_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let (config, metadata) = sample(TaskKind::Subtype);
-        RunBundle::create(dir.path(), config.clone(), metadata.clone()).unwrap();
-        let mut b = RunBundle::open(dir.path()).unwrap();
-        assert_eq!(b.config, config);
-        assert_eq!(b.metadata, metadata);
-        b.set_threshold(0.25).unwrap();
-        assert!(b.set_threshold(1.5).is_err());
-        assert_eq!(RunBundle::open(dir.path()).unwrap().metadata.threshold, 0.25);
-        // Subtype p(leukemia) sums the leukemia classes.
-        let p = b.p_leukemia(&[0.1, 0.2, 0.3, 0.4]);
-        assert!((p - 0.9).abs() < 1e-6);
-        assert_eq!(b.predicted_class(&[0.1, 0.2, 0.3, 0.4]), (3, "Pro"));
-    }
-
-    #[test]
-    fn weights_round_trip_and_missing_files_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = RunBundle::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("config.json"), "{err}");
-        let (config, metadata) = sample(TaskKind::Binary);
-        let device = Device::flex();
-        let model = config.model.init(&device).unwrap();
-        let b = RunBundle::create(dir.path(), config, metadata).unwrap();
-        let err = b.load_model(&device).unwrap_err().to_string();
-        assert!(err.contains("model.bpk"), "{err}");
-        b.save_weights(&model).unwrap();
-        let loaded = b.load_model(&device).unwrap();
-        let x = burn::tensor::Tensor::<4>::ones([1, 3, 32, 32], &device);
-        let a = model.valid().forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
-        let c = loaded.forward(x).into_data().try_to_vec::<f32>().unwrap();
-        assert!((a[0] - c[0]).abs() < 1e-4, "{a:?} vs {c:?}");
-        assert_eq!(b.p_leukemia(&[0.7]), 0.7);
-    }
-
-    /// A binary bundle with saved weights in a fresh temporary directory.
-    fn bundle_with_weights() -> (tempfile::TempDir, RunBundle, LeukemiaClassifier) {
-        let dir = tempfile::tempdir().unwrap();
-        let (config, metadata) = sample(TaskKind::Binary);
-        let model = config.model.init(&Device::flex()).unwrap();
-        let b = RunBundle::create(dir.path(), config, metadata).unwrap();
-        b.save_weights(&model).unwrap();
-        (dir, b, model)
-    }
-
-    #[test]
-    fn a_flipped_byte_in_the_weights_is_refused_with_both_hashes() {
-        let (dir, b, _) = bundle_with_weights();
-        let path = dir.path().join(WEIGHTS_FILE);
-        let good = std::fs::read(&path).unwrap();
-        let recorded = sha256_hex(&good);
-        let mut bad = good.clone();
-        let k = bad.len() - 3; // inside the tensor data, where a flip still parses
-        bad[k] ^= 0x01;
-        std::fs::write(&path, &bad).unwrap();
-        let err = RunBundle::open(dir.path()).unwrap().load_model(&Device::flex()).unwrap_err();
-        assert!(matches!(err, BundleError::IntegrityMismatch { .. }), "{err:?}");
-        let msg = err.to_string();
-        assert!(msg.contains("model.bpk"), "{msg}");
-        assert!(msg.contains(&recorded), "{msg}");
-        assert!(msg.contains(&sha256_hex(&bad)), "{msg}");
-        // Restored, it loads again.
-        std::fs::write(&path, &good).unwrap();
-        b.load_model(&Device::flex()).unwrap();
-    }
-
-    #[test]
-    fn edited_config_or_metadata_is_refused_and_own_rewrites_are_recorded() {
-        let (dir, mut b, _) = bundle_with_weights();
-        // The bundle's own rewrite (a threshold) updates the record: still opens.
-        b.set_threshold(0.3).unwrap();
-        RunBundle::open(dir.path()).unwrap().load_model(&Device::flex()).unwrap();
-        for file in [CONFIG_FILE, METADATA_FILE] {
-            let path = dir.path().join(file);
-            let good = std::fs::read_to_string(&path).unwrap();
-            std::fs::write(&path, good.replacen("\n", "\n ", 1)).unwrap();
-            let err = RunBundle::open(dir.path()).unwrap_err();
-            assert!(matches!(err, BundleError::IntegrityMismatch { .. }), "{file}: {err:?}");
-            assert!(err.to_string().contains(file), "{err}");
-            std::fs::write(&path, good).unwrap();
-        }
-        // Weights copied in without a record are refused too.
-        let mut record = read_integrity(dir.path()).unwrap().unwrap();
-        record.files.remove(WEIGHTS_FILE);
-        write_json(&dir.path().join(INTEGRITY_FILE), &record).unwrap();
-        let err = b.load_model(&Device::flex()).unwrap_err();
-        assert!(matches!(err, BundleError::IntegrityUnrecorded { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn an_older_bundle_without_hashes_still_loads() {
-        let (dir, mut b, _) = bundle_with_weights();
-        std::fs::remove_file(dir.path().join(INTEGRITY_FILE)).unwrap();
-        RunBundle::open(dir.path()).unwrap().load_model(&Device::flex()).unwrap();
-        // Rewriting metadata does not start a partial record that would strand the weights.
-        b.set_threshold(0.4).unwrap();
-        assert!(!dir.path().join(INTEGRITY_FILE).exists());
-        RunBundle::open(dir.path()).unwrap().load_model(&Device::flex()).unwrap();
-    }
-
-    #[test]
-    fn the_same_seed_saves_byte_identical_weights_that_load_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let (config, _) = sample(TaskKind::Binary);
-        let device = Device::flex();
-        let mut files = Vec::new();
-        let mut models = Vec::new();
-        for k in 0..2 {
-            device.seed(7);
-            let model = config.model.init(&device).unwrap();
-            let path = dir.path().join(format!("m{k}.bpk"));
-            save_weights(&model, &path).unwrap();
-            files.push(std::fs::read(&path).unwrap());
-            models.push(model);
-        }
-        assert!(files[0] == files[1], "two saves of the same seeded model differ");
-        // The live ids are the path ids the file records (BatchNorm running statistics aside).
-        let ids = |m: &LeukemiaClassifier| {
-            let mut c = IdCollector::default();
-            m.visit(&mut c);
-            c.0
-        };
-        let live = ids(&models[0]);
-        let trainable: Vec<_> =
-            live.iter().filter(|(p, _)| !p.ends_with("running_mean") && !p.ends_with("running_var")).collect();
-        assert!(trainable.len() > 10 && trainable.iter().any(|(p, _)| p == "fc1.weight"), "{live:?}");
-        for (p, id) in &trainable {
-            assert_eq!(*id, path_param_id(p).val(), "{p}");
-        }
-        // A different seed gives different bytes (the test can fail).
-        device.seed(8);
-        let other = weights_bytes(&config.model.init(&device).unwrap(), Path::new("m.bpk")).unwrap();
-        assert!(other != files[0]);
-        // Loads back to the same values and the same ids, and re-saves to the same bytes.
-        let loaded = config.model.init(&device).unwrap().try_load_file(dir.path().join("m0.bpk")).unwrap();
-        let x = burn::tensor::Tensor::<4>::ones([1, 3, 32, 32], &device);
-        let a = models[0].valid().forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
-        let c = loaded.valid().forward(x).into_data().try_to_vec::<f32>().unwrap();
-        assert_eq!(a, c);
-        let loaded_ids = ids(&loaded);
-        assert!(trainable.iter().all(|t| loaded_ids.contains(t)));
-        assert!(weights_bytes(&loaded, Path::new("m.bpk")).unwrap() == files[0]);
-    }
-
-    /// (dotted path, id) of every float tensor a module visits.
-    #[derive(Default)]
-    struct IdCollector(Vec<(String, u64)>, Vec<String>);
-    impl burn::module::ModuleVisitor for IdCollector {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.1.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.1.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
-            self.0.push((self.1.join("."), param.id.val()));
-        }
-    }
-
-    #[test]
-    fn inconsistent_metadata_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (config, mut metadata) = sample(TaskKind::Binary);
-        metadata.input_size += 1;
-        let err = RunBundle::create(dir.path(), config, metadata).unwrap_err().to_string();
-        assert!(err.contains("input_size"), "{err}");
-    }
-}
+mod tests;
