@@ -205,14 +205,15 @@ impl RunLog {
 
 /// Rewrites `metrics.csv` (atomically) from the epoch history.
 pub fn write_metrics(dir: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
-    let mut s = String::from(EpochRow::HEADER);
-    s.push('\n');
-    for r in rows {
-        s.push_str(&r.csv());
-        s.push('\n');
-    }
     let path = dir.join(METRICS_FILE);
-    crate::fsutil::write_atomic(&path, s.as_bytes()).map_err(|source| BundleError::Io { path, source })?;
+    let io = |source| BundleError::Io { path: path.clone(), source };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(EpochRow::COLUMNS).map_err(|e| io(e.into()))?;
+    for r in rows {
+        w.write_record(r.record()).map_err(|e| io(e.into()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| io(e.into_error()))?;
+    crate::fsutil::write_atomic(&path, &bytes).map_err(io)?;
     Ok(())
 }
 
