@@ -1,6 +1,7 @@
 //! `allscan predict` on a folder of single-cell crops on black (no red cells, C-NMC style):
 //! the files of one call share one pooled scale, so cells keep their relative sizes;
-//! `--per-image-scale` gives each crop its own assumed scale instead.
+//! `--per-image-scale` gives each crop its own assumed scale instead; a slide report pools the
+//! same way.
 
 mod common;
 
@@ -66,6 +67,17 @@ fn crops_of_one_call_share_the_pooled_scale_and_per_image_scale_turns_it_off() {
     // Alone, each crop's cell is 11 um: the large cells get a scale 120 / 200 of the small ones'.
     let ratio = own[11].1 / own[0].1;
     assert!((ratio - 0.6).abs() < 0.06, "{own:?}");
+
+    // A slide report's fields are one set too, whatever its --batch.
+    let report = allscan(tmp.path(), &["report", "run", "cells", "--out", "slide", "--batch", "3"]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("slide/slide.json")).unwrap()).unwrap();
+    let fields = j["fields"].as_array().unwrap();
+    assert_eq!(fields.len(), 12);
+    for f in fields {
+        assert_eq!(f["scale_source"], "pooled", "{f}");
+        assert!((f["um_per_px"].as_f64().unwrap() as f32 - pooled[0].1).abs() < 1e-3, "{f}");
+    }
 
     // One image alone has no set to pool with.
     let one = allscan(tmp.path(), &["predict", "run", "cells/cell11.png", "--format", "csv"]);

@@ -582,10 +582,42 @@ impl Predictor {
     }
 
     /// Predicts decoded fields: every view of every field goes through batched forward passes
-    /// (views of different fields share batches). One result per field, in order; a field
-    /// whose views cannot be built gets its error in place.
+    /// (views of different fields share batches). The fields are one set: those whose own
+    /// scale fell back to Assumed are predicted again at the set's pooled scale (see
+    /// [`Self::predict_set`]). One result per field, in order; a field whose views cannot be
+    /// built gets its error in place.
     pub fn predict_fields(&self, fields: &[&RgbImage]) -> Vec<Result<FieldPrediction, InferError>> {
-        self.predict_fields_at(fields, &[])
+        let mut out = self.predict_fields_at(fields, &[]);
+        let again = self.to_pool(&out);
+        if !again.is_empty() {
+            let refs: Vec<&RgbImage> = again.iter().map(|(i, _)| fields[*i]).collect();
+            let scales: Vec<Option<ScaleEstimate>> = again.iter().map(|(_, s)| Some(s.clone())).collect();
+            for ((i, _), r) in again.iter().zip(self.predict_fields_at(&refs, &scales)) {
+                out[*i] = r;
+            }
+        }
+        out
+    }
+
+    /// The fields of a predicted set to predict again at the set's pooled scale: `(index,
+    /// resolved scale)` of those whose own scale fell back to Assumed (none when the set
+    /// gives no pooled scale, [`ScalePool::pooled`]).
+    fn to_pool<E>(&self, results: &[Result<FieldPrediction, E>]) -> Vec<(usize, ScaleEstimate)> {
+        let mut pool = ScalePool::new();
+        for s in results.iter().flatten().filter_map(|fp| fp.scale.as_ref()) {
+            pool.add(s);
+        }
+        let Some(pooled) = pool.pooled(&self.preprocess.cell.scale) else { return Vec::new() };
+        results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Ok(FieldPrediction { scale: Some(s), .. }) if s.source == ScaleSource::Assumed => {
+                    Some((i, ScalePool::resolve(s, Some(&pooled))))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// [`Self::predict_fields`] with a known scale for some fields (`cell` mode; `scales[i] =
@@ -642,29 +674,16 @@ impl Predictor {
         tick: &dyn Fn(u64),
     ) -> Vec<Result<FieldPrediction, String>> {
         let mut out: Vec<Result<FieldPrediction, String>> = Vec::with_capacity(n);
-        let mut pool = ScalePool::new();
         let ids: Vec<usize> = (0..n).collect();
         for part in ids.chunks(chunk.max(1)) {
             out.extend(self.predict_loaded(part, load, |_| None));
             tick(part.len() as u64);
         }
-        for fp in out.iter().flatten() {
-            if let Some(s) = &fp.scale {
-                pool.add(s);
-            }
-        }
-        let Some(pooled) = pool.pooled(&self.preprocess.cell.scale) else { return out };
-        let again: Vec<usize> = out
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| matches!(r, Ok(fp) if fp.scale.as_ref().is_some_and(|s| s.source == ScaleSource::Assumed)))
-            .map(|(i, _)| i)
-            .collect();
+        let again = self.to_pool(&out);
         for part in again.chunks(chunk.max(1)) {
-            let own: Vec<ScaleEstimate> =
-                part.iter().filter_map(|&i| out[i].as_ref().ok().and_then(|fp| fp.scale.clone())).collect();
-            let redone = self.predict_loaded(part, load, |k| Some(ScalePool::resolve(&own[k], Some(&pooled))));
-            for (&i, r) in part.iter().zip(redone) {
+            let ids: Vec<usize> = part.iter().map(|(i, _)| *i).collect();
+            let redone = self.predict_loaded(&ids, load, |k| Some(part[k].1.clone()));
+            for (&i, r) in ids.iter().zip(redone) {
                 out[i] = r;
             }
         }

@@ -22,7 +22,6 @@ use allscan::slide::{
 };
 use allscan_preprocess::decode_file;
 use anyhow::Context;
-use image::RgbImage;
 
 use super::predict::{collect_images, load_predictor};
 
@@ -165,38 +164,32 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     }
     let limits = predictor.preprocess().decode;
     let bar = allscan::progress::bar(files.len() as u64, "fields", true);
-    // Thumbnails and crops are cut per batch, so only one batch of fields is decoded at a time.
+    // The slide's fields are one set (they share a pooled scale where a field has no red
+    // cells); each is decoded again for its thumbnail and crops, so one field at a time is held.
+    let load = |k: usize| decode_file(&files[k], &limits).map(|img| (img, None)).map_err(|e| e.reason());
+    let preds = predictor.predict_set(files.len(), args.batch, &load, &|n| bar.inc(n));
     let mut fields = Vec::with_capacity(files.len());
     // The file of each reported field, for --gradcam.
     let mut paths: Vec<PathBuf> = Vec::with_capacity(files.len());
     let mut images = SlideImages::default();
-    for chunk in files.chunks(args.batch) {
-        let mut decoded: Vec<(String, RgbImage, &PathBuf)> = Vec::with_capacity(chunk.len());
-        for path in chunk {
-            match decode_file(path, &limits) {
-                Ok(img) => decoded.push((field_name(&args.slide, path), img, path)),
-                Err(e) => failed.push(FailedField { name: field_name(&args.slide, path), reason: e.reason() }),
+    for (path, pred) in files.iter().zip(preds) {
+        let name = field_name(&args.slide, path);
+        let p = match pred.and_then(|p| decode_file(path, &limits).map(|img| (p, img)).map_err(|e| e.reason())) {
+            Ok(p) => p,
+            Err(reason) => {
+                failed.push(FailedField { name, reason });
+                continue;
             }
+        };
+        let (p, img) = p;
+        // The field's cells as the report will hold them, to cut their crops now.
+        let index = fields.len();
+        let one = SlideReport::with_first_field(vec![(name.clone(), p.clone())], rule.clone(), Vec::new(), index);
+        if let Some(f) = one.fields.first() {
+            images.add_field(index, f, &img);
         }
-        let refs: Vec<&RgbImage> = decoded.iter().map(|(_, i, _)| i).collect();
-        let preds = predictor.predict_fields(&refs);
-        for ((name, img, path), pred) in decoded.iter().zip(preds) {
-            match pred {
-                Ok(p) => {
-                    // The field's cells as the report will hold them, to cut their crops now.
-                    let index = fields.len();
-                    let one =
-                        SlideReport::with_first_field(vec![(name.clone(), p.clone())], rule.clone(), Vec::new(), index);
-                    if let Some(f) = one.fields.first() {
-                        images.add_field(index, f, img);
-                    }
-                    fields.push((name.clone(), p));
-                    paths.push(path.to_path_buf());
-                }
-                Err(e) => failed.push(FailedField { name: name.clone(), reason: e.to_string() }),
-            }
-        }
-        bar.inc(chunk.len() as u64);
+        fields.push((name, p));
+        paths.push(path.to_path_buf());
     }
     bar.finish_and_clear();
 
