@@ -1,6 +1,10 @@
 //! The evaluation driver on a random-weight bundle and a small synthetic set: a split made for
-//! the data gives a same-dataset evaluation whose threshold is chosen on validation and stored;
-//! without one the data is another dataset; labels that say nothing are refused.
+//! the data gives a same-dataset evaluation whose threshold is chosen on validation and
+//! reported, the bundle left byte for byte as it was; without one the data is another
+//! dataset; labels that say nothing are refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use allscan::bundle::testing::{write_random_bundle, BundleFixture};
 use allscan::bundle::RunBundle;
@@ -8,6 +12,23 @@ use allscan::data::{DatasetIndex, IndexOptions, SplitConfig, SplitFile};
 use allscan::eval::run::{check_compatibility, evaluate, EvalRequest};
 use allscan::synth::{generate, SynthConfig};
 use allscan::train::TaskKind;
+
+/// Every file under `dir` (relative path -> bytes).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
 
 #[test]
 fn same_dataset_and_cross_dataset_evaluations() {
@@ -21,7 +42,9 @@ fn same_dataset_and_cross_dataset_evaluations() {
     let split_path = dir.path().join("split.json");
     split.save(&split_path).unwrap();
 
-    // Same dataset: the random bundle's threshold was never tuned, so eval tunes and stores it.
+    // Same dataset: the random bundle's threshold was never tuned, so eval tunes one for
+    // itself and reports it; the bundle is not touched.
+    let before = snapshot(&run);
     let mut req = EvalRequest::new(&run, &data, dir.path().join("ev"));
     req.split = Some(split_path);
     req.n_boot = 50;
@@ -29,17 +52,25 @@ fn same_dataset_and_cross_dataset_evaluations() {
     req.gradcam = false;
     let out = evaluate(&req).unwrap();
     assert!(!out.cross_dataset);
-    let stored = out.stored_threshold.expect("threshold chosen on validation");
-    assert_eq!(RunBundle::open(&run).unwrap().metadata.threshold, stored);
-    assert_eq!(out.metrics.threshold, stored);
+    let chosen = out.chosen_threshold.expect("threshold chosen on validation");
+    assert_eq!(out.metrics.threshold, chosen);
+    assert!(out.metrics.threshold_rule.contains("chosen by `allscan eval`"), "{}", out.metrics.threshold_rule);
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&out.metrics_path).unwrap()).unwrap();
+    assert_eq!(written["threshold"].as_f64(), Some(chosen));
     assert_eq!(out.metrics.n, split.select(&index, allscan::data::Part::Test, None).len());
     let compat = check_compatibility(&RunBundle::open(&run).unwrap(), &index, false).unwrap();
     assert_eq!(compat.subtype, out.metrics.subtype.is_some());
     assert!(out.report_path.is_file() && out.metrics_path.is_file());
-    // Evaluated again: the stored threshold is kept.
+    // A new target sensitivity, too, is for this evaluation only.
+    let lenient =
+        evaluate(&EvalRequest { target_sensitivity: Some(0.5), out: dir.path().join("ev-05"), ..req.clone() }).unwrap();
+    assert!(lenient.metrics.threshold_rule.contains(">= 0.5"), "{}", lenient.metrics.threshold_rule);
+    assert!(snapshot(&run) == before, "eval changed a file of the bundle");
+    assert_eq!(RunBundle::open(&run).unwrap().metadata.threshold, 0.5);
+    // Evaluated again: the same choice, made again.
     let again = evaluate(&req).unwrap();
-    assert_eq!(again.stored_threshold, None);
-    assert_eq!(again.metrics.threshold, stored);
+    assert_eq!(again.chosen_threshold, Some(chosen));
+    assert!(snapshot(&run) == before, "eval changed a file of the bundle");
 
     // Without a split that fits, the data is scored whole, as another dataset.
     let mut cross = EvalRequest::new(&run, &data, dir.path().join("ev2"));

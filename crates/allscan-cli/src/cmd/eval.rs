@@ -1,6 +1,6 @@
 //! `allscan eval RUN DATA`: a run bundle + a dataset folder -> `OUT/metrics.json`, a
-//! self-contained `OUT/report.html` and a short table on stdout. Glue only: the work is
-//! `allscan::eval::evaluate`.
+//! self-contained `OUT/report.html` and a short table on stdout. The bundle is only read. Glue
+//! only: the work is `allscan::eval::evaluate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,8 +32,9 @@ pub struct EvalArgs {
     /// Label map for DATA's classes: NAME=healthy|leukemia,... (e.g. all=leukemia,hem=healthy).
     #[arg(long)]
     pub map: Option<String>,
-    /// Re-choose the decision threshold on the validation part for this sensitivity and store
-    /// it in the run bundle (used by predict and serve).
+    /// Re-choose the decision threshold on the validation part for this sensitivity, for this
+    /// evaluation: it is printed and written to metrics.json; the run bundle keeps its own
+    /// (the one predict and serve use).
     #[arg(long)]
     pub target_sensitivity: Option<f64>,
     /// Bootstrap resamples for the 95% intervals.
@@ -98,8 +99,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     for w in &outcome.input.warnings {
         eprintln!("warning: {w}");
     }
-    if let Some(t) = outcome.stored_threshold {
-        println!("threshold {t:.4} chosen on the validation part and stored in {}", args.run.display());
+    if let Some(t) = outcome.chosen_threshold {
+        println!(
+            "threshold {t:.4} chosen on the validation part for this evaluation (in metrics.json; {} is unchanged)",
+            args.run.display()
+        );
     }
     println!("{}: {}", if outcome.cross_dataset { "cross-dataset" } else { "evaluated" }, outcome.metrics.split);
     print!("{}", outcome.table);

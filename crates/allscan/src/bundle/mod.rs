@@ -18,7 +18,8 @@
 //! ```
 //!
 //! `predict`, `eval`, `serve` and `explain` rebuild everything from here: no constant of the
-//! run is repeated elsewhere. Preprocessing, input size and
+//! run is repeated elsewhere, and nothing after training rewrites the bundle (`eval` writes
+//! the threshold it chooses into its own output). Preprocessing, input size and
 //! normalisation are read from `config.json` ([`RunBundle::preprocess`]). Bundles written
 //! before that kept copies of them in `metadata.json` (`preprocess`, `input_size`,
 //! `normalization`): those are still read, checked against `config.json` and otherwise
@@ -27,7 +28,7 @@
 //!
 //! Integrity: [`RunBundle::create`] records the SHA-256 of `config.json` and `metadata.json`
 //! (and of `model.bpk` when it is already there) in `integrity.json`;
-//! [`RunBundle::save_weights`] and [`RunBundle::write_metadata`] update their entry.
+//! [`RunBundle::save_weights`] updates the weights' entry.
 //! [`RunBundle::open`] verifies the two JSON files and [`RunBundle::load_trainable`] the
 //! weights (hashing the very bytes it then loads); a mismatch is refused with
 //! [`BundleError::IntegrityMismatch`], naming the file and both hashes. Decision for older
@@ -135,9 +136,6 @@ pub enum BundleError {
         /// The cause.
         source: ModelError,
     },
-    /// A threshold outside [0, 1].
-    #[error("threshold {0} is not a probability in [0, 1]")]
-    BadThreshold(f64),
     /// A file's SHA-256 differs from the one recorded in `integrity.json`.
     #[error(
         "{path}: SHA-256 is {actual} but {INTEGRITY_FILE} records {recorded}: the file was changed or damaged \
@@ -482,22 +480,6 @@ impl RunBundle {
     pub fn save_weights(&self, model: &LeukemiaClassifier) -> Result<(), BundleError> {
         let hash = write_weights(model, &self.weights_path())?;
         self.record_hash(WEIGHTS_FILE, hash)
-    }
-
-    /// Sets the decision threshold and rewrites `metadata.json` atomically.
-    pub fn set_threshold(&mut self, t: f64) -> Result<(), BundleError> {
-        if !(0.0..=1.0).contains(&t) {
-            return Err(BundleError::BadThreshold(t));
-        }
-        self.metadata.threshold = t;
-        self.metadata.threshold_rule = "set by hand".to_string();
-        self.write_metadata()
-    }
-
-    /// Rewrites `metadata.json` atomically from `self.metadata` and records its hash.
-    pub fn write_metadata(&self) -> Result<(), BundleError> {
-        let hash = write_json(&self.dir.join(METADATA_FILE), &self.metadata)?;
-        self.record_hash(METADATA_FILE, hash)
     }
 
     /// p(leukemia) from one image's output probabilities (as [`crate::model::probabilities`]

@@ -65,6 +65,8 @@ pub struct ReportInput {
     pub curve_metric: String,
     /// How the threshold was chosen on the validation part.
     pub threshold_choice: Option<ThresholdChoice>,
+    /// Where the threshold comes from: the run bundle's rule, or the one `eval` applied.
+    pub threshold_rule: String,
     pub gallery: Vec<GalleryItem>,
     pub warnings: Vec<String>,
 }
@@ -78,6 +80,9 @@ pub struct MetricsFile {
     pub threshold: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold_choice: Option<ThresholdChoice>,
+    /// Where `threshold` comes from (the run bundle's rule, or the one `eval` applied).
+    #[serde(default)]
+    pub threshold_rule: String,
     pub binary: BinaryEstimates,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subtype: Option<MulticlassEstimates>,
@@ -108,6 +113,7 @@ impl MetricsFile {
             split: split.into(),
             threshold: input.model.binary.report.threshold,
             threshold_choice: input.threshold_choice.clone(),
+            threshold_rule: input.threshold_rule.clone(),
             binary: input.model.binary.clone(),
             subtype: input.model.subtype.clone(),
             shortcut: input
@@ -454,6 +460,7 @@ fn operating_point(input: &ReportInput) -> Markup {
                 part of these data was used to choose it)."
             },
         }
+        p { "Threshold rule: " (input.threshold_rule) "." }
     }
 }
 
@@ -647,6 +654,7 @@ pub(crate) mod tests {
             curves,
             curve_metric: "accuracy".into(),
             threshold_choice: Some(choice),
+            threshold_rule: "tuned for validation sensitivity >= 0.95".into(),
             gallery,
             warnings: vec!["2 test images are near-copies of training images (e.g. a.png ~ b.png)".into()],
         }
@@ -708,6 +716,7 @@ pub(crate) mod tests {
             curves: Vec::new(),
             curve_metric: "accuracy".into(),
             threshold_choice: None,
+            threshold_rule: "fixed 0.5".into(),
             gallery: Vec::new(),
             warnings: Vec::new(),
         };

@@ -1,7 +1,8 @@
 //! Evaluation stage, driver: a run bundle + a dataset folder (+ split file and part) in;
 //! compatibility checks, per-image scores (through [`Predictor`], the one inference path),
 //! per-patient figures, the colour-shortcut baseline, leakage warnings, the decision threshold
-//! and `metrics.json` + `report.html` out.
+//! and `metrics.json` + `report.html` out. The bundle is only read: a threshold chosen here
+//! goes into `metrics.json` and the report, never into the bundle.
 //!
 //! Two modes, decided by the data:
 //! - **same dataset**: the data's fingerprint matches the split (`--split`, or the run's own
@@ -42,7 +43,8 @@ pub const DEFAULT_TARGET_SENSITIVITY: f64 = 0.99;
 pub const DEFAULT_BOOTSTRAP: usize = 1000;
 /// Side of gallery thumbnails.
 const THUMB: u32 = 200;
-/// Prefix of the threshold rule written by training (and by `eval` when it re-chooses).
+/// Prefix of the threshold rule written by training (and by `eval` into `metrics.json` when it
+/// re-chooses).
 pub(crate) const TUNED_RULE: &str = "tuned for validation sensitivity";
 /// The same prefix in bundles written before the threshold got its margin (2026-11-30).
 const TUNED_RULE_BEFORE_MARGIN: &str = "largest threshold with validation sensitivity";
@@ -62,7 +64,7 @@ pub struct EvalRequest {
     pub out: PathBuf,
     /// `--map` label map for the data.
     pub map: Option<String>,
-    /// Re-choose the threshold on validation for this sensitivity and store it in the bundle.
+    /// Re-choose the threshold on validation for this sensitivity (for this evaluation only).
     pub target_sensitivity: Option<f64>,
     /// Bootstrap resamples.
     pub n_boot: usize,
@@ -125,8 +127,10 @@ pub struct EvalOutcome {
     pub metrics_path: PathBuf,
     /// The terminal table (model beside shortcut, then per patient).
     pub table: String,
-    /// Set when `eval` chose a threshold and stored it in the bundle.
-    pub stored_threshold: Option<f64>,
+    /// Set when `eval` chose the threshold on validation itself (the bundle's was never
+    /// tuned, or a target sensitivity was given): it is the one `metrics.json` states and the
+    /// figures use; the bundle keeps its own.
+    pub chosen_threshold: Option<f64>,
     /// Whether the data was another dataset than the run's.
     pub cross_dataset: bool,
 }
@@ -304,12 +308,12 @@ fn count_label(s: &[ScoredImage]) -> (usize, usize) {
 /// `OUT/predictions.csv`: the steps below, in order, each adding its warnings.
 pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
     let mut warnings = Vec::new();
-    let mut data = EvalData::open(req, &mut warnings)?;
+    let data = EvalData::open(req, &mut warnings)?;
     let device =
         crate::device::device(req.device).map_err(|e| EvalError::Invalid { what: "device", reason: e.to_string() })?;
     let predictor = Predictor::from_bundle(&data.bundle, &device)?;
     let target = req.target_sensitivity.unwrap_or(data.bundle.config.train.target_sensitivity);
-    let thr = choose_threshold(&mut data, &predictor, target, req, &mut warnings)?;
+    let thr = choose_threshold(&data, &predictor, target, req, &mut warnings)?;
     // The evaluated part is called at the threshold the report states.
     let predictor = adapted(predictor.with_threshold(thr.threshold), &data, req, &mut warnings)?;
     let scored = score_part(&predictor, &data, req, &mut warnings)?;
@@ -328,7 +332,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
 
     let input = ReportInput {
         title: format!("allscan evaluation: {} on {}", short_name(&req.run), short_name(&req.data)),
-        dataset_summary: dataset_summary(&data.index, &data.bundle, &scored, data.cross_dataset),
+        dataset_summary: dataset_summary(&data.index, &data.bundle, &scored, thr.threshold, data.cross_dataset),
         split_protocol,
         model,
         shortcut,
@@ -337,6 +341,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         curves: read_training_curves(&req.run)?,
         curve_metric: "accuracy".into(),
         threshold_choice: thr.choice,
+        threshold_rule: thr.rule,
         gallery,
         warnings,
     };
@@ -349,7 +354,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
         input,
         metrics,
         table,
-        stored_threshold: thr.stored,
+        chosen_threshold: thr.chosen,
         cross_dataset: data.cross_dataset,
     })
 }
@@ -440,23 +445,31 @@ struct ThresholdStep {
     threshold: f64,
     /// What it does on validation (same-dataset mode with a validation part).
     choice: Option<ThresholdChoice>,
-    /// Set when it was chosen here and stored in the bundle.
-    stored: Option<f64>,
+    /// How it was reached (the bundle's rule, or the one applied here).
+    rule: String,
+    /// Set when it was chosen here (never written to the bundle).
+    chosen: Option<f64>,
     /// The model's validation scores, reused to threshold the shortcuts alike.
     val_scores: Option<Vec<ScoredImage>>,
 }
 
 /// The bundle's threshold, unless it was never tuned or a new target is asked for: then it is
-/// chosen on validation and stored in the bundle (the CLI says so).
+/// chosen on validation for this evaluation (the CLI says so; the bundle is not changed).
 fn choose_threshold(
-    data: &mut EvalData,
+    data: &EvalData,
     predictor: &Predictor,
     target: f64,
     req: &EvalRequest,
     warnings: &mut Vec<String>,
 ) -> Result<ThresholdStep, EvalError> {
     let meta = &data.bundle.metadata;
-    let mut step = ThresholdStep { threshold: meta.threshold, choice: None, stored: None, val_scores: None };
+    let mut step = ThresholdStep {
+        threshold: meta.threshold,
+        choice: None,
+        rule: format!("the run bundle's: {}", meta.threshold_rule),
+        chosen: None,
+        val_scores: None,
+    };
     let same_val = if data.cross_dataset { None } else { data.training.as_ref().filter(|t| !t.val.is_empty()) };
     let Some(t) = same_val else {
         warnings.push(if data.cross_dataset {
@@ -475,15 +488,12 @@ fn choose_threshold(
     let pv: Vec<f64> = val.iter().map(|s| s.p_leukemia).collect();
     let choice = if req.target_sensitivity.is_some() || !threshold_is_tuned(meta) {
         let choice = threshold_for_sensitivity(&yv, &pv, target)?;
-        let meta = &mut data.bundle.metadata;
-        meta.threshold = choice.threshold;
-        meta.threshold_rule = format!(
-            "{TUNED_RULE} >= {target}, at the best validation specificity, midway between the nearest healthy and leukemia scores ({} leukemia / {} healthy validation images; chosen by `allscan eval`)",
-            choice.n_leukemia, choice.n_healthy
+        step.rule = format!(
+            "{TUNED_RULE} >= {target}, at the best validation specificity, midway between the nearest healthy and leukemia scores ({} leukemia / {} healthy validation images; chosen by `allscan eval` for this evaluation; the run bundle keeps {:.4})",
+            choice.n_leukemia, choice.n_healthy, meta.threshold
         );
-        data.bundle.write_metadata()?;
         step.threshold = choice.threshold;
-        step.stored = Some(choice.threshold);
+        step.chosen = Some(choice.threshold);
         choice
     } else {
         // What the stored threshold does on validation through this inference path.
@@ -768,6 +778,7 @@ fn dataset_summary(
     index: &DatasetIndex,
     bundle: &RunBundle,
     scored: &[ScoredImage],
+    threshold: f64,
     cross: bool,
 ) -> Vec<(String, String)> {
     let patients: BTreeSet<&str> = index.images.iter().filter_map(|r| r.patient.as_deref()).collect();
@@ -778,6 +789,7 @@ fn dataset_summary(
         .collect();
     let (l, h) = count_label(scored);
     let (m, p) = (&bundle.metadata, bundle.preprocess());
+    let bundles = if threshold == m.threshold { String::new() } else { format!(" (the bundle's: {:.4})", m.threshold) };
     vec![
         ("data".into(), index.root.display().to_string()),
         ("layout".into(), index.layout.describe().to_string()),
@@ -802,7 +814,10 @@ fn dataset_summary(
         ("scored".into(), format!("{} images ({l} leukemia, {h} healthy)", scored.len())),
         ("run".into(), bundle.dir.display().to_string()),
         ("model classes".into(), m.class_names.join(", ")),
-        ("preprocessing".into(), format!("{} mode, {} px input, threshold {:.4}", p.mode, p.input_size, m.threshold)),
+        (
+            "preprocessing".into(),
+            format!("{} mode, {} px input, threshold {threshold:.4}{bundles}", p.mode, p.input_size),
+        ),
         (
             "relation to training data".into(),
             if cross { "another dataset (cross-dataset evaluation)".into() } else { "same dataset as training".into() },
