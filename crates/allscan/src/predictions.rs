@@ -140,14 +140,15 @@ fn flag_name(f: allscan_preprocess::CellFlag) -> String {
     serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
+/// Predictions made by hand for the tests of this module and of [`crate::slide`].
 #[cfg(test)]
-mod tests {
-    use allscan_preprocess::BBox;
+pub(crate) mod fixtures {
+    use allscan_preprocess::{BBox, CellFlag};
 
-    use super::*;
-    use crate::infer::{CellPrediction, Region, HEALTHY, LEUKEMIA};
+    use crate::infer::{CellPrediction, ClassProbability, FieldPrediction, Region, HEALTHY, LEUKEMIA};
 
-    fn field(p: f32, cells: Vec<CellPrediction>) -> FieldPrediction {
+    /// A 200x100 field of `cells`, called from `p` at 0.5.
+    pub(crate) fn field(p: f32, cells: Vec<CellPrediction>) -> FieldPrediction {
         FieldPrediction {
             prediction: if p >= 0.5 { LEUKEMIA.into() } else { HEALTHY.into() },
             p_leukemia: p,
@@ -163,19 +164,27 @@ mod tests {
         }
     }
 
-    fn cell(p: f32) -> CellPrediction {
+    /// A cell of p(leukemia) `p` (called at 0.5) with `flags`: its crop at (-4, 10) 40x40, a
+    /// nucleus box and a whole-cell box at (2, 12) 30x30.
+    pub(crate) fn cell(p: f32, flags: Vec<CellFlag>) -> CellPrediction {
         CellPrediction {
             region: Region { x: -4, y: 10, width: 40, height: 40 },
             nucleus: Some(BBox { x: 5, y: 15, width: 20, height: 20 }),
-            cell: None,
-            flags: Vec::new(),
+            cell: Some(BBox { x: 2, y: 12, width: 30, height: 30 }),
+            flags,
             masks: None,
-            prediction: LEUKEMIA.into(),
+            prediction: if p >= 0.5 { LEUKEMIA.into() } else { HEALTHY.into() },
             p_leukemia: p,
             subtype: None,
             probabilities: vec![ClassProbability { class: LEUKEMIA.into(), p }],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{cell, field};
+    use super::*;
 
     fn csv_text(layout: &CsvLayout, rows: &[(&str, &FieldPrediction)]) -> String {
         let mut out = Vec::new();
@@ -186,7 +195,7 @@ mod tests {
     #[test]
     fn ordinary_rows_are_plain_comma_separated_lines() {
         let layout = CsvLayout { subtype_classes: None, scale: false, cells: true };
-        let f = field(0.25, vec![cell(0.75)]);
+        let f = field(0.25, vec![cell(0.75, Vec::new())]);
         assert_eq!(
             csv_text(&layout, &[("a/b.png", &f)]),
             "path,prediction,p_leukemia,n_cells,level,cell,x,y,width,height\n\
@@ -208,7 +217,7 @@ mod tests {
     fn a_path_with_a_comma_and_a_quote_round_trips() {
         let path = "lab 2/smear, \"B\"\nfield.png";
         let layout = CsvLayout { subtype_classes: None, scale: false, cells: true };
-        let f = field(0.9, vec![cell(0.9), cell(0.1)]);
+        let f = field(0.9, vec![cell(0.9, Vec::new()), cell(0.1, Vec::new())]);
         let text = csv_text(&layout, &[(path, &f), ("plain.png", &f)]);
         let mut r = csv::Reader::from_reader(text.as_bytes());
         let header = r.headers().unwrap().clone();

@@ -4,43 +4,13 @@ use allscan_preprocess::{BBox, CellFlag};
 
 use super::counts::cell_box;
 use super::*;
-use crate::infer::{CellPrediction, ClassProbability, FieldPrediction, Region, LEUKEMIA};
-
-fn cell(p: f32, flags: Vec<CellFlag>) -> CellPrediction {
-    CellPrediction {
-        region: Region { x: -4, y: 10, width: 40, height: 40 },
-        nucleus: Some(BBox { x: 5, y: 15, width: 20, height: 20 }),
-        cell: Some(BBox { x: 2, y: 12, width: 30, height: 30 }),
-        flags,
-        masks: None,
-        prediction: if p >= 0.5 { LEUKEMIA.into() } else { crate::infer::HEALTHY.into() },
-        p_leukemia: p,
-        subtype: None,
-        probabilities: vec![ClassProbability { class: "leukemia".into(), p }],
-    }
-}
-
-fn field(cells: Vec<CellPrediction>) -> FieldPrediction {
-    FieldPrediction {
-        prediction: LEUKEMIA.into(),
-        p_leukemia: 0.9,
-        subtype: None,
-        probabilities: Vec::new(),
-        decisive_cell: 0,
-        cells,
-        nuclei: Vec::new(),
-        scale: None,
-        width: 200,
-        height: 100,
-        threshold: 0.5,
-    }
-}
+use crate::predictions::fixtures::{cell, field};
 
 /// Two fields: 0.9 blast, 0.7 blast, 0.2, 0.1, a small 0.95 (excluded); then an empty one.
 fn report() -> SlideReport {
-    let a = field(vec![cell(0.9, vec![]), cell(0.2, vec![]), cell(0.95, vec![CellFlag::Small])]);
-    let b = field(vec![cell(0.1, vec![CellFlag::TouchesBorder]), cell(0.7, vec![])]);
-    let c = field(Vec::new());
+    let a = field(0.9, vec![cell(0.9, vec![]), cell(0.2, vec![]), cell(0.95, vec![CellFlag::Small])]);
+    let b = field(0.9, vec![cell(0.1, vec![CellFlag::TouchesBorder]), cell(0.7, vec![])]);
+    let c = field(0.9, Vec::new());
     SlideReport::new(
         vec![("a.png".into(), a), ("b.png".into(), b), ("c.png".into(), c)],
         SlideRule::new(0.2, 0.5).unwrap(),
@@ -116,7 +86,7 @@ fn json_round_trips_and_ids_offset() {
     let back: SlideReport = serde_json::from_value(j).unwrap();
     assert_eq!(back, r);
     let part = SlideReport::with_first_field(
-        vec![("x.png".into(), field(vec![cell(0.3, vec![])]))],
+        vec![("x.png".into(), field(0.9, vec![cell(0.3, vec![])]))],
         SlideRule::new(0.2, 0.5).unwrap(),
         Vec::new(),
         7,
