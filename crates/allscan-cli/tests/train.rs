@@ -198,8 +198,13 @@ fn bad_inputs_are_clear_errors_without_a_partial_bundle() {
     assert!(stderr(&r).contains("different dataset"), "{}", stderr(&r));
     assert!(!out.exists());
 
-    // A --set key that is not in the config tree, and one whose value does not fit.
-    for (set, want) in [("train.augment.hue_shift=0", "hue_shift"), ("train.shards=0", "shards")] {
+    // A --set key that is not in the config tree, one whose value does not fit, and one that
+    // contradicts a typed flag (FAST's --input-size 32).
+    for (set, want) in [
+        ("train.augment.hue_shift=0", "hue_shift"),
+        ("train.shards=0", "shards"),
+        ("preprocess.input_size=48", "--input-size 32 and --set preprocess.input_size=48 both set"),
+    ] {
         let out = tmp.path().join("bad-set");
         let r = allscan(tmp.path(), &train_args(d, out.to_str().unwrap(), &["--epochs", "0,1", "--set", set]));
         assert!(!r.status.success(), "--set {set} was accepted");

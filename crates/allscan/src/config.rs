@@ -2,7 +2,10 @@
 //! profiles that fill the whole tree ([`Profile`]): `paper` (the seed's README: DenseNet201 at
 //! 224 px, ImageNet weights, head then fine-tune), `seed-code` (the seed authors' published
 //! script: H, S and a zero channel at 64 px, frozen DenseNet201, 4-class softmax), `cpu` (a
-//! slim DenseNet on the whole field, from scratch, sized for 2 CPU cores) and `cell`.
+//! slim DenseNet on the whole field, from scratch, sized for 2 CPU cores) and `cell`; and the
+//! one path by which the command line changes them ([`overrides`]: typed flags and `--set`).
+
+pub mod overrides;
 
 use allscan_preprocess::{InputChannels, Normalization, PreprocessConfig, SegmentMode};
 use densenet_burn::{DenseNetConfig, DenseNetVariant};
@@ -10,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
 use crate::model::{BackboneConfig, ClassifierConfig, Task, TestViews};
+pub use overrides::{apply_overrides, Origin, Override};
 
 /// Settings that cannot train (or an unknown name of a profile, task or weights source).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 use allscan::data::{DatasetIndex, IndexOptions, SplitConfig, SplitFile};
 use allscan::device::DeviceKind;
 use allscan::synth::{self, SynthConfig};
-use allscan::train::{Profile, TaskKind, TrainRequest};
+use allscan::train::{Override, Profile, TaskKind, TrainRequest};
 use anyhow::Context;
 
 /// Options of `allscan demo`.
@@ -95,17 +95,17 @@ fn step_train(demo: &Demo, args: &DemoArgs) -> anyhow::Result<()> {
         split: Some(demo.split.clone()),
         split_config: None,
         map: None,
-        weights: None,
-        unfreeze: None,
-        epochs: (Some(1), Some(args.epochs)),
         // The synthetic class lies in the leukocyte's morphology only: the model sees a 64 px
         // crop around the largest nucleus. On whole fields at 80 px (the leukocyte ~16 px
         // across) the same budget stayed at chance (subtype 22-29%); on crops, 20 epochs of
         // 150 fields per class reached 72% subtype / 96% binary on the held-out part.
-        input_size: Some(64),
-        view: Some(allscan_preprocess::SegmentMode::Nucleus),
-        batch_size: Some(16),
-        overrides: Vec::new(),
+        overrides: vec![
+            Override::epochs(1, 1),
+            Override::epochs(2, args.epochs),
+            Override::input_size(64),
+            Override::view(allscan_preprocess::SegmentMode::Nucleus),
+            Override::batch_size(16),
+        ],
         seed: args.seed,
         device: DeviceKind::Cpu,
         resume: false,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use allscan::data::SplitConfig;
-use allscan::train::{Profile, TaskKind, TrainRequest, WeightsSource};
+use allscan::train::{Override, Profile, TaskKind, TrainRequest, WeightsSource};
 use anyhow::Context;
 
 use crate::choices::{DeviceArg, ProfileArg, TaskArg, ViewArg};
@@ -54,6 +54,27 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
+    /// The typed flags as overrides of the keys they stand for, then the `--set`s: one path
+    /// into the config tree (`allscan::config::overrides` states the order).
+    fn overrides(&self) -> anyhow::Result<Vec<Override>> {
+        let mut o = Vec::new();
+        if let Some(e) = self.epochs.as_deref() {
+            let (s1, s2) = parse_epochs(e)?;
+            o.extend(s1.map(|n| Override::epochs(1, n)));
+            o.extend(s2.map(|n| Override::epochs(2, n)));
+        }
+        o.extend(self.input_size.map(Override::input_size));
+        o.extend(self.view.map(|v| Override::view(v.into())));
+        o.extend(self.batch_size.map(Override::batch_size));
+        if let Some(w) = self.weights.as_deref() {
+            o.push(Override::weights(&w.parse::<WeightsSource>()?));
+        }
+        for s in &self.overrides {
+            o.push(Override::set(s)?);
+        }
+        Ok(o)
+    }
+
     /// A request for DATA -> OUT with these options; split, unfreeze and resume left to the caller.
     pub fn request(&self, data: PathBuf, out: PathBuf) -> anyhow::Result<TrainRequest> {
         let profile = Profile::from(self.profile);
@@ -65,13 +86,7 @@ impl TrainOptions {
             split: None,
             split_config: None,
             map: self.map.clone(),
-            weights: self.weights.as_deref().map(str::parse::<WeightsSource>).transpose()?,
-            unfreeze: None,
-            epochs: self.epochs.as_deref().map(parse_epochs).transpose()?.unwrap_or((None, None)),
-            input_size: self.input_size,
-            view: self.view.map(Into::into),
-            batch_size: self.batch_size,
-            overrides: self.overrides.clone(),
+            overrides: self.overrides()?,
             seed: self.seed,
             device: self.device.into(),
             resume: false,
@@ -133,7 +148,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             seed: args.options.seed,
         }
     });
-    req.unfreeze = args.unfreeze;
+    if let Some(parts) = &args.unfreeze {
+        req.overrides.push(Override::unfreeze(parts));
+    }
     req.resume = args.resume;
     let outcome = allscan::train::train(&req).with_context(|| format!("training on {}", args.data.display()))?;
     if !outcome.skipped.is_empty() {

@@ -23,8 +23,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 pub use crate::config::{
-    parse_unfreeze, Balance, ConfigError, Profile, ProfileDefaults, Schedule, SelectOn, StageConfig, TaskKind,
-    TrainConfig, Unfrozen, WeightsSource,
+    apply_overrides, parse_unfreeze, Balance, ConfigError, Override, Profile, ProfileDefaults, Schedule, SelectOn,
+    StageConfig, TaskKind, TrainConfig, Unfrozen, WeightsSource,
 };
 
 use crate::bundle::{
@@ -33,8 +33,7 @@ use crate::bundle::{
 };
 use crate::data::{DataError, DatasetIndex, IndexOptions, LabelMap, SplitConfig, SplitFile};
 use crate::device::{DeviceError, DeviceKind};
-use crate::model::{BackboneConfig, ClassifierConfig, LeukemiaClassifier, ModelError, Task};
-use allscan_preprocess::PreprocessConfig;
+use crate::model::{BackboneConfig, LeukemiaClassifier, ModelError, Task};
 use checkpoint::{EpochRow, TrainState};
 use dataset::{Prepared, Sample};
 use stage::{evaluate, Inputs, StageRun};
@@ -105,7 +104,7 @@ pub enum TrainError {
     Internal(String),
 }
 
-/// What `allscan train` asks for; `None` fields take the profile's defaults.
+/// What `allscan train` asks for: a profile's defaults for the task, changed by `overrides`.
 #[derive(Debug, Clone)]
 pub struct TrainRequest {
     /// Dataset folder.
@@ -122,22 +121,10 @@ pub struct TrainRequest {
     pub split_config: Option<SplitConfig>,
     /// `--map` label map.
     pub map: Option<String>,
-    /// Starting weights.
-    pub weights: Option<WeightsSource>,
-    /// Stage-2 trainable parts.
-    pub unfreeze: Option<Vec<String>>,
-    /// Epochs of stage 1 and stage 2.
-    pub epochs: (Option<usize>, Option<usize>),
-    /// Model input side.
-    pub input_size: Option<u32>,
-    /// What the model sees of a field (`field`, `nucleus` crops, `aria-hsv`); the profile's
-    /// when `None`.
-    pub view: Option<allscan_preprocess::SegmentMode>,
-    /// Training batch size.
-    pub batch_size: Option<usize>,
-    /// `KEY=VALUE` overrides of the config tree, applied after the options above, e.g.
-    /// `train.augment.hue=0` or `model.backbone.growth_rate=16` (see [`apply_overrides`]).
-    pub overrides: Vec<String>,
+    /// Changes to the profile's model, preprocessing, training and starting weights: the
+    /// typed flags (`--epochs`, `--input-size`, ...) and `--set KEY=VALUE`, all applied by
+    /// [`apply_overrides`] in the order it states.
+    pub overrides: Vec<Override>,
     /// Seed of everything random.
     pub seed: u64,
     /// Compute device.
@@ -305,44 +292,6 @@ fn config_diff(a: &RunConfig, b: &RunConfig) -> Vec<String> {
     out
 }
 
-/// Applies `KEY=VALUE` overrides to the `model`, `preprocess` and `train` parts of the config
-/// tree. `KEY` is a dotted path that must already exist (`train.stage2.epochs`,
-/// `train.augment.hue`, `model.backbone.block_config`); `VALUE` is read as JSON when it parses
-/// (`0.1`, `[4,8,12,8]`, `null`) and as a string otherwise. The result must still be a valid tree.
-pub fn apply_overrides(
-    overrides: &[String],
-    model: ClassifierConfig,
-    preprocess: PreprocessConfig,
-    train: TrainConfig,
-) -> Result<(ClassifierConfig, PreprocessConfig, TrainConfig), TrainError> {
-    let bad = |o: &str, why: String| TrainError::Config(ConfigError(format!("--set {o}: {why}")));
-    let mut tree = serde_json::json!({ "model": model, "preprocess": preprocess, "train": train });
-    for o in overrides {
-        let (key, value) = o.split_once('=').ok_or_else(|| bad(o, "expected KEY=VALUE".into()))?;
-        let value =
-            serde_json::from_str(value.trim()).unwrap_or_else(|_| serde_json::Value::String(value.trim().into()));
-        let mut node = &mut tree;
-        for part in key.trim().split('.') {
-            node = match node {
-                serde_json::Value::Object(m) => m.get_mut(part),
-                serde_json::Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
-                _ => None,
-            }
-            .ok_or_else(|| bad(o, format!("the config tree has no `{key}` (model.*, preprocess.*, train.*)")))?;
-        }
-        *node = value;
-    }
-    let part = |name: &str| tree.get(name).cloned().unwrap_or_default();
-    let err = |e: serde_json::Error| {
-        TrainError::Config(ConfigError(format!("--set: the changed config does not read back: {e}")))
-    };
-    Ok((
-        serde_json::from_value(part("model")).map_err(err)?,
-        serde_json::from_value(part("preprocess")).map_err(err)?,
-        serde_json::from_value(part("train")).map_err(err)?,
-    ))
-}
-
 /// Index, split, config tree and preprocessing: all checks that can fail on bad input.
 fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
     let map = req.map.as_deref().map(LabelMap::parse).transpose()?;
@@ -371,32 +320,8 @@ fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
             (classes.clone(), leuk, classes.len())
         }
     };
-    let d = req.profile.defaults(req.task, classes.len());
-    let mut model = d.model;
-    let mut preprocess = d.preprocess;
-    let mut train = d.train;
-    if let Some(s) = req.input_size {
-        preprocess.input_size = s;
-    }
-    if let Some(v) = req.view {
-        preprocess.mode = v;
-    }
-    if let Some(b) = req.batch_size {
-        train.batch_size = b;
-    }
-    if let Some(e) = req.epochs.0 {
-        train.stage1.epochs = e;
-    }
-    if let Some(e) = req.epochs.1 {
-        train.stage2.epochs = e;
-    }
-    if let Some(u) = &req.unfreeze {
-        train.stage2.unfreeze = u.clone();
-    }
-    if !req.overrides.is_empty() {
-        (model, preprocess, train) = apply_overrides(&req.overrides, model, preprocess, train)?;
-    }
-    let weights = req.weights.clone().unwrap_or(d.weights);
+    let defaults = req.profile.defaults(req.task, classes.len());
+    let ProfileDefaults { mut model, preprocess, train, weights } = apply_overrides(defaults, &req.overrides)?;
     if weights == WeightsSource::Imagenet && matches!(model.backbone, BackboneConfig::Custom(_)) {
         if let Some(v) = model.backbone.variant() {
             model.backbone = BackboneConfig::Torchvision { variant: v };
