@@ -79,6 +79,22 @@ fn crops_of_one_call_share_the_pooled_scale_and_per_image_scale_turns_it_off() {
         assert!((f["um_per_px"].as_f64().unwrap() as f32 - pooled[0].1).abs() < 1e-3, "{f}");
     }
 
+    // Another camera (another image size) in the same call pools on its own: ten 200 px crops
+    // of one 80 px cell keep 11 / 80 um/px while the 300 px ones keep theirs.
+    std::fs::create_dir_all(tmp.path().join("other")).unwrap();
+    for k in 0..10 {
+        let mut img = RgbImage::new(200, 200);
+        disc(&mut img, 40.0, [185, 190, 225]);
+        disc(&mut img, 32.0, [105, 55, 150]);
+        img.save(tmp.path().join(format!("other/o{k:02}.png"))).unwrap();
+    }
+    let both = allscan(tmp.path(), &["predict", "run", "cells", "other", "--format", "csv"]);
+    assert!(both.status.success(), "{}", stderr(&both));
+    let both = scales(&stdout(&both));
+    assert_eq!(both.len(), 22);
+    assert!(both[..12].iter().all(|(s, u)| s == "pooled" && *u == pooled[0].1), "{both:?}");
+    assert!(both[12..].iter().all(|(s, u)| s == "pooled" && (u - 11.0 / 80.0).abs() < 0.015), "{both:?}");
+
     // One image alone has no set to pool with.
     let one = allscan(tmp.path(), &["predict", "run", "cells/cell11.png", "--format", "csv"]);
     assert_eq!(scales(&stdout(&one))[0].0, "assumed");

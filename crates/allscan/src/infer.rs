@@ -600,20 +600,26 @@ impl Predictor {
     }
 
     /// The fields of a predicted set to predict again at the set's pooled scale: `(index,
-    /// resolved scale)` of those whose own scale fell back to Assumed (none when the set
-    /// gives no pooled scale, [`ScalePool::pooled`]).
+    /// resolved scale)` of those whose own scale fell back to Assumed. The set is split by
+    /// image size first (one camera, one size: a dataset source may hold two labs' crops);
+    /// a group without a pooled scale ([`ScalePool::pooled`]) keeps its own estimates.
     fn to_pool<E>(&self, results: &[Result<FieldPrediction, E>]) -> Vec<(usize, ScaleEstimate)> {
-        let mut pool = ScalePool::new();
-        for s in results.iter().flatten().filter_map(|fp| fp.scale.as_ref()) {
-            pool.add(s);
+        let mut pools: std::collections::BTreeMap<(u32, u32), ScalePool> = std::collections::BTreeMap::new();
+        for fp in results.iter().flatten() {
+            if let Some(s) = &fp.scale {
+                pools.entry((fp.width, fp.height)).or_default().add(s);
+            }
         }
-        let Some(pooled) = pool.pooled(&self.preprocess.cell.scale) else { return Vec::new() };
+        let pooled: std::collections::BTreeMap<(u32, u32), ScaleEstimate> = pools
+            .into_iter()
+            .filter_map(|(k, pool)| pool.pooled(&self.preprocess.cell.scale).map(|p| (k, p)))
+            .collect();
         results
             .iter()
             .enumerate()
             .filter_map(|(i, r)| match r {
-                Ok(FieldPrediction { scale: Some(s), .. }) if s.source == ScaleSource::Assumed => {
-                    Some((i, ScalePool::resolve(s, Some(&pooled))))
+                Ok(fp @ FieldPrediction { scale: Some(s), .. }) if s.source == ScaleSource::Assumed => {
+                    pooled.get(&(fp.width, fp.height)).map(|p| (i, ScalePool::resolve(s, Some(p))))
                 }
                 _ => None,
             })

@@ -62,8 +62,8 @@ pub struct Prepared {
 /// One view per field outside cell mode. In cell mode validation and test keep every cell
 /// (the field call is scored as inference scores it), and training keeps the labelled ones:
 /// the dominant cell of a leukemia field, up to `negative_cells` cells of any other field.
-/// Each source is one instrument: a field without a red-cell scale is cut again at its
-/// source's pooled scale, as inference does ([`crate::infer::Predictor::predict_set`]).
+/// Each source's images of one size are one instrument: a field without a red-cell scale is
+/// cut again at that set's pooled scale, as inference does ([`crate::infer::Predictor::predict_set`]).
 pub fn prepare(
     index: &DatasetIndex,
     split: &SplitFile,
@@ -93,22 +93,23 @@ pub fn prepare(
     };
     let mut results = run(&jobs, &[], "preprocessing");
 
-    let mut pools: BTreeMap<Option<&str>, ScalePool> = BTreeMap::new();
+    // One set per source and image size (one camera, one size), as inference pools.
+    let mut pools: BTreeMap<(Option<&str>, (u32, u32)), ScalePool> = BTreeMap::new();
     for (&(_, i), r) in jobs.iter().zip(&results) {
-        if let Ok((_, Some(scale))) = r {
-            pools.entry(index.images[i].source.as_deref()).or_default().add(scale);
+        if let Ok((_, Some((scale, dims)))) = r {
+            pools.entry((index.images[i].source.as_deref(), *dims)).or_default().add(scale);
         }
     }
-    let pooled: BTreeMap<Option<&str>, ScaleEstimate> =
+    let pooled: BTreeMap<(Option<&str>, (u32, u32)), ScaleEstimate> =
         pools.into_iter().filter_map(|(k, pool)| pool.pooled(&pre.cell.scale).map(|p| (k, p))).collect();
     let mut again = Vec::new();
     let mut scales = Vec::new();
     for (k, (&(_, i), r)) in jobs.iter().zip(&results).enumerate() {
-        let own = match r {
-            Ok((_, Some(s))) if s.source == ScaleSource::Assumed => s,
+        let (own, dims) = match r {
+            Ok((_, Some((s, dims)))) if s.source == ScaleSource::Assumed => (s, dims),
             _ => continue,
         };
-        if let Some(p) = pooled.get(&index.images[i].source.as_deref()) {
+        if let Some(p) = pooled.get(&(index.images[i].source.as_deref(), *dims)) {
             again.push(k);
             scales.push(Some(ScalePool::resolve(own, Some(p))));
         }
@@ -156,7 +157,7 @@ fn one(
     negative_cells: usize,
     target: &(dyn Fn(&ImageRecord) -> Option<usize> + Sync),
     scale: Option<&ScaleEstimate>,
-) -> Result<(Vec<Sample>, Option<ScaleEstimate>), (String, String)> {
+) -> Result<(Vec<Sample>, Option<(ScaleEstimate, (u32, u32))>), (String, String)> {
     let bad = |reason: String| (rec.path.clone(), reason);
     let t = target(rec).ok_or_else(|| bad(format!("class `{}` has no label for this task", rec.class)))?;
     let img = decode_file(path, &pre.decode).map_err(|e| bad(e.reason()))?;
@@ -169,7 +170,7 @@ fn one(
     }
     let leukemia = rec.label.is_some_and(|l| l.is_leukemia());
     let n = if cell_mode { views.images.len().min(negative_cells) } else { 1 };
-    let scale = views.scale.clone();
+    let scale = views.scale.clone().map(|s| (s, img.dimensions()));
     let samples = views
         .images
         .into_iter()
