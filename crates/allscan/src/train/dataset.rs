@@ -133,6 +133,9 @@ pub fn prepare(
     out
 }
 
+/// A field's scale and its size in pixels (one pooled set per source and size).
+type SizedScale = (ScaleEstimate, (u32, u32));
+
 /// `f(0..n)` on all cores, in order.
 fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let threads = crate::device::cpu_threads().max(1);
@@ -157,7 +160,7 @@ fn one(
     negative_cells: usize,
     target: &(dyn Fn(&ImageRecord) -> Option<usize> + Sync),
     scale: Option<&ScaleEstimate>,
-) -> Result<(Vec<Sample>, Option<(ScaleEstimate, (u32, u32))>), (String, String)> {
+) -> Result<(Vec<Sample>, Option<SizedScale>), (String, String)> {
     let bad = |reason: String| (rec.path.clone(), reason);
     let t = target(rec).ok_or_else(|| bad(format!("class `{}` has no label for this task", rec.class)))?;
     let img = decode_file(path, &pre.decode).map_err(|e| bad(e.reason()))?;
