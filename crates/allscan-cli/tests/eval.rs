@@ -126,7 +126,7 @@ fn eval_on_the_test_part_writes_metrics_and_a_self_contained_report() {
 
     // A new target sensitivity re-chooses the threshold on validation for this evaluation:
     // printed and in metrics.json, while every file of the bundle stays byte for byte the same.
-    let before = files_under(Path::new(&run));
+    let before = allscan::bundle::testing::snapshot(Path::new(&run)).unwrap();
     let o = allscan(
         dir.path(),
         &["eval", &run, &data, "--out", &out.display().to_string(), "--bootstrap", "20", "--target-sensitivity", "0.5"],
@@ -136,24 +136,10 @@ fn eval_on_the_test_part_writes_metrics_and_a_self_contained_report() {
     assert!(m2["threshold_rule"].as_str().unwrap().contains(">= 0.5"), "{m2}");
     let t = m2["threshold"].as_f64().unwrap();
     assert!(stdout(&o).contains(&format!("threshold {t:.4} chosen on the validation part")), "{}", stdout(&o));
-    assert!(files_under(Path::new(&run)) == before, "eval changed a file of the run bundle");
-}
-
-/// Every file under `dir` (relative path -> bytes).
-fn files_under(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    assert!(
+        allscan::bundle::testing::snapshot(Path::new(&run)).unwrap() == before,
+        "eval changed a file of the run bundle"
+    );
 }
 
 #[test]

@@ -3,32 +3,13 @@
 //! reported, the bundle left byte for byte as it was; without one the data is another
 //! dataset; labels that say nothing are refused.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
+use allscan::bundle::testing::snapshot;
 use allscan::bundle::testing::{write_random_bundle, BundleFixture};
 use allscan::bundle::RunBundle;
 use allscan::data::{DatasetIndex, IndexOptions, SplitConfig, SplitFile};
 use allscan::eval::run::{check_compatibility, evaluate, EvalRequest};
 use allscan::synth::{generate, SynthConfig};
 use allscan::train::TaskKind;
-
-/// Every file under `dir` (relative path -> bytes).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn same_dataset_and_cross_dataset_evaluations() {
@@ -44,7 +25,7 @@ fn same_dataset_and_cross_dataset_evaluations() {
 
     // Same dataset: the random bundle's threshold was never tuned, so eval tunes one for
     // itself and reports it; the bundle is not touched.
-    let before = snapshot(&run);
+    let before = snapshot(&run).unwrap();
     let mut req = EvalRequest::new(&run, &data, dir.path().join("ev"));
     req.split = Some(split_path);
     req.n_boot = 50;
@@ -65,12 +46,12 @@ fn same_dataset_and_cross_dataset_evaluations() {
     let lenient =
         evaluate(&EvalRequest { target_sensitivity: Some(0.5), out: dir.path().join("ev-05"), ..req.clone() }).unwrap();
     assert!(lenient.metrics.threshold_rule.contains(">= 0.5"), "{}", lenient.metrics.threshold_rule);
-    assert!(snapshot(&run) == before, "eval changed a file of the bundle");
+    assert!(snapshot(&run).unwrap() == before, "eval changed a file of the bundle");
     assert_eq!(RunBundle::open(&run).unwrap().metadata.threshold, 0.5);
     // Evaluated again: the same choice, made again.
     let again = evaluate(&req).unwrap();
     assert_eq!(again.chosen_threshold, Some(chosen));
-    assert!(snapshot(&run) == before, "eval changed a file of the bundle");
+    assert!(snapshot(&run).unwrap() == before, "eval changed a file of the bundle");
 
     // Without a split that fits, the data is scored whole, as another dataset.
     let mut cross = EvalRequest::new(&run, &data, dir.path().join("ev2"));

@@ -5,7 +5,7 @@
 //! than editing the written files (which would also break their integrity record).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
@@ -102,4 +102,23 @@ impl BundleFixture {
 /// The fixture of `task` written with random weights into `dir`.
 pub fn write_random_bundle(dir: &Path, task: TaskKind) -> Result<RunBundle, BundleError> {
     BundleFixture::new(task).write(dir)
+}
+
+/// Every file under `dir` (relative path -> bytes): a bundle's state, to show a command left
+/// it unchanged.
+pub fn snapshot(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap_or(&p).to_path_buf();
+                out.insert(rel, std::fs::read(&p)?);
+            }
+        }
+    }
+    Ok(out)
 }
