@@ -166,6 +166,30 @@ impl ScalePool {
         })
     }
 
+    /// The images of a set to cut again at their group's pooled scale: `(index, resolved
+    /// scale)` of each whose own estimate is Assumed and whose group (`key`: e.g. source and
+    /// image size) gives a pooled scale. `None` entries (no scale, e.g. unreadable) are skipped.
+    pub fn regroup<K: Ord + Clone>(
+        items: &[Option<(K, &ScaleEstimate)>],
+        cfg: &ScaleConfig,
+    ) -> Vec<(usize, ScaleEstimate)> {
+        let mut pools: std::collections::BTreeMap<K, ScalePool> = std::collections::BTreeMap::new();
+        for (k, s) in items.iter().flatten() {
+            pools.entry(k.clone()).or_default().add(s);
+        }
+        let pooled: std::collections::BTreeMap<K, ScaleEstimate> =
+            pools.into_iter().filter_map(|(k, pool)| pool.pooled(cfg).map(|p| (k, p))).collect();
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let (k, own) = item.as_ref()?;
+                let p = pooled.get(k).filter(|_| own.source == ScaleSource::Assumed)?;
+                Some((i, Self::resolve(own, Some(p))))
+            })
+            .collect()
+    }
+
     /// `own` if it stands on its own (given or red cells), else the set's pooled scale (its
     /// note keeps why the image's own red cells were not used).
     pub fn resolve(own: &ScaleEstimate, pooled: Option<&ScaleEstimate>) -> ScaleEstimate {

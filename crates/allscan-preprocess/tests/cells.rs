@@ -346,3 +346,25 @@ fn a_pool_needs_enough_images_and_prefers_red_cells() {
     assert_eq!(pool.pooled(&ScaleConfig { pool: false, ..cfg.clone() }), None);
     assert_eq!(pool.pooled(&ScaleConfig { um_per_px: Some(0.1), ..cfg }), None);
 }
+
+#[test]
+fn regroup_pools_each_key_apart_and_only_resolves_assumed_estimates() {
+    let cfg = ScaleConfig { pool_min_assumed_images: 2, ..Default::default() };
+    let est = |u: f32, source| ScaleEstimate { um_per_px: u, source, red_cells: 0, spread: 0.0, note: None };
+    let (a1, a2, b1, b2) = (
+        est(0.1, ScaleSource::Assumed),
+        est(0.3, ScaleSource::Assumed),
+        est(1.0, ScaleSource::Assumed),
+        est(0.5, ScaleSource::RedCells),
+    );
+    let lone = est(9.0, ScaleSource::Assumed);
+    let items = [Some(("a", &a1)), Some(("a", &a2)), None, Some(("b", &b1)), Some(("b", &b2)), Some(("c", &lone))];
+    let again = ScalePool::regroup(&items, &cfg);
+    // "a": two assumed pool at their median 0.2; "b": b2 keeps its red cells, b1 takes the
+    // red-cell median only with 3 of them (not here) or two assumed (only one): it keeps its own;
+    // "c" alone has no pool.
+    let got: Vec<(usize, f32)> = again.iter().map(|(i, s)| (*i, s.um_per_px)).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|&(i, u)| (i == 0 || i == 1) && (u - 0.2).abs() < 1e-6), "{got:?}");
+    assert!(again.iter().all(|(_, s)| s.source == ScaleSource::Pooled));
+}

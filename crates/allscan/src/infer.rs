@@ -18,7 +18,7 @@
 
 use allscan_preprocess::{
     prepare_views, to_chw_normalized, BBox, CellFlag, PreprocessConfig, PreprocessError, ScaleEstimate, ScalePool,
-    ScaleSource, WhiteCell,
+    WhiteCell,
 };
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -604,26 +604,11 @@ impl Predictor {
     /// image size first (one camera, one size: a dataset source may hold two labs' crops);
     /// a group without a pooled scale ([`ScalePool::pooled`]) keeps its own estimates.
     fn to_pool<E>(&self, results: &[Result<FieldPrediction, E>]) -> Vec<(usize, ScaleEstimate)> {
-        let mut pools: std::collections::BTreeMap<(u32, u32), ScalePool> = std::collections::BTreeMap::new();
-        for fp in results.iter().flatten() {
-            if let Some(s) = &fp.scale {
-                pools.entry((fp.width, fp.height)).or_default().add(s);
-            }
-        }
-        let pooled: std::collections::BTreeMap<(u32, u32), ScaleEstimate> = pools
-            .into_iter()
-            .filter_map(|(k, pool)| pool.pooled(&self.preprocess.cell.scale).map(|p| (k, p)))
-            .collect();
-        results
+        let items: Vec<Option<((u32, u32), &ScaleEstimate)>> = results
             .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match r {
-                Ok(fp @ FieldPrediction { scale: Some(s), .. }) if s.source == ScaleSource::Assumed => {
-                    pooled.get(&(fp.width, fp.height)).map(|p| (i, ScalePool::resolve(s, Some(p))))
-                }
-                _ => None,
-            })
-            .collect()
+            .map(|r| r.as_ref().ok().and_then(|fp| fp.scale.as_ref().map(|s| ((fp.width, fp.height), s))))
+            .collect();
+        ScalePool::regroup(&items, &self.preprocess.cell.scale)
     }
 
     /// [`Self::predict_fields`] with a known scale for some fields (`cell` mode; `scales[i] =
@@ -714,7 +699,10 @@ impl Predictor {
         loaded
             .into_iter()
             .map(|r| match r {
-                Ok(_) => predicted.next().unwrap_or_else(|| Err(InferError::Output("no result".into()))).map_err(|e| e.to_string()),
+                Ok(_) => predicted
+                    .next()
+                    .unwrap_or_else(|| Err(InferError::Output("no result".into())))
+                    .map_err(|e| e.to_string()),
                 Err(why) => Err(why),
             })
             .collect()

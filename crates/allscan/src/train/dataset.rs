@@ -2,10 +2,9 @@
 //! (decoded and preprocessed once, kept in memory; augmentation works on these), with each
 //! image's target, binary label and content hash. Unreadable files are skipped and counted.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use allscan_preprocess::{decode_file, prepare_views_at, PreprocessConfig, ScaleEstimate, ScalePool, ScaleSource};
+use allscan_preprocess::{decode_file, prepare_views_at, PreprocessConfig, ScaleEstimate, ScalePool};
 use image::RgbImage;
 
 use crate::data::{DatasetIndex, ImageRecord, Part, SplitFile};
@@ -94,26 +93,16 @@ pub fn prepare(
     let mut results = run(&jobs, &[], "preprocessing");
 
     // One set per source and image size (one camera, one size), as inference pools.
-    let mut pools: BTreeMap<(Option<&str>, (u32, u32)), ScalePool> = BTreeMap::new();
-    for (&(_, i), r) in jobs.iter().zip(&results) {
-        if let Ok((_, Some((scale, dims)))) = r {
-            pools.entry((index.images[i].source.as_deref(), *dims)).or_default().add(scale);
-        }
-    }
-    let pooled: BTreeMap<(Option<&str>, (u32, u32)), ScaleEstimate> =
-        pools.into_iter().filter_map(|(k, pool)| pool.pooled(&pre.cell.scale).map(|p| (k, p))).collect();
-    let mut again = Vec::new();
-    let mut scales = Vec::new();
-    for (k, (&(_, i), r)) in jobs.iter().zip(&results).enumerate() {
-        let (own, dims) = match r {
-            Ok((_, Some((s, dims)))) if s.source == ScaleSource::Assumed => (s, dims),
-            _ => continue,
-        };
-        if let Some(p) = pooled.get(&(index.images[i].source.as_deref(), *dims)) {
-            again.push(k);
-            scales.push(Some(ScalePool::resolve(own, Some(p))));
-        }
-    }
+    let items: Vec<_> = jobs
+        .iter()
+        .zip(&results)
+        .map(|(&(_, i), r)| match r {
+            Ok((_, Some((scale, dims)))) => Some(((index.images[i].source.as_deref(), *dims), scale)),
+            _ => None,
+        })
+        .collect();
+    let (again, scales): (Vec<usize>, Vec<Option<ScaleEstimate>>) =
+        ScalePool::regroup(&items, &pre.cell.scale).into_iter().map(|(k, s)| (k, Some(s))).unzip();
     let redo: Vec<(Part, usize)> = again.iter().map(|&k| jobs[k]).collect();
     for (k, r) in again.into_iter().zip(run(&redo, &scales, "pooled scale")) {
         results[k] = r;
