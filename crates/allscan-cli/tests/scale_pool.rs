@@ -38,10 +38,7 @@ fn scales(csv: &str) -> Vec<(String, f32)> {
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} in {header:?}"));
     let (source, um) = (col("scale_source"), col("um_per_px"));
-    lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .map(|f| (f[source].to_string(), f[um].parse().unwrap()))
-        .collect()
+    lines.map(|l| l.split(',').collect::<Vec<_>>()).map(|f| (f[source].to_string(), f[um].parse().unwrap())).collect()
 }
 
 #[test]
@@ -71,7 +68,8 @@ fn crops_of_one_call_share_the_pooled_scale_and_per_image_scale_turns_it_off() {
     // A slide report's fields are one set too, whatever its --batch.
     let report = allscan(tmp.path(), &["report", "run", "cells", "--out", "slide", "--batch", "3"]);
     assert!(report.status.success(), "{}", stderr(&report));
-    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("slide/slide.json")).unwrap()).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("slide/slide.json")).unwrap()).unwrap();
     let fields = j["fields"].as_array().unwrap();
     assert_eq!(fields.len(), 12);
     for f in fields {

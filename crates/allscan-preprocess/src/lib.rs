@@ -27,7 +27,9 @@ pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
 pub use hsv::{apply_mask, aria_hsv_mask, aria_hsv_segment, hs0_image, opencv_rgb2hsv};
 pub use normalize::{to_chw_normalized, Normalization};
 pub use nucleus::{find_nuclei, nuclei_from_mask, BBox, Nucleus, NucleusResult};
-pub use scale::{estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScalePool, ScaleSource, RED_CELL_DIAMETER_UM};
+pub use scale::{
+    estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScalePool, ScaleSource, RED_CELL_DIAMETER_UM,
+};
 pub use sheet::contact_sheet;
 pub use stain::{macenko_normalize, reinhard_normalize, MacenkoTarget, StainNormalization, StainStats};
 
@@ -98,7 +100,11 @@ pub fn prepare_cells(img: &RgbImage, cfg: &PreprocessConfig) -> (PreparedViews, 
 
 /// [`prepare_cells`] at a scale already known (e.g. a set's pooled one, [`ScalePool`]);
 /// `None`: the field's own estimate.
-pub fn prepare_cells_at(img: &RgbImage, cfg: &PreprocessConfig, scale: Option<&ScaleEstimate>) -> (PreparedViews, CellResult) {
+pub fn prepare_cells_at(
+    img: &RgbImage,
+    cfg: &PreprocessConfig,
+    scale: Option<&ScaleEstimate>,
+) -> (PreparedViews, CellResult) {
     let scale = match scale {
         Some(s) => s.clone(),
         None => estimate_scale(img, &cfg.cell.scale),

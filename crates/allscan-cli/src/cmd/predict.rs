@@ -171,7 +171,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
             "--um-per-px {u} must be a positive number of micrometres"
         );
     }
-    let predictor = predictor.with_batch_size(args.batch.max(1)).with_um_per_px(args.um_per_px)
+    let predictor = predictor
+        .with_batch_size(args.batch.max(1))
+        .with_um_per_px(args.um_per_px)
         .with_scale_pool(!args.per_image_scale);
     let mut failed = Vec::new();
     let files = collect_images(&args.paths, &mut failed);
