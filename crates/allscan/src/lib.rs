@@ -1,6 +1,6 @@
 //! allscan: Acute Lymphoblastic Leukemia detection in peripheral blood smear images.
 //!
-//! Modules in data-flow order; each uses only modules above it (checked by `tests/layers.rs`):
+//! Modules in data-flow order; each uses only modules above it (checked by `tests/it/layers.rs`):
 //! 1. [`fsutil`], [`device`], [`progress`], [`synth`] (synthetic smears for the demo and the tests);
 //! 2. [`data`]: image files -> index, layouts, split, augmentation, batches (preprocessing is
 //!    the crate `allscan-preprocess`);

@@ -1,7 +1,7 @@
 //! Evaluation stage, figures: true labels + predicted probabilities in, binary and multiclass
 //! figures, 95% bootstrap confidence intervals, the validation threshold and ROC/PR curves out.
 //!
-//! Definitions (every figure here is compared with scikit-learn in `tests/eval_metrics.rs`):
+//! Definitions (every figure here is compared with scikit-learn in `tests/it/eval_metrics.rs`):
 //! - an image is *called leukemia* when `p_leukemia >= threshold` (a score equal to the threshold
 //!   counts as leukemia);
 //! - accuracy `(TP+TN)/n`; sensitivity (recall) `TP/(TP+FN)`; specificity `TN/(TN+FP)`;

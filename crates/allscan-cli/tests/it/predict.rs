@@ -1,7 +1,7 @@
 //! `allscan predict` end to end on a random-weight bundle: formats, --cells, folders,
 //! failures listed with the exit code, and the run's own errors.
 
-mod common;
+use crate::common;
 
 use allscan::config::TaskKind;
 use common::{allscan, stderr, stdout};

@@ -1,6 +1,6 @@
 //! Router tests driven with `oneshot` (no socket): every route and every error case.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

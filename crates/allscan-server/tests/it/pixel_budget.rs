@@ -3,7 +3,7 @@
 //! per-image limit, 576 MP together) get a 413 from their headers, quickly, with nothing
 //! decoded.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

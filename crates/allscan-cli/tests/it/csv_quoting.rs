@@ -2,7 +2,7 @@
 //! csv` on a field whose path holds a comma and a quote gives that path back, field and cell
 //! rows alike, every row as long as the header.
 
-mod common;
+use crate::common;
 
 use allscan::config::TaskKind;
 use common::{allscan, stderr, stdout};

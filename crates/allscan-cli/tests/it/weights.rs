@@ -1,7 +1,7 @@
 //! `allscan weights`: bad input gets one clear error each (never a panic), fetch is atomic and
 //! explains the offline route. Uses the tiny torchvision fixture from `densenet-burn`.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! reads back whole (no unreadable files, no near-duplicates), reproducibly, and refuses to
 //! write over a folder it did not write with the same settings.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! smear fields: slide.json and slide.html are written (atomically), every figure of the HTML
 //! equals the JSON, corrections recount, and bad input is refused or listed.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

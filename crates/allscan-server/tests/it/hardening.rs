@@ -2,7 +2,7 @@
 //! half-sent headers are cut off, pixel budgets per request and per process, a timed-out
 //! request frees its slot, and the optional bearer token.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

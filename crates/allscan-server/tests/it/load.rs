@@ -5,7 +5,7 @@
 //!
 //! `ALLSCAN_LOAD_REQUESTS` changes the count (default 2000).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

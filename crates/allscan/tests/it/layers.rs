@@ -81,7 +81,7 @@ fn every_module_has_a_place_in_the_order() {
     let declared: BTreeSet<&str> =
         lib.lines().filter_map(|l| l.trim().strip_prefix("pub mod ")?.strip_suffix(';')).collect();
     let ordered: BTreeSet<&str> = ORDER.iter().copied().collect();
-    assert_eq!(declared, ordered, "src/lib.rs's modules and tests/layers.rs's ORDER must list the same modules");
+    assert_eq!(declared, ordered, "src/lib.rs's modules and tests/it/layers.rs's ORDER must list the same modules");
 }
 
 #[test]

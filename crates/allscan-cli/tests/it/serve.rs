@@ -1,6 +1,6 @@
 //! `allscan serve` starts on loopback, answers /health and /api/predict, and refuses a bad run.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

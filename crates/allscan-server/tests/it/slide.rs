@@ -2,7 +2,7 @@
 //! `first_field`, the rule's level from the query, and the shared limits (token, pixels,
 //! busy 503 with Retry-After); no server path in the answer.
 
-mod common;
+use crate::common;
 
 use allscan::slide::SlideReport;
 use allscan_server::{app, field_display_name, ErrorBody, ServerConfig};

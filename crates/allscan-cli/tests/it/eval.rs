@@ -2,7 +2,7 @@
 //! and report.html; cross-dataset evaluation on the C-NMC sample with a label map; bundles that
 //! do not fit the data stop with a message that says why.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

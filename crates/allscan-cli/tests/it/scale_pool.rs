@@ -3,7 +3,7 @@
 //! `--per-image-scale` gives each crop its own assumed scale instead; a slide report pools the
 //! same way.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

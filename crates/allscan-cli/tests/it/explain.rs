@@ -1,6 +1,6 @@
 //! `allscan explain` writes one overlay per field and one per nucleus crop.
 
-mod common;
+use crate::common;
 
 use allscan::config::TaskKind;
 use common::{allscan, stderr, stdout};

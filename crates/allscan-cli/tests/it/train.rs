@@ -3,7 +3,7 @@
 //! uninterrupted run; bad inputs (unreadable files, empty class, split of another dataset,
 //! resume with another config) behave as promised.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! Retry-After, timeout) hold. And the masks of a cell-mode model in `/api/predict`'s and
 //! `/api/slide`'s JSON decode to the finder's own masks.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

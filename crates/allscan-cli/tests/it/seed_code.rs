@@ -2,7 +2,7 @@
 //! training, the bundle and prediction), and the command-line choices as clap value enums: a
 //! wrong `--profile` is clap's error listing the values.
 
-mod common;
+use crate::common;
 
 use allscan::bundle::RunBundle;
 use allscan::infer::Predictor;

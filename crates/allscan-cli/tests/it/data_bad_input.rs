@@ -1,7 +1,7 @@
 //! The bad-input corpus: every kind of broken file in one dataset folder; `inspect` and `split`
 //! must finish, list each bad file with a plain reason, count them, and never panic.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::path::Path;
