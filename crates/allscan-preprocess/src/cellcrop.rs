@@ -101,7 +101,14 @@ pub fn cut_cell(
         let v = if grey { [luma(p); 3] } else { [p[0] as f32, p[1] as f32, p[2] as f32] };
         Rgb(std::array::from_fn(|c| (CENTRE + (v[c] - mean[c]) / std[c] * SPREAD).round().clamp(0.0, 255.0) as u8))
     });
-    let image = if side == size { square } else { resize_triangle(&square, size.max(1), size.max(1)) };
+    // Through the resolution floor first: no source is shown finer detail than the floor.
+    let floor =
+        cfg.floor_um_per_px.filter(|u| u.is_finite() && *u > 0.0).map(|u| (cfg.window_um / u).round().max(4.0) as u32);
+    let square = match floor {
+        Some(f) if f < side => resize_triangle(&square, f, f),
+        _ => square,
+    };
+    let image = if square.width() == size { square } else { resize_triangle(&square, size.max(1), size.max(1)) };
     Some(CellCrop { image, region, cell_index: index })
 }
 
@@ -222,6 +229,34 @@ mod tests {
         let (wa, wb) = (width(&a), width(&b));
         assert!((wb as f32 / wa as f32 - 2.0).abs() < 0.25, "{wa} vs {wb}");
         assert!(cut_cell(&img, &cells, 1, &cfg, 48).is_none());
+    }
+
+    #[test]
+    fn the_resolution_floor_removes_detail_finer_than_it_and_nothing_coarser() {
+        let (img, cells) = field();
+        // The cell's texture alternates every field pixel (0.25 um); the input is 100 px for
+        // 25 um (0.25 um/px), so without a floor the texture reaches the input.
+        let plain = CellViewConfig { window_um: 25.0, mask_margin_um: 0.0, ..CellViewConfig::default() };
+        let spread = |im: &RgbImage| {
+            let v: Vec<f32> = (45..55).map(|x| im.get_pixel(x, 50).0[0] as f32).collect();
+            let m = v.iter().sum::<f32>() / v.len() as f32;
+            (v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / v.len() as f32).sqrt()
+        };
+        let sharp = cut_cell(&img, &cells, 0, &plain, 100).unwrap().image;
+        let floored = CellViewConfig { floor_um_per_px: Some(1.0), ..plain.clone() };
+        let soft = cut_cell(&img, &cells, 0, &floored, 100).unwrap().image;
+        assert_eq!(soft.dimensions(), (100, 100));
+        assert!(spread(&sharp) > 20.0 && spread(&soft) < 0.5 * spread(&sharp), "{} {}", spread(&sharp), spread(&soft));
+        // The cell keeps its size through the floor (width at half the step to the fill).
+        let half = (CENTRE + plain.fill as f32) / 2.0;
+        let width = |im: &RgbImage| (0..100).filter(|&x| (im.get_pixel(x, 50).0[0] as f32) < half).count() as i64;
+        assert!((width(&soft) - width(&sharp)).abs() <= 3, "{} vs {}", width(&soft), width(&sharp));
+        // A floor finer than the input's own sampling changes nothing.
+        let fine = CellViewConfig { floor_um_per_px: Some(0.1), ..plain.clone() };
+        assert_eq!(
+            cut_cell(&img, &cells, 0, &fine, 40).unwrap().image,
+            cut_cell(&img, &cells, 0, &plain, 40).unwrap().image
+        );
     }
 
     #[test]

@@ -178,6 +178,10 @@ pub struct CellViewConfig {
     pub colour: CellColour,
     /// Largest number of cells scored per field (dominant cell first, then by area).
     pub max_cells: usize,
+    /// The finest detail the model is shown, in micrometres per pixel: a window sampled finer
+    /// is first reduced to this before it is resampled to the input, so a sharp camera and a
+    /// coarse one look alike. `None`: each window straight to the input.
+    pub floor_um_per_px: Option<f32>,
     /// Physical scale estimation (red cells, a given scale, or the stated fallback).
     pub scale: ScaleConfig,
     /// The white-cell finder.
@@ -195,6 +199,7 @@ impl Default for CellViewConfig {
             fill: 224,
             colour: CellColour::Grey,
             max_cells: 64,
+            floor_um_per_px: None,
             scale: ScaleConfig::default(),
             finder: CellConfig::default(),
         }
