@@ -179,8 +179,25 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
     }
     let (mut dn, mut dc, mut dref, mut none) = (0.0, 0.0, 0.0, 0usize);
     let mut red = Vec::new();
+    // Per image (with --dump): Dice and areas, to tell over- from under-segmentation.
+    let mut rows =
+        String::from("image,nucleus_dice,cell_dice,our_nucleus_px,their_nucleus_px,our_cell_px,their_cell_px\n");
     for (n, (img, truth)) in pairs.iter().enumerate() {
         let res = analyse(img);
+        if dump.is_some() {
+            let (a, b) = dice_pair(&res, truth);
+            let label = central_cell(&res).map(|i| i as u32 + 1).unwrap_or(0);
+            let ours = |i: usize| label != 0 && res.labels.as_raw()[i] == label;
+            let (m, t) = (res.mask.as_raw(), truth.as_raw());
+            let count = |f: &dyn Fn(usize) -> bool| (0..t.len()).filter(|&i| f(i)).count();
+            rows += &format!(
+                "{n},{a:.4},{b:.4},{},{},{},{}\n",
+                count(&|i| ours(i) && m[i] == 255),
+                count(&|i| t[i] == 255),
+                count(&|i| ours(i)),
+                count(&|i| t[i] > 0)
+            );
+        }
         if res.scale.source == ScaleSource::RedCells {
             red.push(res.scale.um_per_px);
         }
@@ -190,9 +207,12 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
         dc += b;
         let reference = find_nuclei(img, &NucleusConfig::default());
         dref += dice(reference.mask.as_raw().iter().zip(truth.as_raw()).map(|(&a, &b)| (a == 255, b == 255)));
-        if let Some(d) = dump.filter(|_| n < 12) {
+        if let Some(d) = dump.filter(|_| n < 300) {
             save_overlay(d, &format!("{lab}-{n}"), img, &res);
         }
+    }
+    if let Some(d) = dump {
+        let _ = std::fs::write(d.join(format!("{lab}-dice.csv")), rows);
     }
     red.sort_by(f32::total_cmp);
     let pooled = red.get(red.len() / 2).copied();

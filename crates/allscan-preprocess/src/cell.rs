@@ -225,7 +225,8 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
     let rim = (3.0 * px(cfg.max_rim_um)).round() as u32;
     let dist = chamfer(nuc.as_raw(), ww as usize, wh as usize);
     let ring = ((3.0 * px(0.5)).round() as u32, (3.0 * px(1.5)).round() as u32);
-    let cyto_like = cytoplasm_colour_test(&field.image, &fg, &seeds, &dist, ring, cfg.red_cell_colour_ratio);
+    // Beyond the rim nothing is cytoplasm: what is there is red cells (or another cell's).
+    let cyto_like = cytoplasm_colour_test(&field.image, &fg, &seeds, &dist, ring, rim, cfg.red_cell_colour_ratio);
     let fg_mask = GrayImage::from_fn(ww, wh, |x, y| {
         let i = (y * ww + x) as usize;
         Luma([if seeds[i] != 0 || (smooth_fg[i] && cyto_like[i]) { 255 } else { 0 }])
@@ -282,8 +283,9 @@ fn empty_cell() -> WhiteCell {
 /// Per working pixel: could it be cytoplasm rather than a red cell? Red cells touching a white
 /// cell are as dark as its cytoplasm, but differ in colour (pink vs. blue-grey or lilac), so
 /// each foreground pixel goes to the nearer of two reference colours (per-channel medians):
-/// red cells = foreground blobs holding no nucleus, cytoplasm = foreground in a `ring`
-/// (chamfer units) around the nuclei. Without enough of either (a crop on black, a cell
+/// red cells = foreground blobs holding no nucleus and foreground farther than `far_from`
+/// (chamfer units) from every nucleus (red cells packed around a white cell are one blob with
+/// it), cytoplasm = foreground in a `ring` around the nuclei. Without enough of either (a crop on black, a cell
 /// filling the field), or with references too alike to tell apart, every pixel may be
 /// cytoplasm.
 fn cytoplasm_colour_test(
@@ -292,6 +294,7 @@ fn cytoplasm_colour_test(
     seeds: &[u32],
     dist: &[u32],
     ring: (u32, u32),
+    far_from: u32,
     ratio: f32,
 ) -> Vec<bool> {
     let (w, h) = img.dimensions();
@@ -310,7 +313,7 @@ fn cytoplasm_colour_test(
         if l == 0 || seeds[i] != 0 {
             continue;
         }
-        let hist = if blobs[l].marked == 0 {
+        let hist = if blobs[l].marked == 0 || dist[i] > far_from {
             &mut far
         } else if (ring.0..=ring.1).contains(&dist[i]) {
             &mut near
@@ -333,18 +336,30 @@ fn cytoplasm_colour_test(
         255.0
     };
     let count = |h: &[[u32; 256]; 3]| h[0].iter().sum::<u32>();
-    if count(&far) < 50 || count(&near) < 20 {
+    if count(&far) < 50 {
         return vec![true; fg.len()];
     }
     let rbc = [median(&far[0]), median(&far[1]), median(&far[2])];
-    let cyto = [median(&near[0]), median(&near[1]), median(&near[2])];
     let d2 = |p: &[u8], r: &[f32; 3]| (0..3).map(|c| (p[c] as f32 - r[c]).powi(2)).sum::<f32>();
-    if d2(&[cyto[0] as u8, cyto[1] as u8, cyto[2] as u8], &rbc) < 15.0 * 15.0 {
-        return vec![true; fg.len()];
-    }
     // Smoothed first: granules and JPEG noise make single pixels of either colour.
     let blurred = blur_rgb(img);
-    blurred.pixels().map(|p| d2(&p.0, &rbc) >= ratio * d2(&p.0, &cyto)).collect()
+    let cyto = [median(&near[0]), median(&near[1]), median(&near[2])];
+    if count(&near) >= 20 && d2(&[cyto[0] as u8, cyto[1] as u8, cyto[2] as u8], &rbc) >= 15.0 * 15.0 {
+        return blurred.pixels().map(|p| d2(&p.0, &rbc) >= ratio * d2(&p.0, &cyto)).collect();
+    }
+    // No distinct cytoplasm beside the nucleus (scant cytoplasm, red cells packed against it):
+    // refuse what is as close to the red cells' colour as most red-cell pixels are.
+    let mut d: Vec<f32> = blurred
+        .pixels()
+        .zip(labels.as_raw())
+        .enumerate()
+        .filter(|&(i, (_, &l))| l != 0 && seeds[i] == 0 && (blobs[l as usize].marked == 0 || dist[i] > far_from))
+        .map(|(_, (p, _))| d2(&p.0, &rbc))
+        .collect();
+    let k = (d.len() * 4 / 5).min(d.len() - 1);
+    let (_, r80, _) = d.select_nth_unstable_by(k, f32::total_cmp);
+    let r80 = *r80;
+    blurred.pixels().map(|p| d2(&p.0, &rbc) > r80).collect()
 }
 
 /// 3 x 3 box blur of each channel.

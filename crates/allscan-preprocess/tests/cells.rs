@@ -186,6 +186,32 @@ fn nucleus_and_cell_areas_match_the_drawing() {
 }
 
 #[test]
+fn red_cells_packed_against_a_white_cell_are_not_its_cytoplasm() {
+    // A lymphocyte-like cell (9 um nucleus, 0.6 um of cytoplasm) with red cells packed all
+    // round it and against each other (7 um grid for 7.5 um discs): one foreground blob, so
+    // no red cell is apart from the white cell (a CellaVision crop).
+    let um = 0.1;
+    let px = |v: f32| v / um;
+    let side = px(36.0) as u32;
+    let mut img = RgbImage::from_pixel(side, side, Rgb(GLASS));
+    let w = Wbc { x: px(18.0), y: px(18.0), nucleus_r: px(4.5), cell_r: px(5.1), lobes: 1 };
+    let r = px(3.75);
+    for gy in 0..6 {
+        for gx in 0..6 {
+            let (x, y) = (px(0.5 + 7.0 * gx as f32), px(0.5 + 7.0 * gy as f32));
+            if ((w.x - x).powi(2) + (w.y - y).powi(2)).sqrt() > w.cell_r + r - px(0.5) {
+                disc(&mut img, x, y, r, RBC);
+            }
+        }
+    }
+    draw_wbc(&mut img, w);
+    let res = find_white_cells(&img, &CellConfig::default(), &ScaleEstimate::given(um));
+    let c = res.cells.iter().find(|c| overlaps(c, &w)).expect("the white cell is found");
+    let drawn = std::f32::consts::PI * w.cell_r * w.cell_r;
+    assert!((c.cell_area as f32 / drawn - 1.0).abs() < 0.3, "cell {} px, drawn {drawn:.0}", c.cell_area);
+}
+
+#[test]
 fn a_field_without_red_cells_falls_back_to_assumed_with_a_note() {
     let mut img = RgbImage::from_pixel(300, 300, Rgb(GLASS));
     let w = Wbc { x: 150.0, y: 150.0, nucleus_r: 40.0, cell_r: 55.0, lobes: 1 };
