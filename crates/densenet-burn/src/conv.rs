@@ -161,7 +161,6 @@ fn col2im(dcol: &[f32], g: Geometry, dx: &mut [f32]) {
 ///
 /// # Safety
 /// Every pointer must cover its matrix with the given strides.
-#[allow(clippy::too_many_arguments)]
 unsafe fn gemm(
     [m, n, k]: [usize; 3],
     dst: (*mut f32, isize, isize),

@@ -231,20 +231,20 @@ impl InferencePlan {
         let (mut h, mut w) = ((h0 + 2 - 3) / 2 + 1, (w0 + 2 - 3) / 2 + 1);
         let mut c_total = self.c0 + self.blocks[0].iter().map(|l| l.k).sum::<usize>();
         let mut buf = vec![0.0f32; b * h * w * c_total]; // [B*H*W, C_total]
-        max_pool_3x3s2(&stem, h0, w0, self.c0, &mut buf, c_total, h, w);
+        max_pool_3x3s2(&stem, Grid { b, h: h0, w: w0 }, self.c0, &mut buf, c_total, Grid { b, h, w });
         drop(stem);
         let mut bott = Vec::new(); // bottleneck activations, reused by every layer
         for (i, layers) in self.blocks.iter().enumerate() {
             let mut c = layers.first().map_or(c_total, |l| l.c_in);
             for layer in layers {
-                layer.forward(&mut buf, &mut bott, b, h, w, c, c_total);
+                layer.forward(&mut buf, &mut bott, Grid { b, h, w }, c, c_total);
                 c += layer.k;
             }
             if let Some(t) = self.transitions.get(i) {
                 let (h2, w2) = (h / 2, w / 2);
                 let next_total = t.c_out + self.blocks[i + 1].iter().map(|l| l.k).sum::<usize>();
                 let mut next = vec![0.0f32; b * h2 * w2 * next_total];
-                t.forward(&buf, b, h, w, c_total, &mut next, next_total);
+                t.forward(&buf, Grid { b, h, w }, c_total, &mut next, next_total);
                 buf = next;
                 (h, w, c_total) = (h2, w2, next_total);
             }
@@ -299,7 +299,7 @@ impl InferencePlan {
                     }
                 }
                 // SAFETY: `col` is [n, kk], `w0` is [kk, c0], `dst` is [n, c0]; all in bounds.
-                unsafe { matmul(n, c0, kk, dst.as_mut_ptr(), c0, col.as_ptr(), kk, self.w0.as_ptr(), c0) };
+                unsafe { matmul([n, c0, kk], MatMut::of(dst, c0), Mat::of(col, kk), Mat::of(&self.w0, c0)) };
             });
             bias_relu(dst, &self.b0);
         });
@@ -307,10 +307,10 @@ impl InferencePlan {
     }
 }
 
-/// 3x3 max pool, stride 2, padding 1 (padding never wins): `src [B*h0*w0, c]` -> the first `c`
-/// columns of `dst [B*h*w, dst_stride]`.
-#[allow(clippy::too_many_arguments)]
-fn max_pool_3x3s2(src: &[f32], h0: usize, w0: usize, c: usize, dst: &mut [f32], stride: usize, h: usize, w: usize) {
+/// 3x3 max pool, stride 2, padding 1 (padding never wins): `src [B*h0*w0, c]` (`from`) -> the
+/// first `c` columns of `dst [B*h*w, stride]` (`to`).
+fn max_pool_3x3s2(src: &[f32], from: Grid, c: usize, dst: &mut [f32], stride: usize, to: Grid) {
+    let (h0, w0, h, w) = (from.h, from.w, to.h, to.w);
     dst.par_chunks_mut(w * stride).enumerate().for_each(|(row, line)| {
         let (bi, oy) = (row / h, row % h);
         for ox in 0..w {
@@ -337,11 +337,11 @@ fn max_pool_3x3s2(src: &[f32], h0: usize, w0: usize, c: usize, dst: &mut [f32], 
 }
 
 impl FastLayer {
-    /// Reads columns `0..c` of `buf [B*H*W, c_total]` and writes columns `c..c+k`.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(&self, buf: &mut [f32], bott: &mut Vec<f32>, b: usize, h: usize, w: usize, c: usize, c_total: usize) {
+    /// Reads columns `0..c` of `buf [B*H*W, c_total]` (`g`) and writes columns `c..c+k`.
+    fn forward(&self, buf: &mut [f32], bott: &mut Vec<f32>, g: Grid, c: usize, c_total: usize) {
         debug_assert_eq!(c, self.c_in);
-        let rows = b * h * w;
+        let (h, w) = (g.h, g.w);
+        let rows = g.rows();
         let mid = self.mid;
         // Bottleneck: relu(norm1(x)) -> conv1 (+ folded norm2 bias) -> relu, per row tile.
         bott.resize(rows * mid, 0.0); // [B*H*W, mid], every value overwritten below
@@ -358,7 +358,7 @@ impl FastLayer {
                         self.norm1.apply_relu(s, &mut a[r * c..(r + 1) * c]);
                     }
                     // SAFETY: `a` is [n, c], `w1` is [c, mid], `dst` is [n, mid].
-                    unsafe { matmul(n, mid, c, dst.as_mut_ptr(), mid, a.as_ptr(), c, self.w1.as_ptr(), mid) };
+                    unsafe { matmul([n, mid, c], MatMut::of(dst, mid), Mat::of(a, c), Mat::of(&self.w1, mid)) };
                 });
                 bias_relu(dst, &self.b1);
             });
@@ -393,8 +393,8 @@ impl FastLayer {
                 // SAFETY: rows r0..r0+n, columns c..c+k of buf are written by this tile only,
                 // and nothing reads them during this pass; `col` is [n, kk], `w2` is [kk, k].
                 unsafe {
-                    let dst = out.get().add(r0 * c_total + c);
-                    matmul(n, self.k, kk, dst, c_total, col.as_ptr(), kk, self.w2.as_ptr(), self.k);
+                    let dst = MatMut { ptr: out.get().add(r0 * c_total + c), rs: c_total };
+                    matmul([n, self.k, kk], dst, Mat::of(col, kk), Mat::of(&self.w2, self.k));
                 }
             });
         });
@@ -402,19 +402,10 @@ impl FastLayer {
 }
 
 impl FastTransition {
-    /// `src [B*H*W, c_in]` -> the first `c_out` columns of `dst [B*(H/2)*(W/2), dst_stride]`.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        src: &[f32],
-        b: usize,
-        h: usize,
-        w: usize,
-        src_stride: usize,
-        dst: &mut [f32],
-        dst_stride: usize,
-    ) {
+    /// `src [B*H*W, c_in]` (`g`) -> the first `c_out` columns of `dst [B*(H/2)*(W/2), dst_stride]`.
+    fn forward(&self, src: &[f32], g: Grid, src_stride: usize, dst: &mut [f32], dst_stride: usize) {
         debug_assert_eq!(src_stride, self.c_in);
+        let (b, h, w) = (g.b, g.h, g.w);
         let c = self.c_in;
         let (h2, w2) = (h / 2, w / 2);
         let rows = b * h2 * w2;
@@ -441,7 +432,7 @@ impl FastTransition {
                 }
                 // SAFETY: `p` is [n, c], `w` is [c, c_out], `out` holds n rows of dst_stride.
                 unsafe {
-                    matmul(n, self.c_out, c, out.as_mut_ptr(), dst_stride, p.as_ptr(), c, self.w.as_ptr(), self.c_out)
+                    matmul([n, self.c_out, c], MatMut::of(out, dst_stride), Mat::of(p, c), Mat::of(&self.w, self.c_out))
                 };
             });
         });
@@ -491,36 +482,66 @@ impl SendPtr {
     }
 }
 
-/// `dst[m, n] = lhs[m, k] * rhs[k, n]`, all row-major with the given row strides, one thread.
+/// The batch and spatial size of an NHWC activation buffer `[B*H*W, channels]`.
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    b: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Grid {
+    /// Rows of the buffer: one per pixel of every image.
+    fn rows(self) -> usize {
+        self.b * self.h * self.w
+    }
+}
+
+/// A row-major matrix read by [`matmul`]: its first value and its row stride.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: usize,
+}
+
+impl Mat {
+    fn of(values: &[f32], rs: usize) -> Self {
+        Self { ptr: values.as_ptr(), rs }
+    }
+}
+
+/// A row-major matrix written by [`matmul`]: its first value and its row stride.
+#[derive(Clone, Copy)]
+struct MatMut {
+    ptr: *mut f32,
+    rs: usize,
+}
+
+impl MatMut {
+    fn of(values: &mut [f32], rs: usize) -> Self {
+        Self { ptr: values.as_mut_ptr(), rs }
+    }
+}
+
+/// `dst[m, n] = lhs[m, k] * rhs[k, n]`, all row-major with their row strides, one thread.
 ///
 /// # Safety
-/// Every pointer must cover its matrix with the given row stride.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    lhs_rs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-) {
+/// Every matrix must cover its `[rows, cols]` with its row stride.
+unsafe fn matmul([m, n, k]: [usize; 3], dst: MatMut, lhs: Mat, rhs: Mat) {
     gemm::gemm(
         m,
         n,
         k,
-        dst,
+        dst.ptr,
         1,
-        dst_rs as isize,
+        dst.rs as isize,
         false,
-        lhs,
+        lhs.ptr,
         1,
-        lhs_rs as isize,
-        rhs,
+        lhs.rs as isize,
+        rhs.ptr,
         1,
-        rhs_rs as isize,
+        rhs.rs as isize,
         0.0,
         1.0,
         false,
