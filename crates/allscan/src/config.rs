@@ -415,8 +415,7 @@ fn cpu(task: Task) -> ProfileDefaults {
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::None }
 }
 
-/// Per-cell views at 64 px for a 24 um window (0.375 um/px) with no detail finer than 0.52 um/px,
-/// grey and standardised,
+/// Per-cell views at 64 px for a 24 um window (0.375 um/px), grey and standardised,
 /// background filled; the `cpu` profile's slim DenseNet from scratch; classes then sources
 /// balanced in every epoch.
 fn cell(task: Task) -> ProfileDefaults {
@@ -427,9 +426,6 @@ fn cell(task: Task) -> ProfileDefaults {
         normalization: Normalization { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
         ..PreprocessConfig::default()
     };
-    // Aria, the only source of blasts, is ~0.52 um/px: every finer source is shown at that
-    // detail, or sharpness alone would say "not Aria, so not a blast".
-    d.preprocess.cell.floor_um_per_px = Some(0.52);
     d.train.batch_size = 64;
     d.train.shards = 4;
     d.train.stage2.epochs = 25;
