@@ -106,19 +106,29 @@ fn stained(img: image::RgbImage, preprocess: &allscan_preprocess::PreprocessConf
     }
 }
 
+/// What a shortcut baseline learns from and is measured on, beside the model: the run, its
+/// training data, the evaluated images as the model scored them, and how the model's threshold
+/// was set (its validation scores and target), so the shortcut is thresholded alike.
+pub(crate) struct ShortcutData<'a> {
+    /// The evaluated run.
+    pub(crate) bundle: &'a RunBundle,
+    /// The run's training data (the shortcut trains on its training part).
+    pub(crate) training: &'a TrainingData,
+    /// The evaluated dataset.
+    pub(crate) index: &'a DatasetIndex,
+    /// The evaluated images, as the model scored them.
+    pub(crate) scored: &'a [ScoredImage],
+    /// The model's validation scores, where its threshold was checked or chosen on validation.
+    pub(crate) val_scored: Option<&'a [ScoredImage]>,
+    /// The validation sensitivity the threshold is chosen for.
+    pub(crate) target: f64,
+    /// Class names of a subtype evaluation.
+    pub(crate) subtype_names: Option<&'a [String]>,
+}
+
 /// Trains a shortcut baseline on the training part and scores the evaluated images.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn shortcut(
-    kind: ShortcutKind,
-    bundle: &RunBundle,
-    t: &TrainingData,
-    index: &DatasetIndex,
-    scored: &[ScoredImage],
-    val_scored: Option<&[ScoredImage]>,
-    target: f64,
-    subtype_names: Option<&[String]>,
-    req: &EvalRequest,
-) -> Result<ModelEvaluation, EvalError> {
+pub(crate) fn shortcut(kind: ShortcutKind, d: &ShortcutData, req: &EvalRequest) -> Result<ModelEvaluation, EvalError> {
+    let ShortcutData { bundle, training: t, index, scored, val_scored, target, subtype_names } = *d;
     let (meta, preprocess) = (&bundle.metadata, bundle.preprocess());
     let limits = &preprocess.decode;
     // Classes: the model's for a subtype model (so p(leukemia) sums the same classes), else binary.
