@@ -6,7 +6,8 @@
 //!    the crate `allscan-preprocess`);
 //! 3. [`params`], [`weights`], [`model`]: the DenseNet backbone + head and its weights;
 //!    then [`config`]: the config tree's training part and the profiles that fill it;
-//! 4. [`bundle`]: a trained run on disk;
+//! 4. [`decision`]: probabilities -> p(leukemia) -> a call, and the field rule; then [`bundle`]:
+//!    a trained run on disk;
 //! 5. [`adapt`], [`infer`], [`predictions`]: a decoded field -> cells -> calls;
 //! 6. [`explain`], then [`eval`], then [`train`] (which reports through `eval`);
 //! 7. [`cv`]: an experiment driver over `train` and `eval`;
@@ -26,6 +27,8 @@ pub mod params;
 pub mod weights;
 
 pub mod config;
+
+pub mod decision;
 
 pub mod bundle;
 

@@ -145,7 +145,8 @@ fn flag_name(f: allscan_preprocess::CellFlag) -> String {
 pub(crate) mod fixtures {
     use allscan_preprocess::{BBox, CellFlag};
 
-    use crate::infer::{CellPrediction, ClassProbability, FieldPrediction, Region, HEALTHY, LEUKEMIA};
+    use crate::decision::{HEALTHY, LEUKEMIA};
+    use crate::infer::{CellPrediction, ClassProbability, FieldPrediction, Region};
 
     /// A 200x100 field of `cells`, called from `p` at 0.5.
     pub(crate) fn field(p: f32, cells: Vec<CellPrediction>) -> FieldPrediction {

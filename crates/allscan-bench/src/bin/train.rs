@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use allscan::device::DeviceKind;
 use allscan::model::ClassifierConfig;
-use allscan::train::stage::{loss, optimizer, step_in_parts};
+use allscan::train::pass::loss;
+use allscan::train::stage::{optimizer, step_in_parts};
 use allscan::train::{Profile, TaskKind};
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor};

@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Profile, TaskKind, TrainConfig, WeightsSource};
 use crate::data::SplitConfig;
+use crate::decision::Decision;
 use crate::model::{ClassifierConfig, LeukemiaClassifier, ModelError, Task};
 use files::{parse_json, read_bytes, write_weights};
 pub use files::{read_integrity, read_json, save_weights, sha256_hex, weights_bytes, write_json, IntegrityRecord};
@@ -284,6 +285,16 @@ pub struct BundleMetadata {
 }
 
 impl BundleMetadata {
+    /// How this run's outputs are called: its head, classes and threshold.
+    pub fn decision(&self) -> Decision {
+        Decision {
+            task: self.task,
+            class_names: self.class_names.clone(),
+            leukemia_classes: self.leukemia_classes.clone(),
+            threshold: self.threshold,
+        }
+    }
+
     /// Checks the fields against each other and the config.
     fn check(&self, config: &RunConfig, path: &Path) -> Result<(), BundleError> {
         let bad = |reason: String| Err(BundleError::Inconsistent { path: path.to_path_buf(), reason });
@@ -480,46 +491,6 @@ impl RunBundle {
     pub fn save_weights(&self, model: &LeukemiaClassifier) -> Result<(), BundleError> {
         let hash = write_weights(model, &self.weights_path())?;
         self.record_hash(WEIGHTS_FILE, hash)
-    }
-
-    /// p(leukemia) from one image's output probabilities (as [`crate::model::probabilities`]
-    /// returns them): binary, the sigmoid output; subtype, the summed softmax probability of
-    /// the leukemia classes.
-    pub fn p_leukemia(&self, probs: &[f32]) -> f32 {
-        p_leukemia(&self.metadata, probs)
-    }
-
-    /// Whether p(leukemia) calls the image leukemia at the bundle's threshold.
-    pub fn is_leukemia(&self, p_leukemia: f32) -> bool {
-        p_leukemia as f64 >= self.metadata.threshold
-    }
-
-    /// Index of the most probable output class (subtype) or 0/1 at the threshold (binary),
-    /// with its name from `class_names`.
-    pub fn predicted_class(&self, probs: &[f32]) -> (usize, &str) {
-        let k = match self.metadata.task {
-            Task::Binary => usize::from(self.is_leukemia(self.p_leukemia(probs))),
-            Task::Subtype { .. } => {
-                probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
-            }
-        };
-        let name = self.metadata.class_names.get(k).map(String::as_str).unwrap_or("?");
-        (k, name)
-    }
-}
-
-/// [`RunBundle::p_leukemia`] on bare metadata.
-pub fn p_leukemia(meta: &BundleMetadata, probs: &[f32]) -> f32 {
-    match meta.task {
-        Task::Binary => probs.first().copied().unwrap_or(0.0),
-        Task::Subtype { .. } => meta
-            .class_names
-            .iter()
-            .zip(probs)
-            .filter(|(name, _)| meta.leukemia_classes.contains(name))
-            .map(|(_, p)| *p)
-            .sum::<f32>()
-            .clamp(0.0, 1.0),
     }
 }
 

@@ -23,9 +23,9 @@ fn create_and_open_round_trip_with_the_config_stored_once() {
         assert!(written.get(field).is_none(), "metadata.json repeats `{field}`");
     }
     // Subtype p(leukemia) sums the leukemia classes.
-    let p = b.p_leukemia(&[0.1, 0.2, 0.3, 0.4]);
-    assert!((p - 0.9).abs() < 1e-6);
-    assert_eq!(b.predicted_class(&[0.1, 0.2, 0.3, 0.4]), (3, "Pro"));
+    let d = b.metadata.decision();
+    assert!((d.p_leukemia(&[0.1, 0.2, 0.3, 0.4]) - 0.9).abs() < 1e-6);
+    assert_eq!(d.class_name(d.predicted_class(&[0.1, 0.2, 0.3, 0.4])), "Pro");
 }
 
 #[test]
@@ -45,7 +45,7 @@ fn weights_round_trip_and_missing_files_name_the_file() {
     let a = model.valid().forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
     let c = loaded.forward(x).into_data().try_to_vec::<f32>().unwrap();
     assert!((a[0] - c[0]).abs() < 1e-4, "{a:?} vs {c:?}");
-    assert_eq!(b.p_leukemia(&[0.7]), 0.7);
+    assert_eq!(b.metadata.decision().p_leukemia(&[0.7]), 0.7);
 }
 
 /// A binary bundle with saved weights in a fresh temporary directory.

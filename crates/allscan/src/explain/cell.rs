@@ -96,7 +96,7 @@ pub fn explain_cells(
         .zip(heat)
         .map(|((&cell, p), heat)| CellExplanation {
             cell,
-            p_leukemia: predictor.p_leukemia(&p),
+            p_leukemia: predictor.decision().p_leukemia(&p),
             region: views.regions[cell],
             heat,
         })

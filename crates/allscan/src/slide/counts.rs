@@ -7,7 +7,8 @@ use super::{
     CellCall, CellStatus, FailedField, Review, SlideCall, SlideCell, SlideCounts, SlideError, SlideField, SlideReport,
     SlideRule, MAX_DECISIVE, NOTICE, REVIEW_FORMAT, SLIDE_FORMAT,
 };
-use crate::infer::{CellPrediction, FieldPrediction, Region, LEUKEMIA};
+use crate::decision::LEUKEMIA;
+use crate::infer::{CellPrediction, FieldPrediction, Region};
 
 /// The box of a prediction's cell: the whole cell, else the nucleus, else the crop clipped
 /// to the field.

@@ -26,7 +26,7 @@ pub struct Sample {
     /// The record's source (sources datasets); the sampler balances source x class.
     pub source: Option<String>,
     /// The field (record index in the dataset index) this view was cut from: the field call
-    /// is the [`crate::infer::field_call`] rule over the views of one field.
+    /// is the [`crate::decision::field_call`] rule over the views of one field.
     pub field: usize,
     /// The view's label is known. Cell mode labels fields, not cells: every cell of a
     /// not-leukemia field is not leukemia, but only the dominant cell of a leukemia field
@@ -177,7 +177,7 @@ fn one(
             source: rec.source.clone(),
             field,
             labelled: k == 0 || !leukemia,
-            decides: views.cells.get(k).is_none_or(|c| crate::infer::cell_decides(&c.flags)),
+            decides: views.cells.get(k).is_none_or(|c| crate::decision::cell_decides(&c.flags)),
         })
         .collect();
     Ok((samples, scale))

@@ -12,9 +12,11 @@ pub mod average;
 pub mod cache;
 pub mod checkpoint;
 pub mod dataset;
+pub mod pass;
+mod plan;
+mod report;
 pub mod stage;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,16 +29,15 @@ pub use crate::config::{
     StageConfig, TaskKind, TrainConfig, Unfrozen, WeightsSource,
 };
 
-use crate::bundle::{
-    BundleError, BundleMetadata, DataConfig, RunBundle, RunConfig, SplitInfo, Versions, BUNDLE_FORMAT, CONFIG_FILE,
-    LOG_FILE, METRICS_FILE, SPLIT_FILE, WEIGHTS_FILE,
-};
-use crate::data::{DataError, DatasetIndex, IndexOptions, LabelMap, SplitConfig, SplitFile};
+use crate::bundle::{BundleError, RunBundle, RunConfig, CONFIG_FILE, LOG_FILE, METRICS_FILE, SPLIT_FILE, WEIGHTS_FILE};
+use crate::data::{DataError, SplitConfig};
+use crate::decision::Decision;
 use crate::device::{DeviceError, DeviceKind};
-use crate::model::{BackboneConfig, LeukemiaClassifier, ModelError, Task};
+use crate::model::{LeukemiaClassifier, ModelError};
 use checkpoint::{EpochRow, TrainState};
-use dataset::{Prepared, Sample};
-use stage::{evaluate, Inputs, StageRun};
+use pass::Inputs;
+use plan::{plan, Plan};
+use stage::{StageRun, TrainContext};
 
 /// Errors of the training stage.
 #[derive(Debug, thiserror::Error)]
@@ -204,17 +205,6 @@ pub fn write_metrics(dir: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Everything decided before the run folder is touched.
-struct Plan {
-    config: RunConfig,
-    index: DatasetIndex,
-    split: SplitFile,
-    prepared: Prepared,
-    class_names: Vec<String>,
-    leukemia_classes: Vec<String>,
-    num_targets: usize,
-}
-
 /// Trains a run end to end (or resumes one) and writes its bundle.
 pub fn train(req: &TrainRequest) -> Result<TrainOutcome, TrainError> {
     let t0 = Instant::now();
@@ -292,169 +282,6 @@ fn config_diff(a: &RunConfig, b: &RunConfig) -> Vec<String> {
     out
 }
 
-/// Index, split, config tree and preprocessing: all checks that can fail on bad input.
-fn plan(req: &TrainRequest, log: &mut RunLog) -> Result<Plan, TrainError> {
-    let map = req.map.as_deref().map(LabelMap::parse).transpose()?;
-    let opts = IndexOptions { map, progress: req.progress, ..IndexOptions::default() };
-    let index = DatasetIndex::build(&req.data, &opts)?;
-    let ds_err = |reason: String| TrainError::Dataset { path: req.data.clone(), reason };
-    if let Some(empty) = empty_class_folders(&index).first() {
-        return Err(ds_err(format!("class folder `{empty}` has no readable images; remove it or add images")));
-    }
-    let classes: Vec<String> = index.classes.iter().map(|c| c.name.clone()).collect();
-    let (class_names, leukemia_classes, num_targets) = match req.task {
-        TaskKind::Binary => {
-            index.binary_labels()?;
-            (vec!["healthy".to_string(), "leukemia".to_string()], vec!["leukemia".to_string()], 2)
-        }
-        TaskKind::Subtype => {
-            if classes.len() < 2 {
-                return Err(ds_err(format!("a subtype model needs at least 2 classes, found {classes:?}")));
-            }
-            let leuk = index
-                .classes
-                .iter()
-                .filter(|c| c.label.is_some_and(|l| l.is_leukemia()))
-                .map(|c| c.name.clone())
-                .collect();
-            (classes.clone(), leuk, classes.len())
-        }
-    };
-    let defaults = req.profile.defaults(req.task, classes.len());
-    let ProfileDefaults { mut model, preprocess, train, weights } = apply_overrides(defaults, &req.overrides)?;
-    if weights == WeightsSource::Imagenet && matches!(model.backbone, BackboneConfig::Custom(_)) {
-        if let Some(v) = model.backbone.variant() {
-            model.backbone = BackboneConfig::Torchvision { variant: v };
-        } else {
-            return Err(TrainError::Config(ConfigError(
-                "--weights imagenet needs a torchvision backbone; the cpu profile's slim DenseNet trains from scratch"
-                    .into(),
-            )));
-        }
-    }
-    train.validate()?;
-    model.validate()?;
-    if preprocess.input_size < 32 {
-        return Err(TrainError::Config(ConfigError(format!("input size {} is below 32 px", preprocess.input_size))));
-    }
-    parse_unfreeze(&train.stage2.unfreeze, model.backbone.densenet().block_config.len())?;
-    let split_cfg = req.split_config.unwrap_or(SplitConfig { seed: req.seed, ..SplitConfig::default() });
-    let split = match &req.split {
-        Some(p) => SplitFile::load(p, &index)?,
-        None => SplitFile::make(&index, &split_cfg)?,
-    };
-    let config = RunConfig {
-        format: BUNDLE_FORMAT.into(),
-        task: req.task,
-        profile: req.profile,
-        seed: req.seed,
-        data: DataConfig {
-            root: req.data.display().to_string(),
-            map: req.map.clone(),
-            split_file: req.split.as_ref().map(|p| p.display().to_string()),
-            split: split.config,
-            fingerprint: index.fingerprint.clone(),
-        },
-        weights,
-        model,
-        preprocess,
-        train,
-    };
-    log.line(&format!(
-        "allscan train: {} task, {} profile, {} images in {} classes ({}), seed {}",
-        req.task.name(),
-        req.profile.name(),
-        index.images.len(),
-        classes.len(),
-        classes.join(", "),
-        req.seed
-    ));
-    let class_of: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-    let task = req.task;
-    let target = move |rec: &crate::data::ImageRecord| -> Option<usize> {
-        match task {
-            TaskKind::Binary => rec.label.map(|l| usize::from(l.is_leukemia())),
-            TaskKind::Subtype => class_of.get(rec.class.as_str()).copied(),
-        }
-    };
-    let t = Instant::now();
-    let mut prepared =
-        dataset::prepare(&index, &split, &config.preprocess, config.train.negative_cells, &target, req.progress);
-    let mut skipped: Vec<(String, String)> = index.bad.iter().map(|b| (b.path.clone(), b.reason.clone())).collect();
-    skipped.append(&mut prepared.skipped);
-    prepared.skipped = skipped;
-    let views = if config.preprocess.mode == allscan_preprocess::SegmentMode::Cell {
-        format!(
-            " ({} / {} / {} cell views: every cell of val / test fields, the labelled ones of train)",
-            prepared.train.len(),
-            prepared.val.len(),
-            prepared.test.len()
-        )
-    } else {
-        String::new()
-    };
-    log.line(&format!(
-        "preprocessed {} train / {} val / {} test images{views} in {:.1} s ({} at {} px)",
-        dataset::field_count(&prepared.train),
-        dataset::field_count(&prepared.val),
-        dataset::field_count(&prepared.test),
-        t.elapsed().as_secs_f64(),
-        config.preprocess.mode,
-        config.preprocess.input_size
-    ));
-    if !prepared.skipped.is_empty() {
-        // Every skipped file, one per line: the log is the record of what the run left out.
-        log.line(&format!("skipped {} unreadable or unusable file(s):", prepared.skipped.len()));
-        for (p, r) in &prepared.skipped {
-            log.line(&format!("  skipped: {p} ({r})"));
-        }
-    }
-    // Every output class must be in the training part, and validation must not be empty.
-    let names = &class_names;
-    for (k, name) in names.iter().enumerate() {
-        if !prepared.train.iter().any(|s| s.target == k) {
-            return Err(ds_err(format!("class `{name}` has no usable image in the training part")));
-        }
-    }
-    if prepared.val.is_empty() {
-        return Err(ds_err("the validation part is empty; use a split with --val > 0 or more images".into()));
-    }
-    Ok(Plan { config, index, split, prepared, class_names, leukemia_classes, num_targets })
-}
-
-/// Class folders beside the dataset's class folders that hold no indexed image.
-fn empty_class_folders(index: &DatasetIndex) -> Vec<String> {
-    let mut parents = std::collections::BTreeSet::new();
-    let mut class_dirs = std::collections::BTreeSet::new();
-    for rec in &index.images {
-        if let Some(dir) = index.abs_path(rec).parent() {
-            if dir.file_name().is_some_and(|n| n.to_string_lossy() == rec.class) {
-                class_dirs.insert(dir.to_path_buf());
-                if let Some(p) = dir.parent() {
-                    parents.insert(p.to_path_buf());
-                }
-            }
-        }
-    }
-    let mut empty = Vec::new();
-    for p in parents {
-        let Ok(entries) = std::fs::read_dir(&p) else { continue };
-        for e in entries.flatten() {
-            let path = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if path.is_dir() && !name.starts_with('.') && !class_dirs.contains(&path) && !has_files(&path) {
-                empty.push(name);
-            }
-        }
-    }
-    empty.sort();
-    empty
-}
-
-fn has_files(dir: &Path) -> bool {
-    walkdir::WalkDir::new(dir).into_iter().flatten().any(|e| e.file_type().is_file())
-}
-
 /// The model at the start of the run: starting weights or a seeded random init.
 fn initial_model(cfg: &RunConfig, device: &Device) -> Result<LeukemiaClassifier, TrainError> {
     device.seed(crate::data::batcher::mix(&[cfg.seed, 0xD1CE]));
@@ -504,11 +331,24 @@ fn run(
     let infer = crate::device::device(req.device)?;
     let ad = infer.clone().autodiff();
     let task = cfg.model.task;
-    let norm = &cfg.preprocess.normalization;
     let p = &plan.prepared;
     let targets: Vec<usize> = p.train.iter().map(|s| s.target).collect();
-    let class_weights = crate::data::batcher::class_weights(&targets, plan.num_targets);
-    let meta = metadata(plan, 0.5, "not chosen yet".into(), None, BTreeMap::new());
+    let ctx = TrainContext {
+        config: cfg,
+        prepared: p,
+        class_weights: crate::data::batcher::class_weights(&targets, plan.num_targets),
+        num_targets: plan.num_targets,
+        device: &ad,
+        infer_device: &infer,
+        decision: Decision {
+            task,
+            class_names: plan.class_names.clone(),
+            leukemia_classes: plan.leukemia_classes.clone(),
+            threshold: 0.5,
+        },
+        run_dir: out,
+        progress: req.progress,
+    };
     let mut st = state.take().unwrap_or(TrainState {
         stage: 0,
         epoch: 0,
@@ -530,38 +370,6 @@ fn run(
         model.num_params(),
         req.device
     ));
-    #[allow(clippy::too_many_arguments)]
-    fn mk<'a>(
-        stage: u8,
-        scfg: &'a StageConfig,
-        cfg: &'a RunConfig,
-        p: &'a Prepared,
-        class_weights: &[f32],
-        num_targets: usize,
-        devices: (&'a Device, &'a Device),
-        meta: &'a BundleMetadata,
-        out: &'a Path,
-        progress: bool,
-    ) -> StageRun<'a> {
-        StageRun {
-            stage,
-            cfg: scfg,
-            train: &cfg.train,
-            seed: cfg.seed,
-            task: cfg.model.task,
-            train_set: &p.train,
-            val_set: &p.val,
-            norm: &cfg.preprocess.normalization,
-            class_weights: class_weights.to_vec(),
-            num_targets,
-            device: devices.0,
-            infer_device: devices.1,
-            meta,
-            run_dir: out,
-            progress,
-        }
-    }
-
     let num_blocks = cfg.model.backbone.densenet().block_config.len();
     // Stage 1: head only on the frozen backbone.
     let s1 = &cfg.train.stage1;
@@ -574,7 +382,7 @@ fn run(
         } else {
             let t = Instant::now();
             let valid = frozen.valid();
-            let cache = build_cache(&valid, cfg, "pooled", p, norm, &infer, req.progress, &|x| {
+            let cache = build_cache(&ctx, &valid, "pooled", &|x| {
                 flat(densenet_burn::DenseNet::pool(valid.forward_features(x))) // [B, C]
             })?;
             log.line(&format!(
@@ -599,8 +407,7 @@ fn run(
             st.epoch = 0;
             st.stage_done = false;
         }
-        model = mk(1, s1, cfg, p, &class_weights, plan.num_targets, (&ad, &infer), &meta, out, req.progress)
-            .run(frozen, optim, &inputs, &mut st, log)?;
+        model = StageRun { stage: 1, cfg: s1, ctx: &ctx }.run(frozen, optim, &inputs, &mut st, log)?;
         st.bad_epochs = 0;
     }
     // Stage 2: the chosen blocks + head.
@@ -621,7 +428,7 @@ fn run(
         let inputs = match unfrozen {
             Unfrozen::From(k) if !(s2.augment && cfg.train.augment.enabled) => {
                 let valid = model2.valid();
-                let cache = build_cache(&valid, cfg, &format!("block{k}"), p, norm, &infer, req.progress, &|x| {
+                let cache = build_cache(&ctx, &valid, &format!("block{k}"), &|x| {
                     flat(valid.forward_until(x, k)) // [B, C_k, h, w]
                 })?;
                 log.line(&format!(
@@ -644,8 +451,7 @@ fn run(
                     .map_err(|e| TrainError::Checkpoint { path: path.clone(), reason: e.to_string() })?;
             }
         }
-        model = mk(2, s2, cfg, p, &class_weights, plan.num_targets, (&ad, &infer), &meta, out, req.progress)
-            .run(model2, optim, &inputs, &mut st, log)?;
+        model = StageRun { stage: 2, cfg: s2, ctx: &ctx }.run(model2, optim, &inputs, &mut st, log)?;
     }
     // The best epoch's weights, the threshold on validation, the held-out report.
     let best_path = out.join(WEIGHTS_FILE);
@@ -653,42 +459,9 @@ fn run(
         crate::bundle::save_weights(&model, &best_path)?;
     }
     let best = load_weights(cfg, &best_path, &infer)?.for_inference();
-    let ev_val = evaluate(
-        &best,
-        &Inputs::Images,
-        &p.val,
-        cfg.model.test_views,
-        task,
-        &class_weights,
-        0.0,
-        cfg.train.eval_batch_size,
-        norm,
-        &infer,
-    )?;
-    let pv: Vec<f32> = ev_val.probs.iter().map(|r| crate::bundle::p_leukemia(&meta, r)).collect();
-    let (yv, pv) = stage::field_scores(&p.val, &pv);
-    let pv: Vec<f64> = pv.into_iter().map(f64::from).collect();
-    let (threshold, rule) = match crate::eval::threshold_for_sensitivity(&yv, &pv, cfg.train.target_sensitivity) {
-        Ok(choice) => {
-            if let Some(w) = &choice.warning {
-                log.line(&format!("threshold: {w}"));
-            }
-            (
-                choice.threshold,
-                format!(
-                    "{} >= {}, at the best validation specificity, midway between the nearest healthy and leukemia scores ({} leukemia / {} healthy validation images)",
-                    crate::eval::run::TUNED_RULE,
-                    cfg.train.target_sensitivity, choice.n_leukemia, choice.n_healthy
-                ),
-            )
-        }
-        Err(e) => {
-            log.line(&format!("threshold: {e}; using 0.5"));
-            (0.5, format!("0.5 (could not tune on validation: {e})"))
-        }
-    };
-    let test = held_out(&best, plan, &meta, threshold, &class_weights, &infer, log)?;
-    let meta = metadata(plan, threshold, rule, st.best.clone(), test);
+    let (threshold, rule) = report::choose_threshold(&ctx, &best, log)?;
+    let test = report::held_out(&ctx, &best, threshold, log)?;
+    let meta = report::metadata(plan, threshold, rule, st.best.clone(), test);
     let bundle = RunBundle::create(out, cfg.clone(), meta)?;
     write_metrics(out, &st.history)?;
     if let Some(b) = &st.best {
@@ -705,26 +478,22 @@ fn run(
     Ok(bundle)
 }
 
-/// Cache key from the frozen model's weights and the view settings.
 /// Runs the frozen part of `valid` (`frozen`) once over the deterministic training and
 /// validation views and keeps its outputs, keyed by the backbone weights, `what` and the view.
-#[allow(clippy::too_many_arguments)]
 fn build_cache(
+    ctx: &TrainContext,
     valid: &LeukemiaClassifier,
-    cfg: &RunConfig,
     what: &str,
-    p: &Prepared,
-    norm: &allscan_preprocess::Normalization,
-    infer: &Device,
-    show_progress: bool,
     frozen: &dyn Fn(Tensor<4>) -> (Vec<f32>, Vec<usize>),
 ) -> Result<cache::FeatureCache, TrainError> {
+    let (cfg, p) = (ctx.config, ctx.prepared);
     let key = cache_key(valid, cfg, what)?;
-    let bar = crate::progress::bar((p.train.len() + p.val.len()) as u64, "caching", show_progress);
-    let cache =
-        cache::FeatureCache::build(&[&p.train, &p.val], cfg.train.eval_batch_size, norm, infer, key, frozen, &|n| {
-            bar.inc(n as u64)
-        });
+    let bar = crate::progress::bar((p.train.len() + p.val.len()) as u64, "caching", ctx.progress);
+    let norm = &cfg.preprocess.normalization;
+    let batch = cfg.train.eval_batch_size;
+    let cache = cache::FeatureCache::build(&[&p.train, &p.val], batch, norm, ctx.infer_device, key, frozen, &|n| {
+        bar.inc(n as u64)
+    });
     bar.finish_and_clear();
     Ok(cache)
 }
@@ -732,112 +501,12 @@ fn build_cache(
 /// A tensor's values and shape, for the feature cache.
 fn flat<const D: usize>(t: Tensor<D>) -> (Vec<f32>, Vec<usize>) {
     let dims = t.dims().to_vec();
-    (stage::read(t).unwrap_or_default(), dims)
+    (pass::read(t).unwrap_or_default(), dims)
 }
 
+/// Cache key from the frozen model's weights and the view settings.
 fn cache_key(valid: &LeukemiaClassifier, cfg: &RunConfig, what: &str) -> Result<String, TrainError> {
     let bytes = valid.backbone.clone().into_record().into_bytes().map_err(|e| TrainError::Internal(format!("{e}")))?;
     let view = serde_json::to_string(&cfg.preprocess).unwrap_or_default();
     Ok(cache::key(&bytes, &format!("{what}:{view}")))
-}
-
-/// Figures on the test part (reported, never used to choose anything).
-fn held_out(
-    model: &LeukemiaClassifier,
-    plan: &Plan,
-    meta: &BundleMetadata,
-    threshold: f64,
-    weights: &[f32],
-    device: &Device,
-    log: &mut RunLog,
-) -> Result<BTreeMap<String, f64>, TrainError> {
-    let mut m = BTreeMap::new();
-    let test: &[Sample] = &plan.prepared.test;
-    if test.is_empty() {
-        log.line("held-out test part: empty (nothing to report)");
-        return Ok(m);
-    }
-    let cfg = &plan.config;
-    let task = cfg.model.task;
-    let ev = evaluate(
-        model,
-        &Inputs::Images,
-        test,
-        cfg.model.test_views,
-        task,
-        weights,
-        0.0,
-        cfg.train.eval_batch_size,
-        &cfg.preprocess.normalization,
-        device,
-    )?;
-    let pl: Vec<f32> = ev.probs.iter().map(|r| crate::bundle::p_leukemia(meta, r)).collect();
-    let (y, pl) = stage::field_scores(test, &pl);
-    let call: Vec<bool> = pl.iter().map(|&p| p as f64 >= threshold).collect();
-    let tp = y.iter().zip(&call).filter(|(a, b)| **a && **b).count();
-    let tn = y.iter().zip(&call).filter(|(a, b)| !**a && !**b).count();
-    let npos = y.iter().filter(|&&v| v).count();
-    let nneg = y.len() - npos;
-    m.insert("test_images".into(), y.len() as f64);
-    m.insert("test_views".into(), test.len() as f64);
-    m.insert("test_loss".into(), ev.loss);
-    m.insert("test_binary_accuracy".into(), (tp + tn) as f64 / y.len() as f64);
-    if npos > 0 {
-        m.insert("test_sensitivity".into(), tp as f64 / npos as f64);
-    }
-    if nneg > 0 {
-        m.insert("test_specificity".into(), tn as f64 / nneg as f64);
-    }
-    if let Some(a) = stage::auc(&y, &pl) {
-        m.insert("test_auc".into(), a);
-    }
-    let mut line = format!("held-out test ({} images, never used for selection):", y.len());
-    if let Task::Subtype { .. } = task {
-        m.insert("test_subtype_accuracy".into(), ev.accuracy);
-        line.push_str(&format!(" subtype accuracy {:.4};", ev.accuracy));
-    }
-    line.push_str(&format!(
-        " binary accuracy {:.4}, sensitivity {}, specificity {} at threshold {:.4}; auc {}",
-        m["test_binary_accuracy"],
-        m.get("test_sensitivity").map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
-        m.get("test_specificity").map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
-        threshold,
-        m.get("test_auc").map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
-    ));
-    log.line(&line);
-    Ok(m)
-}
-
-fn metadata(
-    plan: &Plan,
-    threshold: f64,
-    rule: String,
-    best: Option<crate::bundle::BestEpoch>,
-    test_metrics: BTreeMap<String, f64>,
-) -> BundleMetadata {
-    let cfg = &plan.config;
-    BundleMetadata {
-        format: BUNDLE_FORMAT.into(),
-        task: cfg.model.task,
-        class_names: plan.class_names.clone(),
-        leukemia_classes: plan.leukemia_classes.clone(),
-        dataset_classes: plan
-            .index
-            .classes
-            .iter()
-            .map(|c| (c.name.clone(), c.label.map(|l| l.as_str().to_string()).unwrap_or_else(|| "unlabelled".into())))
-            .collect(),
-        threshold,
-        threshold_rule: rule,
-        dataset_fingerprint: plan.index.fingerprint.clone(),
-        split: Some(SplitInfo {
-            file: SPLIT_FILE.into(),
-            config: plan.split.config,
-            patient_level: plan.split.patient_level,
-            counts: plan.split.counts.clone(),
-        }),
-        best,
-        test_metrics,
-        versions: Versions::default(),
-    }
 }

@@ -16,6 +16,7 @@ const ORDER: &[&str] = &[
     "weights",
     "model",
     "config",
+    "decision",
     "bundle",
     "adapt",
     "masks",

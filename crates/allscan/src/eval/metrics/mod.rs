@@ -31,6 +31,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{calibration, Estimate, EvalError};
+use crate::decision::argmax;
 
 /// Names of the binary figures, in the order of [`BinaryReport::figures`].
 pub const BINARY_FIGURES: [&str; 11] = [
@@ -281,17 +282,6 @@ fn check_multiclass(
     Ok(pred)
 }
 
-/// Index of the largest value; the first one on ties.
-pub fn argmax(row: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 // ---------------------------------------------------------------------------------------------
 // Weighted core: `w[i]` is how many times image i occurs in the (re)sample.
 
@@ -320,7 +310,18 @@ struct BinaryCore {
     figures: [Figure; 11],
 }
 
-fn binary_core(y: &[bool], p: &[f64], order: &[usize], w: &[f64], threshold: f64) -> BinaryCore {
+/// The threshold-free part of the binary figures, from one pass down the ranking.
+struct Ranked {
+    /// Weighted leukemia and healthy counts.
+    pos: f64,
+    neg: f64,
+    /// Sum over positives of (negatives below + 1/2 negatives tied): ROC-AUC is `auc_num / (pos * neg)`.
+    auc_num: f64,
+    /// Average precision.
+    ap: f64,
+}
+
+fn ranked(y: &[bool], p: &[f64], order: &[usize], w: &[f64]) -> Ranked {
     let (mut pos, mut neg) = (0.0, 0.0);
     for (&yi, &wi) in y.iter().zip(w) {
         if yi {
@@ -329,8 +330,6 @@ fn binary_core(y: &[bool], p: &[f64], order: &[usize], w: &[f64], threshold: f64
             neg += wi;
         }
     }
-    let n = pos + neg;
-
     // One pass from the highest score down, a block of tied scores at a time.
     let (mut tp, mut fp) = (0.0, 0.0);
     let mut auc_num = 0.0; // sum over positives of (negatives below + 1/2 negatives tied)
@@ -358,6 +357,20 @@ fn binary_core(y: &[bool], p: &[f64], order: &[usize], w: &[f64], threshold: f64
             prev_recall = recall;
         }
     }
+    Ranked { pos, neg, auc_num, ap }
+}
+
+/// ROC-AUC of `p` (the Mann-Whitney statistic, ties counted one half, as in
+/// [`binary_metrics`]); `None` without both labels. Training's validation and held-out figures
+/// use it.
+pub fn roc_auc(y: &[bool], p: &[f64]) -> Option<f64> {
+    let r = ranked(y, p, &order_desc(p), &vec![1.0; y.len()]);
+    (r.pos > 0.0 && r.neg > 0.0).then(|| r.auc_num / (r.pos * r.neg))
+}
+
+fn binary_core(y: &[bool], p: &[f64], order: &[usize], w: &[f64], threshold: f64) -> BinaryCore {
+    let Ranked { pos, neg, auc_num, ap } = ranked(y, p, order, w);
+    let n = pos + neg;
 
     // Confusion at the threshold.
     let (mut ctp, mut cfp) = (0.0, 0.0);
