@@ -16,6 +16,7 @@ pub mod nucleus;
 pub mod scale;
 pub mod sheet;
 pub mod stain;
+pub mod workfield;
 
 pub use cell::{find_white_cells, CellConfig, CellFlag, CellResult, WhiteCell};
 pub use cellcrop::{cell_crops, cut_cell, CellCrop};
