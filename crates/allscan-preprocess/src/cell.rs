@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use crate::nucleus::{fill_holes, purple_channel, BBox};
+use crate::nucleus::{chamfer, fill_holes, purple_channel, BBox};
 use crate::scale::{measure_blobs, otsu, ScaleConfig, ScaleEstimate, ScaleSource, WorkField};
 
 /// Settings of [`find_white_cells`]; lengths in micrometres.
@@ -491,59 +491,6 @@ pub(crate) fn assumed_scale(img: &RgbImage, field: &WorkField, cfg: &ScaleConfig
     } else {
         est(provisional, format!("{why}; no white cell to measure: scale from the field size"))
     }
-}
-
-/// Chamfer 3-4 distance (3 per straight step, 4 per diagonal) from each pixel to the nearest
-/// nonzero pixel of `mask`; outside the field seeds nothing. Morphology by thresholding it
-/// costs two passes whatever the radius (radii reach 10 px on fine crops).
-pub(crate) fn chamfer(mask: &[u8], wu: usize, hu: usize) -> Vec<u32> {
-    let inf = u32::MAX / 4;
-    let mut d: Vec<u32> = mask.iter().map(|&m| if m != 0 { 0 } else { inf }).collect();
-    for y in 0..hu {
-        for x in 0..wu {
-            let i = y * wu + x;
-            let mut v = d[i];
-            if v == 0 {
-                continue;
-            }
-            if x > 0 {
-                v = v.min(d[i - 1] + 3);
-            }
-            if y > 0 {
-                v = v.min(d[i - wu] + 3);
-                if x > 0 {
-                    v = v.min(d[i - wu - 1] + 4);
-                }
-                if x + 1 < wu {
-                    v = v.min(d[i - wu + 1] + 4);
-                }
-            }
-            d[i] = v;
-        }
-    }
-    for y in (0..hu).rev() {
-        for x in (0..wu).rev() {
-            let i = y * wu + x;
-            let mut v = d[i];
-            if v == 0 {
-                continue;
-            }
-            if x + 1 < wu {
-                v = v.min(d[i + 1] + 3);
-            }
-            if y + 1 < hu {
-                v = v.min(d[i + wu] + 3);
-                if x + 1 < wu {
-                    v = v.min(d[i + wu + 1] + 4);
-                }
-                if x > 0 {
-                    v = v.min(d[i + wu - 1] + 4);
-                }
-            }
-            d[i] = v;
-        }
-    }
-    d
 }
 
 /// Dilation by a (chamfer) disc of radius `r` pixels; outside the field is background.

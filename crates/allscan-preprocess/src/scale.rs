@@ -29,8 +29,7 @@
 use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use crate::cell::chamfer;
-use crate::nucleus::fill_holes;
+use crate::nucleus::{chamfer, fill_holes};
 // The white-cell finder and the examples reach these through `scale`.
 pub use crate::workfield::{box_downsample, WorkField, WORK_PIXELS};
 pub(crate) use crate::workfield::{measure_blobs, otsu, strong_purple, Blob, Labels};

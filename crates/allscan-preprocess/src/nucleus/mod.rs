@@ -445,16 +445,23 @@ fn erode_disc(mask: &GrayImage, r: u8) -> GrayImage {
 /// (3 per straight step, 4 per diagonal: within 8% of Euclidean x 3). Outside the field counts
 /// as foreground, like the erosion above.
 fn chamfer_depth(mask: &GrayImage) -> Vec<u32> {
-    let (wu, hu) = (mask.width() as usize, mask.height() as usize);
+    let background: Vec<u8> = mask.as_raw().iter().map(|&m| u8::from(m == 0)).collect();
+    chamfer(&background, mask.width() as usize, mask.height() as usize)
+}
+
+/// Chamfer 3-4 distance (3 per straight step, 4 per diagonal) from each pixel to the nearest
+/// nonzero pixel of `mask`; outside the field seeds nothing. Morphology by thresholding it
+/// costs two passes whatever the radius (radii reach 10 px on fine crops).
+pub(crate) fn chamfer(mask: &[u8], wu: usize, hu: usize) -> Vec<u32> {
     let inf = u32::MAX / 4;
-    let mut d: Vec<u32> = mask.as_raw().iter().map(|&m| if m == 0 { 0 } else { inf }).collect();
+    let mut d: Vec<u32> = mask.iter().map(|&m| if m != 0 { 0 } else { inf }).collect();
     for y in 0..hu {
         for x in 0..wu {
             let i = y * wu + x;
-            if d[i] == 0 {
+            let mut v = d[i];
+            if v == 0 {
                 continue;
             }
-            let mut v = d[i];
             if x > 0 {
                 v = v.min(d[i - 1] + 3);
             }
@@ -473,10 +480,10 @@ fn chamfer_depth(mask: &GrayImage) -> Vec<u32> {
     for y in (0..hu).rev() {
         for x in (0..wu).rev() {
             let i = y * wu + x;
-            if d[i] == 0 {
+            let mut v = d[i];
+            if v == 0 {
                 continue;
             }
-            let mut v = d[i];
             if x + 1 < wu {
                 v = v.min(d[i + 1] + 3);
             }
