@@ -184,8 +184,8 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
         String::from("image,nucleus_dice,cell_dice,our_nucleus_px,their_nucleus_px,our_cell_px,their_cell_px\n");
     for (n, (img, truth)) in pairs.iter().enumerate() {
         let res = analyse(img);
+        let (a, b) = dice_pair(&res, truth);
         if dump.is_some() {
-            let (a, b) = dice_pair(&res, truth);
             let label = central_cell(&res).map(|i| i as u32 + 1).unwrap_or(0);
             let ours = |i: usize| label != 0 && res.labels.as_raw()[i] == label;
             let (m, t) = (res.mask.as_raw(), truth.as_raw());
@@ -202,7 +202,6 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
             red.push(res.scale.um_per_px);
         }
         none += central_cell(&res).is_none() as usize;
-        let (a, b) = dice_pair(&res, truth);
         dn += a;
         dc += b;
         let reference = find_nuclei(img, &NucleusConfig::default());

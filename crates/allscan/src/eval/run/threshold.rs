@@ -12,7 +12,7 @@ use crate::infer::Predictor;
 /// re-chooses).
 pub(crate) const TUNED_RULE: &str = "tuned for validation sensitivity";
 
-/// The same prefix in bundles written before the threshold got its margin (2026-11-30).
+/// The same prefix in bundles written before the threshold got its margin.
 const TUNED_RULE_BEFORE_MARGIN: &str = "largest threshold with validation sensitivity";
 
 /// Whether the bundle's threshold was tuned on a validation part.
