@@ -36,14 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         roi: RoiConfig { views: RoiViews::All, ..Default::default() },
         ..Default::default()
     };
-    let predictor = Predictor::new(
-        model,
-        config,
-        preprocess,
-        vec!["healthy".into(), "leukemia".into()],
-        vec!["leukemia".into()],
-        0.5,
-    )?;
+    let predictor = Predictor::new(model, config, preprocess, allscan::decision::Decision::binary(0.5)?)?;
     let info = serde_json::json!({
         "task": {"kind": "binary"}, "class_names": ["healthy", "leukemia"], "threshold": 0.5,
         "note": "tiny random-weight model for tests"

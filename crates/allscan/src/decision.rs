@@ -27,7 +27,68 @@ pub struct Decision {
     pub threshold: f64,
 }
 
+/// Why a [`Decision`] cannot call anything: its classes do not fit its head or its threshold
+/// is not a probability.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecisionError {
+    /// The number of class names is not the head's.
+    #[error("a {task:?} head has {expected} classes but {got} class names were given ({names:?})")]
+    ClassCount {
+        /// The head.
+        task: Task,
+        /// Classes the head has (binary: 2).
+        expected: usize,
+        /// Class names given.
+        got: usize,
+        /// The names.
+        names: Vec<String>,
+    },
+    /// A leukemia class that is not one of the class names.
+    #[error("leukemia class `{class}` is not one of the class names {names:?}")]
+    UnknownLeukemiaClass {
+        /// The unknown class.
+        class: String,
+        /// The class names.
+        names: Vec<String>,
+    },
+    /// A threshold outside [0, 1] (or NaN).
+    #[error("threshold {0} is not in [0, 1]")]
+    Threshold(f64),
+}
+
 impl Decision {
+    /// A decision whose classes fit its head (binary: two names; subtype: one per output),
+    /// whose leukemia classes are among them and whose threshold is in [0, 1]. Every
+    /// decision read from a bundle or given to a predictor is checked here.
+    pub fn new(
+        task: Task,
+        class_names: Vec<String>,
+        leukemia_classes: Vec<String>,
+        threshold: f64,
+    ) -> Result<Self, DecisionError> {
+        let expected = task.num_outputs().max(2);
+        if class_names.len() != expected {
+            return Err(DecisionError::ClassCount { task, expected, got: class_names.len(), names: class_names });
+        }
+        if let Some(class) = leukemia_classes.iter().find(|c| !class_names.contains(c)) {
+            return Err(DecisionError::UnknownLeukemiaClass { class: class.clone(), names: class_names });
+        }
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(DecisionError::Threshold(threshold));
+        }
+        Ok(Self { task, class_names, leukemia_classes, threshold })
+    }
+
+    /// The binary decision: classes [`HEALTHY`], [`LEUKEMIA`]; leukemia at `threshold`.
+    pub fn binary(threshold: f64) -> Result<Self, DecisionError> {
+        Self::new(Task::Binary, vec![HEALTHY.into(), LEUKEMIA.into()], vec![LEUKEMIA.into()], threshold)
+    }
+
+    /// The same classes with another threshold (checked as [`Decision::new`] checks it).
+    pub fn with_threshold(&self, threshold: f64) -> Result<Self, DecisionError> {
+        Self::new(self.task, self.class_names.clone(), self.leukemia_classes.clone(), threshold)
+    }
+
     /// p(leukemia) from one view's output probabilities (as [`crate::model::probabilities`]
     /// returns them): binary, the sigmoid output; subtype, the summed softmax probability of
     /// the leukemia classes.
@@ -110,12 +171,13 @@ mod tests {
     use super::*;
 
     fn subtype() -> Decision {
-        Decision {
-            task: Task::Subtype { num_classes: 4 },
-            class_names: ["Benign", "Early", "Pre", "Pro"].map(String::from).to_vec(),
-            leukemia_classes: ["Early", "Pre", "Pro"].map(String::from).to_vec(),
-            threshold: 0.5,
-        }
+        Decision::new(
+            Task::Subtype { num_classes: 4 },
+            ["Benign", "Early", "Pre", "Pro"].map(String::from).to_vec(),
+            ["Early", "Pre", "Pro"].map(String::from).to_vec(),
+            0.5,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -129,16 +191,34 @@ mod tests {
 
     #[test]
     fn binary_calls_at_the_threshold_inclusive() {
-        let d = Decision {
-            task: Task::Binary,
-            class_names: vec![HEALTHY.into(), LEUKEMIA.into()],
-            leukemia_classes: vec![LEUKEMIA.into()],
-            threshold: 0.25,
-        };
+        let d = Decision::binary(0.25).unwrap();
         assert_eq!(d.p_leukemia(&[0.25]), 0.25);
         assert_eq!(d.predicted_class(&[0.25]), 1);
         assert_eq!(d.label(0.25), LEUKEMIA);
         assert_eq!(d.label(0.24), HEALTHY);
+    }
+
+    #[test]
+    fn a_decision_whose_classes_do_not_fit_its_head_or_threshold_is_refused() {
+        let four = Task::Subtype { num_classes: 4 };
+        let names = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
+        assert!(matches!(
+            Decision::new(four, names(3), vec![], 0.5),
+            Err(DecisionError::ClassCount { expected: 4, got: 3, .. })
+        ));
+        assert!(matches!(
+            Decision::new(Task::Binary, names(2), vec!["blast".into()], 0.5),
+            Err(DecisionError::UnknownLeukemiaClass { .. })
+        ));
+        for t in [-0.1, 1.5, f64::NAN] {
+            assert!(matches!(Decision::binary(t), Err(DecisionError::Threshold(_))), "{t}");
+        }
+        let d = Decision::new(four, names(4), names(4)[1..].to_vec(), 0.5).unwrap();
+        assert_eq!(d.with_threshold(0.7).unwrap().threshold, 0.7);
+        assert!(d.with_threshold(2.0).is_err());
+        // A message names what is wrong.
+        let e = Decision::new(four, names(3), vec![], 0.5).unwrap_err().to_string();
+        assert!(e.contains("4 classes") && e.contains("3 class names"), "{e}");
     }
 
     #[test]

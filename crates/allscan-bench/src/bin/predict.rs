@@ -64,14 +64,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("unknown variant {}", args.variant))?;
             let config = ClassifierConfig::binary(variant);
             let model = config.init(&device)?.for_inference();
-            Predictor::new(
-                model,
-                config,
-                PreprocessConfig::default(),
-                vec!["healthy".into(), "leukemia".into()],
-                vec!["leukemia".into()],
-                0.5,
-            )?
+            Predictor::new(model, config, PreprocessConfig::default(), allscan::decision::Decision::binary(0.5)?)?
         }
     }
     .with_batch_size(args.batch);

@@ -22,7 +22,7 @@ pub fn tiny_predictor() -> Predictor {
         roi: RoiConfig { views: RoiViews::All, ..Default::default() },
         ..Default::default()
     };
-    Predictor::new(model, config, preprocess, vec!["healthy".into(), "leukemia".into()], vec!["leukemia".into()], 0.5)
+    Predictor::new(model, config, preprocess, allscan::decision::Decision::binary(0.5).expect("binary decision"))
         .expect("predictor")
 }
 

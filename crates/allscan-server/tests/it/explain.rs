@@ -128,9 +128,7 @@ fn cell_state() -> (AppState, PreprocessConfig) {
         model,
         config,
         preprocess.clone(),
-        vec!["healthy".into(), "leukemia".into()],
-        vec!["leukemia".into()],
-        0.5,
+        allscan::decision::Decision::binary(0.5).expect("binary decision"),
     )
     .expect("predictor");
     (AppState::new(p, model_info(), ServerConfig::default()), preprocess)

@@ -301,14 +301,10 @@ impl BundleMetadata {
         if self.task != config.model.task {
             return bad(format!("task {:?} differs from config.json's {:?}", self.task, config.model.task));
         }
-        if self.class_names.len() != self.task.num_outputs().max(2) {
-            return bad(format!("{} class names for a {:?} head", self.class_names.len(), self.task));
-        }
-        if let Some(c) = self.leukemia_classes.iter().find(|c| !self.class_names.contains(c)) {
-            return bad(format!("leukemia class `{c}` is not one of the class names {:?}", self.class_names));
-        }
-        if !(0.0..=1.0).contains(&self.threshold) {
-            return bad(format!("threshold {} is not in [0, 1]", self.threshold));
+        if let Err(e) =
+            Decision::new(self.task, self.class_names.clone(), self.leukemia_classes.clone(), self.threshold)
+        {
+            return bad(e.to_string());
         }
         Ok(())
     }

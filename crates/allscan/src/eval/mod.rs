@@ -37,9 +37,9 @@ use serde::{Deserialize, Serialize};
 pub use calibration::{brier_score, expected_calibration_error, reliability_bins, ReliabilityBin};
 pub use leakage::{leakage_warnings, LeakageInput, LeakageItem};
 pub use metrics::{
-    binary_metrics, bootstrap_binary, bootstrap_multiclass, leukemia_labels, leukemia_probability, multiclass_metrics,
-    pr_curve, roc_auc, roc_curve, threshold_for_sensitivity, BinaryEstimates, BinaryReport, BootstrapInfo,
-    ClassFigures, Confusion, MulticlassEstimates, MulticlassReport, PrPoint, RocPoint, ThresholdChoice,
+    binary_metrics, bootstrap_binary, bootstrap_multiclass, multiclass_metrics, pr_curve, roc_auc, roc_curve,
+    threshold_for_sensitivity, BinaryEstimates, BinaryReport, BootstrapInfo, ClassFigures, Confusion,
+    MulticlassEstimates, MulticlassReport, PrPoint, RocPoint, ThresholdChoice,
 };
 pub use report::{
     most_confident_errors, render_report, summary_table, write_report, EpochRow, GalleryItem, MetricsFile,

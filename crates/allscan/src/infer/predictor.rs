@@ -11,67 +11,34 @@ use crate::decision::{argmax, field_call, Decision};
 use crate::model::{probabilities, ClassifierConfig, LeukemiaClassifier, Task};
 
 impl Predictor {
-    /// A predictor on an already loaded model. `class_names` are the model's outputs in order
-    /// (binary: two names, negative first; subtype: one per logit); `leukemia_classes` are
-    /// the names whose probabilities sum to `p_leukemia` (subtype models). The model is turned
-    /// into its eval-mode copy (`valid()`: BatchNorm on running statistics, no autodiff);
-    /// pass a BatchNorm-folded model (`for_inference()`) for speed.
+    /// A predictor on an already loaded model, its preprocessing and how its outputs are
+    /// called (`decision`, checked by [`Decision::new`]; its head must be the model's). The
+    /// model is turned into its eval-mode copy (`valid()`: BatchNorm on running statistics, no
+    /// autodiff); pass a BatchNorm-folded model (`for_inference()`) for speed.
     pub fn new(
         model: LeukemiaClassifier,
         model_config: ClassifierConfig,
         preprocess: PreprocessConfig,
-        class_names: Vec<String>,
-        leukemia_classes: Vec<String>,
-        threshold: f64,
+        decision: Decision,
     ) -> Result<Self, InferError> {
-        let expected = match model_config.task {
-            Task::Binary => 2,
-            Task::Subtype { num_classes } => num_classes,
-        };
-        if class_names.len() != expected {
+        if decision.task != model_config.task {
             return Err(InferError::InvalidConfig(format!(
-                "the model has {expected} classes but {} class names were given ({:?})",
-                class_names.len(),
-                class_names
+                "the decision is for a {:?} head but the model has a {:?} head",
+                decision.task, model_config.task
             )));
-        }
-        if let Task::Subtype { .. } = model_config.task {
-            if let Some(bad) = leukemia_classes.iter().find(|c| !class_names.contains(c)) {
-                return Err(InferError::InvalidConfig(format!(
-                    "leukemia class {bad:?} is not among the class names {class_names:?}"
-                )));
-            }
-        }
-        if !(0.0..=1.0).contains(&threshold) {
-            return Err(InferError::InvalidConfig(format!("threshold {threshold} must be in [0, 1]")));
         }
         if preprocess.input_size == 0 {
             return Err(InferError::InvalidConfig("input_size must be > 0".into()));
         }
         let device = model.devices().into_iter().next().unwrap_or_else(Device::flex);
-        Ok(Self {
-            model: model.valid(),
-            preprocess,
-            decision: Decision { task: model_config.task, class_names, leukemia_classes, threshold },
-            model_config,
-            device,
-            batch_size: DEFAULT_BATCH,
-        })
+        Ok(Self { model: model.valid(), preprocess, decision, model_config, device, batch_size: DEFAULT_BATCH })
     }
 
     /// The predictor of a trained run: its model (eval mode, BatchNorm folded), preprocessing,
     /// classes and decision threshold.
     pub fn from_bundle(bundle: &crate::bundle::RunBundle, device: &Device) -> Result<Self, InferError> {
-        let m = &bundle.metadata;
         let model = bundle.load_model(device)?;
-        Self::new(
-            model,
-            bundle.config.model.clone(),
-            bundle.preprocess().clone(),
-            m.class_names.clone(),
-            m.leukemia_classes.clone(),
-            m.threshold,
-        )
+        Self::new(model, bundle.config.model.clone(), bundle.preprocess().clone(), bundle.metadata.decision())
     }
 
     /// Test-time BatchNorm re-estimation (AdaBN, `--adapt`): every BatchNorm's statistics

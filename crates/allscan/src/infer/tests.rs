@@ -1,4 +1,5 @@
 use super::*;
+use crate::decision::Decision;
 use crate::model::Task;
 use allscan_preprocess::{RoiConfig, RoiViews};
 use densenet_burn::{DenseNetConfig, DenseNetVariant};
@@ -18,7 +19,7 @@ pub(crate) fn tiny_predictor(task: Task, preprocess: PreprocessConfig) -> Predic
             (names.clone(), names[1..].to_vec())
         }
     };
-    Predictor::new(model, config, preprocess, names, leuk, 0.5).unwrap()
+    Predictor::new(model, config, preprocess, Decision::new(task, names, leuk, 0.5).unwrap()).unwrap()
 }
 
 fn small_cfg(views: RoiViews) -> PreprocessConfig {
@@ -111,8 +112,12 @@ fn wrong_class_names_are_rejected() {
         None,
     ));
     let model = config.init(&device).unwrap();
-    let r = Predictor::new(model, config, PreprocessConfig::default(), vec!["a".into()], vec![], 0.5);
-    assert!(matches!(r, Err(InferError::InvalidConfig(_))));
+    // A subtype decision for a binary head.
+    let four =
+        Decision::new(Task::Subtype { num_classes: 4 }, ["a", "b", "c", "d"].map(String::from).to_vec(), vec![], 0.5)
+            .unwrap();
+    let r = Predictor::new(model, config, PreprocessConfig::default(), four);
+    assert!(matches!(r, Err(InferError::InvalidConfig(_))), "{r:?}");
 }
 
 #[test]

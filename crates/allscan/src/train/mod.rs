@@ -64,6 +64,9 @@ pub enum TrainError {
         /// Why.
         reason: String,
     },
+    /// The dataset's classes cannot be called by this head.
+    #[error(transparent)]
+    Decision(#[from] crate::decision::DecisionError),
     /// Reading or writing the bundle failed.
     #[error(transparent)]
     Bundle(#[from] BundleError),
@@ -340,12 +343,7 @@ fn run(
         num_targets: plan.num_targets,
         device: &ad,
         infer_device: &infer,
-        decision: Decision {
-            task,
-            class_names: plan.class_names.clone(),
-            leukemia_classes: plan.leukemia_classes.clone(),
-            threshold: 0.5,
-        },
+        decision: Decision::new(task, plan.class_names.clone(), plan.leukemia_classes.clone(), 0.5)?,
         run_dir: out,
         progress: req.progress,
     };

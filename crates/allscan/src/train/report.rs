@@ -10,7 +10,6 @@ use super::plan::Plan;
 use super::stage::TrainContext;
 use super::{RunLog, TrainError};
 use crate::bundle::{BestEpoch, BundleMetadata, SplitInfo, Versions, BUNDLE_FORMAT, SPLIT_FILE};
-use crate::decision::Decision;
 use crate::eval::roc_auc;
 use crate::model::{LeukemiaClassifier, Task};
 
@@ -72,7 +71,7 @@ pub(super) fn held_out(
         return Ok(m);
     }
     let (y, pl, ev) = field_pass(ctx, model, test)?;
-    let tuned = Decision { threshold, ..ctx.decision.clone() };
+    let tuned = ctx.decision.with_threshold(threshold)?;
     let call: Vec<bool> = pl.iter().map(|&p| tuned.is_leukemia(p)).collect();
     let tp = y.iter().zip(&call).filter(|(a, b)| **a && **b).count();
     let tn = y.iter().zip(&call).filter(|(a, b)| !**a && !**b).count();

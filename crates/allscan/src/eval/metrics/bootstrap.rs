@@ -189,14 +189,3 @@ pub fn bootstrap_multiclass(
         },
     })
 }
-
-/// Leukemia labels of a subtype model's classes: every class but the healthy one is leukemia.
-pub fn leukemia_labels(y: &[usize], healthy_class: usize) -> Vec<bool> {
-    y.iter().map(|&c| c != healthy_class).collect()
-}
-
-/// Leukemia probability of a subtype model: one minus the probability of the healthy class,
-/// so the binary figures of a subtype model come from the same code as a binary model's.
-pub fn leukemia_probability(probs: &[Vec<f64>], healthy_class: usize) -> Vec<f64> {
-    probs.iter().map(|row| (1.0 - row.get(healthy_class).copied().unwrap_or(0.0)).clamp(0.0, 1.0)).collect()
-}

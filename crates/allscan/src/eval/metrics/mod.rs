@@ -543,5 +543,5 @@ mod curves;
 #[cfg(test)]
 mod tests;
 
-pub use bootstrap::{bootstrap_binary, bootstrap_multiclass, leukemia_labels, leukemia_probability};
+pub use bootstrap::{bootstrap_binary, bootstrap_multiclass};
 pub use curves::{pr_curve, roc_curve, threshold_for_sensitivity};
