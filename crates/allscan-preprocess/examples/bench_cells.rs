@@ -175,14 +175,14 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
             eprintln!("skipped {} (mask size differs)", bmp.display());
             continue;
         }
-        pairs.push((img, truth));
+        pairs.push((bmp.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(), img, truth));
     }
     let (mut dn, mut dc, mut dref, mut none) = (0.0, 0.0, 0.0, 0usize);
     let mut red = Vec::new();
     // Per image (with --dump): Dice and areas, to tell over- from under-segmentation.
     let mut rows =
-        String::from("image,nucleus_dice,cell_dice,our_nucleus_px,their_nucleus_px,our_cell_px,their_cell_px\n");
-    for (n, (img, truth)) in pairs.iter().enumerate() {
+        String::from("image,file,nucleus_dice,cell_dice,our_nucleus_px,their_nucleus_px,our_cell_px,their_cell_px\n");
+    for (n, (file, img, truth)) in pairs.iter().enumerate() {
         let res = analyse(img);
         let (a, b) = dice_pair(&res, truth);
         if dump.is_some() {
@@ -191,7 +191,7 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
             let (m, t) = (res.mask.as_raw(), truth.as_raw());
             let count = |f: &dyn Fn(usize) -> bool| (0..t.len()).filter(|&i| f(i)).count();
             rows += &format!(
-                "{n},{a:.4},{b:.4},{},{},{},{}\n",
+                "{n},{file},{a:.4},{b:.4},{},{},{},{}\n",
                 count(&|i| ours(i) && m[i] == 255),
                 count(&|i| t[i] == 255),
                 count(&|i| ours(i)),
@@ -218,7 +218,7 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
     let (mut pn, mut pc) = (0.0, 0.0);
     if let Some(s) = pooled {
         let given = ScaleConfig { um_per_px: Some(s), ..Default::default() };
-        for (img, truth) in &pairs {
+        for (_, img, truth) in &pairs {
             let res = find_white_cells(img, &cell_config(), &estimate_scale(img, &given));
             let (a, b) = dice_pair(&res, truth);
             pn += a;

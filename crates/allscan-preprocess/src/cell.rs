@@ -8,7 +8,9 @@
 //!    absorbs green, red cells and glass do not), box-smoothed, thresholded by Otsu computed
 //!    over the *foreground* pixels only (so a mostly empty field does not pull the threshold
 //!    down into the cytoplasm), floored; then an opening (specks), a closing (granular
-//!    chromatin) and hole filling (nucleoli).
+//!    chromatin) and hole filling (nucleoli). A piece whose green values fall into two
+//!    classes far apart keeps only the darker: a granulocyte's granules are as purple as its
+//!    chromatin but much lighter in green (`granule_green_gap`).
 //! 2. **Grouping**: nucleus pieces closer than `lobe_gap_um` are one cell (the lobes of a
 //!    neutrophil), found as the components of the nucleus mask dilated by half the gap.
 //! 3. **Whole cell**: the foreground (darker than the glass, see [`WorkField`]; box-smoothed
@@ -23,12 +25,10 @@
 //!    no cytoplasm: a smear cell).
 //! 5. Masks and labels are mapped back to field pixels (nearest neighbour) and measured there.
 
-use std::collections::VecDeque;
-
 use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use crate::nucleus::{chamfer, fill_holes, purple_channel, BBox};
+use crate::nucleus::{chamfer, fill_holes, grow, purple_channel, BBox};
 use crate::scale::{measure_blobs, otsu, ScaleConfig, ScaleEstimate, ScaleSource, WorkField};
 
 /// Settings of [`find_white_cells`]; lengths in micrometres.
@@ -48,6 +48,13 @@ pub struct CellConfig {
     pub opening_um: f32,
     /// Radius of the closing of the nucleus mask.
     pub closing_um: f32,
+    /// A nucleus piece whose green values fall into two classes (Otsu) this far apart in mean
+    /// keeps only the darker class: granular cytoplasm (eosinophils, neutrophils) is as purple
+    /// as chromatin but far lighter in green. 0 turns the split off.
+    pub granule_green_gap: u8,
+    /// The lighter class must hold at least this fraction of the piece to be cut away (a
+    /// nucleolus or a pale patch of chromatin is smaller).
+    pub granule_min_fraction: f32,
     /// Nucleus pieces closer than this belong to one cell (lobes).
     pub lobe_gap_um: f32,
     /// Nucleus pieces narrower than this (equivalent diameter) are dropped as specks.
@@ -83,6 +90,8 @@ impl Default for CellConfig {
             smoothing_um: 0.1,
             opening_um: 0.4,
             closing_um: 0.4,
+            granule_green_gap: 75,
+            granule_min_fraction: 0.2,
             lobe_gap_um: 2.5,
             min_speck_um: 1.2,
             min_nucleus_diameter_um: 4.0,
@@ -212,8 +221,20 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
         }
     }
 
+    // 1b. Granular cytoplasm taken for nucleus: keep the dark part of such pieces. What was
+    // one piece stays one cell (its lobes were joined by the granules).
+    let unsplit = nuc.clone();
+    if cfg.granule_green_gap > 0 && split_granular(&mut nuc, &field.image, cfg) {
+        nuc = dilate(&erode(&nuc, px(cfg.opening_um)), px(cfg.opening_um));
+        fill_holes(&mut nuc);
+    }
+
     // 2. Grouping lobes into cells.
-    let (groups, gb) = measure_blobs(&dilate(&nuc, px(cfg.lobe_gap_um) / 2.0), None);
+    let mut joined = dilate(&nuc, px(cfg.lobe_gap_um) / 2.0);
+    for (j, &u) in joined.as_mut().iter_mut().zip(unsplit.as_raw()) {
+        *j = (*j).max(u);
+    }
+    let (groups, gb) = measure_blobs(&joined, None);
     let ngroups = gb.len() - 1;
     if ngroups == 0 {
         return CellResult::empty(w, h, scale);
@@ -273,6 +294,46 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
     }
     let sorted = order.iter().map(|&i| std::mem::replace(&mut cells[i], empty_cell())).collect();
     CellResult { mask, labels, cells: sorted, scale: scale.clone() }
+}
+
+/// Step 1b: in every nucleus piece of `nuc` whose green values split (Otsu within the piece)
+/// into classes at least `granule_green_gap` apart in mean, with the lighter one at least
+/// `granule_min_fraction` of the piece, clears the lighter class. Returns whether any piece
+/// was split.
+fn split_granular(nuc: &mut GrayImage, rgb: &RgbImage, cfg: &CellConfig) -> bool {
+    let (labels, blobs) = measure_blobs(nuc, None);
+    let green = |i: usize| rgb.as_raw()[3 * i + 1];
+    let mut hists = vec![[0u32; 256]; blobs.len()];
+    for (i, &l) in labels.as_raw().iter().enumerate() {
+        if l != 0 {
+            hists[l as usize][green(i) as usize] += 1;
+        }
+    }
+    // Per piece: the green level above which pixels are cut (None: the piece stays whole).
+    let cut: Vec<Option<u8>> = hists
+        .iter()
+        .map(|h| {
+            let t = otsu(h);
+            let (dark, light) = h.split_at(t as usize + 1);
+            let count = |part: &[u32]| part.iter().map(|&c| c as f64).sum::<f64>();
+            let mean = |part: &[u32], base: usize| {
+                part.iter().enumerate().map(|(g, &c)| (g + base) as f64 * c as f64).sum::<f64>() / count(part).max(1.0)
+            };
+            let (nd, nl) = (count(dark), count(light));
+            let far = mean(light, t as usize + 1) - mean(dark, 0) >= f64::from(cfg.granule_green_gap);
+            (nl > 0.0 && far && nl >= f64::from(cfg.granule_min_fraction) * (nd + nl)).then_some(t)
+        })
+        .collect();
+    let mut any = false;
+    for (i, (p, &l)) in nuc.as_mut().iter_mut().zip(labels.as_raw()).enumerate() {
+        if let Some(t) = cut[l as usize].filter(|_| l != 0) {
+            if green(i) > t {
+                *p = 0;
+                any = true;
+            }
+        }
+    }
+    any
 }
 
 fn empty_cell() -> WhiteCell {
@@ -515,33 +576,4 @@ fn erode(mask: &GrayImage, r: f32) -> GrayImage {
     let d = chamfer(&inv, mask.width() as usize, mask.height() as usize);
     let out = d.iter().map(|&v| if v > lim { 255 } else { 0 }).collect();
     GrayImage::from_raw(mask.width(), mask.height(), out).unwrap_or_else(|| mask.clone())
-}
-
-/// Breadth-first growth of the nonzero `seeds` labels through `allowed` pixels (4-connected):
-/// each reached pixel takes the label of the seed that reached it first.
-fn grow(seeds: &[u32], allowed: &[bool], wu: usize, hu: usize) -> Vec<u32> {
-    let mut out = seeds.to_vec();
-    let mut queue: VecDeque<usize> = (0..out.len()).filter(|&i| out[i] != 0).collect();
-    while let Some(i) = queue.pop_front() {
-        let (x, y, l) = (i % wu, i / wu, out[i]);
-        let mut visit = |j: usize| {
-            if out[j] == 0 && allowed[j] {
-                out[j] = l;
-                queue.push_back(j);
-            }
-        };
-        if x > 0 {
-            visit(i - 1);
-        }
-        if x + 1 < wu {
-            visit(i + 1);
-        }
-        if y > 0 {
-            visit(i - wu);
-        }
-        if y + 1 < hu {
-            visit(i + wu);
-        }
-    }
-    out
 }

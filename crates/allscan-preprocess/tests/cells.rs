@@ -394,3 +394,42 @@ fn regroup_pools_each_key_apart_and_only_resolves_assumed_estimates() {
     assert!(got.iter().all(|&(i, u)| (i == 0 || i == 1) && (u - 0.2).abs() < 1e-6), "{got:?}");
     assert!(again.iter().all(|(_, s)| s.source == ScaleSource::Pooled));
 }
+
+#[test]
+fn a_granulocytes_purple_granules_are_cytoplasm_not_nucleus() {
+    // A 12 um granulocyte whose cytoplasm is speckled with granules as purple as chromatin
+    // ((R + B) / 2 - G of 50-80, wbc-seg's over-segmented cells) but far lighter in green
+    // than its 6 um nucleus, among red cells (so Otsu's level on the purple channel falls
+    // between red cells and granules), on glass at a given 0.2 um / px.
+    let um = 0.2;
+    let px = |v: f32| v / um;
+    let side = px(40.0) as u32;
+    let mut img = RgbImage::from_pixel(side, side, Rgb(GLASS));
+    for (x, y) in
+        [(5.0, 5.0), (20.0, 4.5), (35.0, 5.0), (4.5, 20.0), (35.5, 20.0), (5.0, 35.0), (20.0, 35.5), (35.0, 35.0)]
+    {
+        disc(&mut img, px(x), px(y), px(3.75), RBC);
+    }
+    let (cx, cy) = (px(20.0), px(20.0));
+    let mut rng = Rng(21);
+    disc(&mut img, cx, cy, px(6.0), [200, 130, 165]);
+    for _ in 0..400 {
+        let (a, r) = (rng.next() * std::f32::consts::TAU, px(6.0) * rng.next().sqrt());
+        disc(&mut img, cx + r * a.cos(), cy + r * a.sin(), px(0.3), [175, 105, 150]);
+    }
+    disc(&mut img, cx, cy, px(3.0), [104, 27, 119]);
+    let drawn_nucleus = std::f32::consts::PI * px(3.0) * px(3.0);
+    let drawn_cell = std::f32::consts::PI * px(6.0) * px(6.0);
+    let found = |cfg: &CellConfig| {
+        let res = find_white_cells(&img, cfg, &ScaleEstimate::given(um));
+        let c =
+            res.cells.iter().find(|c| c.cell.x < cx as u32 && cx as u32 <= c.cell.x + c.cell.width).expect("the cell");
+        (c.nucleus_area as f32, c.cell_area as f32)
+    };
+    let (nucleus, cell) = found(&CellConfig::default());
+    assert!((nucleus / drawn_nucleus - 1.0).abs() < 0.25, "nucleus {nucleus} px, drawn {drawn_nucleus:.0}");
+    assert!((cell / drawn_cell - 1.0).abs() < 0.25, "cell {cell} px, drawn {drawn_cell:.0}");
+    // Without the split the granules pass as nucleus: the test can tell.
+    let (unsplit, _) = found(&CellConfig { granule_green_gap: 0, ..CellConfig::default() });
+    assert!(unsplit > 1.5 * drawn_nucleus, "without the split: nucleus {unsplit} px");
+}

@@ -8,6 +8,10 @@ use std::path::Path;
 
 use common::{allscan, shared_data, stderr, stdout};
 
+/// Training flags of the tiny runs (one epoch per stage, 32 px, no starting weights).
+const TINY_TRAINING: &[&str] =
+    &["--epochs", "1,1", "--input-size", "32", "--batch-size", "16", "--weights", "none", "--quiet"];
+
 /// Writes a small synthetic set and trains a tiny run on it; returns (data, run).
 fn tiny_run(dir: &Path, task: &str) -> (String, String) {
     let data = dir.join("syn");
@@ -15,26 +19,7 @@ fn tiny_run(dir: &Path, task: &str) -> (String, String) {
     let (data_s, run_s) = (data.display().to_string(), run.display().to_string());
     let o = allscan(dir, &["demo-data", &data_s, "--n", "14", "--size", "96"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = allscan(
-        dir,
-        &[
-            "train",
-            &data_s,
-            "--out",
-            &run_s,
-            "--task",
-            task,
-            "--epochs",
-            "1,1",
-            "--input-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--weights",
-            "none",
-            "--quiet",
-        ],
-    );
+    let o = allscan(dir, &[&["train", &data_s, "--out", &run_s, "--task", task][..], TINY_TRAINING].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     (data_s, run_s)
 }
@@ -240,26 +225,7 @@ fn cv_reports_mean_and_sd_over_folds() {
     let data = dir.path().join("syn").display().to_string();
     let o = allscan(dir.path(), &["demo-data", &data, "--n", "12", "--size", "96"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = allscan(
-        dir.path(),
-        &[
-            "cv",
-            &data,
-            "--folds",
-            "2",
-            "--out",
-            "cv",
-            "--epochs",
-            "1,1",
-            "--input-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--weights",
-            "none",
-            "--quiet",
-        ],
-    );
+    let o = allscan(dir.path(), &[&["cv", &data, "--folds", "2", "--out", "cv"][..], TINY_TRAINING].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("mean ± sd") && stdout(&o).contains("fold 1"), "{}", stdout(&o));
     let cv = read_json(&dir.path().join("cv/cv.json"));

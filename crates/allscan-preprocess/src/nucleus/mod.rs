@@ -331,9 +331,8 @@ fn split_touching(mask: &GrayImage) -> image::ImageBuffer<Luma<u32>, Vec<u32>> {
             core_label[c] = next;
         }
     }
-    let mut out = vec![0u32; wu * hu];
-    let mut queue = VecDeque::new();
-    for (i, o) in out.iter_mut().enumerate() {
+    let mut seeds = vec![0u32; wu * hu];
+    for (i, o) in seeds.iter_mut().enumerate() {
         let l = labels.as_raw()[i] as usize;
         if l == 0 {
             continue;
@@ -344,33 +343,13 @@ fn split_touching(mask: &GrayImage) -> image::ImageBuffer<Luma<u32>, Vec<u32>> {
             let c = cores.as_raw()[i] as usize;
             if c != 0 {
                 *o = core_label[c];
-                queue.push_back(i);
             }
         }
     }
-    while let Some(i) = queue.pop_front() {
-        let (x, y) = (i % wu, i / wu);
-        let l = out[i];
-        let comp = labels.as_raw()[i];
-        let mut grow = |j: usize| {
-            if out[j] == 0 && labels.as_raw()[j] == comp {
-                out[j] = l;
-                queue.push_back(j);
-            }
-        };
-        if x > 0 {
-            grow(i - 1);
-        }
-        if x + 1 < wu {
-            grow(i + 1);
-        }
-        if y > 0 {
-            grow(i - wu);
-        }
-        if y + 1 < hu {
-            grow(i + wu);
-        }
-    }
+    // Components are never 4-adjacent, so growing through the foreground keeps each core in
+    // its own component.
+    let foreground: Vec<bool> = labels.as_raw().iter().map(|&l| l != 0).collect();
+    let out = grow(&seeds, &foreground, wu, hu);
     labels.as_mut().copy_from_slice(&out);
     labels
 }
@@ -561,6 +540,35 @@ fn measure_and_filter(
     }
     nuclei.sort_by(|a, b| b.area.cmp(&a.area).then(a.bbox.y.cmp(&b.bbox.y)).then(a.bbox.x.cmp(&b.bbox.x)));
     (nuclei, keep)
+}
+
+/// Breadth-first growth of the nonzero `seeds` labels through `allowed` pixels (4-connected):
+/// each reached pixel takes the label of the seed that reached it first.
+pub(crate) fn grow(seeds: &[u32], allowed: &[bool], wu: usize, hu: usize) -> Vec<u32> {
+    let mut out = seeds.to_vec();
+    let mut queue: VecDeque<usize> = (0..out.len()).filter(|&i| out[i] != 0).collect();
+    while let Some(i) = queue.pop_front() {
+        let (x, y, l) = (i % wu, i / wu, out[i]);
+        let mut visit = |j: usize| {
+            if out[j] == 0 && allowed[j] {
+                out[j] = l;
+                queue.push_back(j);
+            }
+        };
+        if x > 0 {
+            visit(i - 1);
+        }
+        if x + 1 < wu {
+            visit(i + 1);
+        }
+        if y > 0 {
+            visit(i - wu);
+        }
+        if y + 1 < hu {
+            visit(i + wu);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! plotters is built with its SVG backend only (no bitmap backend, no font files): text is
 //! written as SVG `<text>` and laid out by the browser, so label widths are estimates.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -48,6 +49,57 @@ fn legend_line(c: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
 }
 
+/// A chart of the unit square (a little headroom above 1) with its mesh and axis names.
+fn unit_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<UnitChart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
+        .map_err(s)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .light_line_style(WHITE)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .map_err(s)?;
+    Ok(chart)
+}
+
+type UnitChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The operating point (if any) and the legend box at `position`.
+fn point_and_legend<'a, 'b: 'a>(
+    chart: &mut UnitChart<'a, 'b>,
+    operating: Option<(f64, f64)>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    if let Some((x, y)) = operating {
+        chart
+            .draw_series(std::iter::once(Circle::new((x, y), 5, POINT.filled())))
+            .map_err(s)?
+            .label("operating point")
+            .legend(|(x, y)| Circle::new((x + 9, y), 4, POINT.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .draw()
+        .map_err(s)
+}
+
 /// A named curve for the ROC and PR plots.
 pub struct NamedCurve<'a, P> {
     pub name: &'a str,
@@ -59,22 +111,7 @@ pub struct NamedCurve<'a, P> {
 /// `(1 - specificity, sensitivity)` at the chosen threshold.
 pub fn roc_svg(curves: &[NamedCurve<'_, RocPoint>], operating: Option<(f64, f64)>) -> Result<String, EvalError> {
     svg("roc", (460, 420), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption("ROC curve", (FONT, 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
-            .map_err(s)?;
-        chart
-            .configure_mesh()
-            .x_desc("1 - specificity (false positive rate)")
-            .y_desc("sensitivity")
-            .light_line_style(WHITE)
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .draw()
-            .map_err(s)?;
+        let mut chart = unit_chart(root, "ROC curve", "1 - specificity (false positive rate)", "sensitivity")?;
         chart.draw_series(DashedLineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], 4, 4, GREY.into())).map_err(s)?;
         for c in curves {
             let colour = if c.shortcut { SHORTCUT } else { MODEL };
@@ -84,21 +121,7 @@ pub fn roc_svg(curves: &[NamedCurve<'_, RocPoint>], operating: Option<(f64, f64)
                 .label(c.name)
                 .legend(legend_line(colour));
         }
-        if let Some((x, y)) = operating {
-            chart
-                .draw_series(std::iter::once(Circle::new((x, y), 5, POINT.filled())))
-                .map_err(s)?
-                .label("operating point")
-                .legend(|(x, y)| Circle::new((x + 9, y), 4, POINT.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(s)
+        point_and_legend(&mut chart, operating, SeriesLabelPosition::LowerRight)
     })
 }
 
@@ -110,22 +133,7 @@ pub fn pr_svg(
     operating: Option<(f64, f64)>,
 ) -> Result<String, EvalError> {
     svg("precision-recall", (460, 420), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption("Precision-recall curve", (FONT, 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
-            .map_err(s)?;
-        chart
-            .configure_mesh()
-            .x_desc("sensitivity (recall)")
-            .y_desc("precision (PPV)")
-            .light_line_style(WHITE)
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .draw()
-            .map_err(s)?;
+        let mut chart = unit_chart(root, "Precision-recall curve", "sensitivity (recall)", "precision (PPV)")?;
         if let Some(p) = prevalence {
             chart.draw_series(DashedLineSeries::new(vec![(0.0, p), (1.0, p)], 4, 4, GREY.into())).map_err(s)?;
         }
@@ -143,21 +151,7 @@ pub fn pr_svg(
                 .label(c.name)
                 .legend(legend_line(colour));
         }
-        if let Some((x, y)) = operating {
-            chart
-                .draw_series(std::iter::once(Circle::new((x, y), 5, POINT.filled())))
-                .map_err(s)?
-                .label("operating point")
-                .legend(|(x, y)| Circle::new((x + 9, y), 4, POINT.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(s)
+        point_and_legend(&mut chart, operating, SeriesLabelPosition::LowerLeft)
     })
 }
 

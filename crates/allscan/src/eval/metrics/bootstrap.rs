@@ -114,14 +114,31 @@ pub fn bootstrap_binary(
     let mut report = binary_metrics(y_leukemia, p_leukemia, threshold)?;
     check_groups("bootstrap", y_leukemia.len(), groups)?;
     let order = order_desc(p_leukemia);
-    let mut sampler = Resampler::new(y_leukemia.len(), groups, seed);
-    let mut w = vec![0.0; y_leukemia.len()];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n_boot); BINARY_FIGURES.len()];
-    let mut undefined: Vec<HashMap<String, usize>> = vec![HashMap::new(); BINARY_FIGURES.len()];
+    let bootstrap = resample(
+        (y_leukemia.len(), groups, n_boot, seed),
+        &BINARY_FIGURES.map(String::from),
+        report.figures_mut().into_iter().collect(),
+        |w| binary_core(y_leukemia, p_leukemia, &order, w, threshold).figures.to_vec(),
+    );
+    Ok(BinaryEstimates { report, bootstrap })
+}
+
+/// Draws `n_boot` weightings of `n` images (or of `groups`' patients, see [`Resampler`]),
+/// computes `figures` under each and fills each estimate's interval from them (named by
+/// `names`, one per estimate, for the notes).
+fn resample(
+    (n, groups, n_boot, seed): (usize, Option<&[String]>, usize, u64),
+    names: &[String],
+    estimates: Vec<&mut Estimate>,
+    mut figures: impl FnMut(&[f64]) -> Vec<Figure>,
+) -> BootstrapInfo {
+    let mut sampler = Resampler::new(n, groups, seed);
+    let mut w = vec![0.0; n];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n_boot); names.len()];
+    let mut undefined: Vec<HashMap<String, usize>> = vec![HashMap::new(); names.len()];
     for _ in 0..n_boot {
         sampler.draw(&mut w);
-        let core = binary_core(y_leukemia, p_leukemia, &order, &w, threshold);
-        for (i, f) in core.figures.into_iter().enumerate() {
+        for (i, f) in figures(&w).into_iter().enumerate() {
             match f {
                 Ok(v) => samples[i].push(v),
                 Err(r) => *undefined[i].entry(r).or_insert(0) += 1,
@@ -129,19 +146,16 @@ pub fn bootstrap_binary(
         }
     }
     let mut notes = Vec::new();
-    for (i, (est, s)) in report.figures_mut().into_iter().zip(samples).enumerate() {
-        fill_interval(est, BINARY_FIGURES[i], s, &undefined[i], n_boot, &mut notes);
+    for (i, (est, s)) in estimates.into_iter().zip(samples).enumerate() {
+        fill_interval(est, &names[i], s, &undefined[i], n_boot, &mut notes);
     }
-    Ok(BinaryEstimates {
-        report,
-        bootstrap: BootstrapInfo {
-            n_boot,
-            unit: if groups.is_some() { "patients" } else { "images" }.to_string(),
-            n_units: sampler.n_units,
-            seed,
-            notes,
-        },
-    })
+    BootstrapInfo {
+        n_boot,
+        unit: if groups.is_some() { "patients" } else { "images" }.to_string(),
+        n_units: sampler.n_units,
+        seed,
+        notes,
+    }
 }
 
 /// Multiclass figures with 95% percentile bootstrap intervals; resampling as in
@@ -160,32 +174,8 @@ pub fn bootstrap_multiclass(
     let ones = vec![1.0; y.len()];
     let mut report = multiclass_report_from(y, class_names, &multiclass_core(y, &pred, &ones, k));
     let names = report.figure_names();
-    let mut sampler = Resampler::new(y.len(), groups, seed);
-    let mut w = vec![0.0; y.len()];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n_boot); names.len()];
-    let mut undefined: Vec<HashMap<String, usize>> = vec![HashMap::new(); names.len()];
-    for _ in 0..n_boot {
-        sampler.draw(&mut w);
-        let core = multiclass_core(y, &pred, &w, k);
-        for (i, f) in core.figures.into_iter().enumerate() {
-            match f {
-                Ok(v) => samples[i].push(v),
-                Err(r) => *undefined[i].entry(r).or_insert(0) += 1,
-            }
-        }
-    }
-    let mut notes = Vec::new();
-    for (i, (est, s)) in report.figures_mut().into_iter().zip(samples).enumerate() {
-        fill_interval(est, &names[i], s, &undefined[i], n_boot, &mut notes);
-    }
-    Ok(MulticlassEstimates {
-        report,
-        bootstrap: BootstrapInfo {
-            n_boot,
-            unit: if groups.is_some() { "patients" } else { "images" }.to_string(),
-            n_units: sampler.n_units,
-            seed,
-            notes,
-        },
-    })
+    let bootstrap = resample((y.len(), groups, n_boot, seed), &names, report.figures_mut(), |w| {
+        multiclass_core(y, &pred, w, k).figures
+    });
+    Ok(MulticlassEstimates { report, bootstrap })
 }
