@@ -240,6 +240,8 @@ fn set_report(name: &str, files: &[PathBuf], dump: Option<&Path>) -> Option<BTre
     let mut counts = [0usize; 3];
     let (mut total_cells, mut n, mut skipped) = (0usize, 0usize, 0usize);
     let t0 = Instant::now();
+    // With --dump: each image's count of cells not flagged Small.
+    let mut per_image = String::from("file,cells\n");
     for f in files {
         let Ok(img) = decode_file(f, &DecodeLimits::default()) else {
             skipped += 1;
@@ -260,10 +262,14 @@ fn set_report(name: &str, files: &[PathBuf], dump: Option<&Path>) -> Option<BTre
         let cells = res.cells.iter().filter(|c| !c.has(CellFlag::Small)).count();
         total_cells += cells;
         counts[cells.min(2)] += 1;
+        per_image += &format!("{},{cells}\n", f.display());
         if let Some(d) = dump.filter(|_| n < 12) {
             save_overlay(d, &format!("{}-{n}", name.replace('/', "-")), &img, &res);
         }
         n += 1;
+    }
+    if let Some(d) = dump {
+        let _ = std::fs::write(d.join(format!("{}-cells.csv", name.replace('/', "-"))), per_image);
     }
     if n == 0 {
         println!("| {name} | 0 (missing or unreadable: {skipped}) | | | | | | |");

@@ -10,7 +10,8 @@
 //!    down into the cytoplasm), floored; then an opening (specks), a closing (granular
 //!    chromatin) and hole filling (nucleoli). A piece whose green values fall into two
 //!    classes far apart keeps only the darker: a granulocyte's granules are as purple as its
-//!    chromatin but much lighter in green (`granule_green_gap`).
+//!    chromatin but much lighter in green (`granule_green_gap`; failing that, three classes
+//!    when a pale rim takes the two-class split). A piece left too small is kept whole.
 //! 2. **Grouping**: nucleus pieces closer than `lobe_gap_um` are one cell (the lobes of a
 //!    neutrophil), found as the components of the nucleus mask dilated by half the gap.
 //! 3. **Whole cell**: the foreground (darker than the glass, see [`WorkField`]; box-smoothed
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nucleus::{chamfer, fill_holes, grow, purple_channel, BBox};
 use crate::scale::{measure_blobs, otsu, ScaleConfig, ScaleEstimate, ScaleSource, WorkField};
+use crate::workfield::otsu3;
 
 /// Settings of [`find_white_cells`]; lengths in micrometres.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +57,9 @@ pub struct CellConfig {
     /// The lighter class must hold at least this fraction of the piece to be cut away (a
     /// nucleolus or a pale patch of chromatin is smaller).
     pub granule_min_fraction: f32,
+    /// Failing the two-class test, three classes of green (chromatin, granules, a pale rim):
+    /// the darker two this far apart in mean cut the piece at the lower level. 0 = off.
+    pub granule_green_gap3: u8,
     /// Nucleus pieces closer than this belong to one cell (lobes).
     pub lobe_gap_um: f32,
     /// Nucleus pieces narrower than this (equivalent diameter) are dropped as specks.
@@ -92,6 +97,7 @@ impl Default for CellConfig {
             closing_um: 0.4,
             granule_green_gap: 75,
             granule_min_fraction: 0.2,
+            granule_green_gap3: 45,
             lobe_gap_um: 2.5,
             min_speck_um: 1.2,
             min_nucleus_diameter_um: 4.0,
@@ -224,9 +230,11 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
     // 1b. Granular cytoplasm taken for nucleus: keep the dark part of such pieces. What was
     // one piece stays one cell (its lobes were joined by the granules).
     let unsplit = nuc.clone();
+    let min_nucleus_px = std::f32::consts::FRAC_PI_4 * px(cfg.min_nucleus_diameter_um).powi(2);
     if cfg.granule_green_gap > 0 && split_granular(&mut nuc, &field.image, cfg) {
         nuc = dilate(&erode(&nuc, px(cfg.opening_um)), px(cfg.opening_um));
         fill_holes(&mut nuc);
+        keep_whole_if_small(&mut nuc, &unsplit, min_nucleus_px);
     }
 
     // 2. Grouping lobes into cells.
@@ -296,10 +304,8 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
     CellResult { mask, labels, cells: sorted, scale: scale.clone() }
 }
 
-/// Step 1b: in every nucleus piece of `nuc` whose green values split (Otsu within the piece)
-/// into classes at least `granule_green_gap` apart in mean, with the lighter one at least
-/// `granule_min_fraction` of the piece, clears the lighter class. Returns whether any piece
-/// was split.
+/// Step 1b: in every nucleus piece of `nuc` that [`granule_cut`] finds granular, clears the
+/// pixels above the cut. Returns whether any piece was split.
 fn split_granular(nuc: &mut GrayImage, rgb: &RgbImage, cfg: &CellConfig) -> bool {
     let (labels, blobs) = measure_blobs(nuc, None);
     let green = |i: usize| rgb.as_raw()[3 * i + 1];
@@ -310,20 +316,7 @@ fn split_granular(nuc: &mut GrayImage, rgb: &RgbImage, cfg: &CellConfig) -> bool
         }
     }
     // Per piece: the green level above which pixels are cut (None: the piece stays whole).
-    let cut: Vec<Option<u8>> = hists
-        .iter()
-        .map(|h| {
-            let t = otsu(h);
-            let (dark, light) = h.split_at(t as usize + 1);
-            let count = |part: &[u32]| part.iter().map(|&c| c as f64).sum::<f64>();
-            let mean = |part: &[u32], base: usize| {
-                part.iter().enumerate().map(|(g, &c)| (g + base) as f64 * c as f64).sum::<f64>() / count(part).max(1.0)
-            };
-            let (nd, nl) = (count(dark), count(light));
-            let far = mean(light, t as usize + 1) - mean(dark, 0) >= f64::from(cfg.granule_green_gap);
-            (nl > 0.0 && far && nl >= f64::from(cfg.granule_min_fraction) * (nd + nl)).then_some(t)
-        })
-        .collect();
+    let cut: Vec<Option<u8>> = hists.iter().map(|h| granule_cut(h, cfg)).collect();
     let mut any = false;
     for (i, (p, &l)) in nuc.as_mut().iter_mut().zip(labels.as_raw()).enumerate() {
         if let Some(t) = cut[l as usize].filter(|_| l != 0) {
@@ -334,6 +327,55 @@ fn split_granular(nuc: &mut GrayImage, rgb: &RgbImage, cfg: &CellConfig) -> bool
         }
     }
     any
+}
+
+/// Restores every piece of `unsplit` in which the split left less than a white cell's
+/// smallest nucleus (`min_px`): an eosinophil's darkest chromatin alone is not its nucleus,
+/// and an over-grown nucleus still finds the cell.
+fn keep_whole_if_small(nuc: &mut GrayImage, unsplit: &GrayImage, min_px: f32) {
+    let (labels, blobs) = measure_blobs(unsplit, None);
+    let mut left = vec![0u32; blobs.len()];
+    for (&n, &l) in nuc.as_raw().iter().zip(labels.as_raw()) {
+        if n != 0 && l != 0 {
+            left[l as usize] += 1;
+        }
+    }
+    for (p, &l) in nuc.as_mut().iter_mut().zip(labels.as_raw()) {
+        if l != 0 && (left[l as usize] as f32) < min_px {
+            *p = 255;
+        }
+    }
+}
+
+/// The green level above which a nucleus piece with green histogram `h` is granular
+/// cytoplasm, or None. Two classes (Otsu) far apart with the lighter one large: cut above
+/// Otsu's level. Else three classes (dark chromatin, granules, a pale rim that would take the
+/// two-class split): cut above the lower level when the two darker classes are
+/// `granule_green_gap3` apart and the darkest holds 10-90% of the piece.
+fn granule_cut(h: &[u32; 256], cfg: &CellConfig) -> Option<u8> {
+    let count = |lo: usize, hi: usize| h[lo..hi].iter().map(|&c| c as f64).sum::<f64>();
+    let mean = |lo: usize, hi: usize| {
+        h[lo..hi].iter().enumerate().map(|(g, &c)| (g + lo) as f64 * c as f64).sum::<f64>() / count(lo, hi).max(1.0)
+    };
+    let total = count(0, 256);
+    if total == 0.0 {
+        return None;
+    }
+    let t = otsu(h) as usize;
+    let light = count(t + 1, 256);
+    if light >= f64::from(cfg.granule_min_fraction) * total
+        && mean(t + 1, 256) - mean(0, t + 1) >= f64::from(cfg.granule_green_gap)
+    {
+        return Some(t as u8);
+    }
+    if cfg.granule_green_gap3 == 0 {
+        return None;
+    }
+    let (a, b) = otsu3(h);
+    let (a, b) = (a as usize, b as usize);
+    let dark = count(0, a + 1) / total;
+    ((0.1..=0.9).contains(&dark) && mean(a + 1, b + 1) - mean(0, a + 1) >= f64::from(cfg.granule_green_gap3))
+        .then_some(a as u8)
 }
 
 fn empty_cell() -> WhiteCell {

@@ -433,3 +433,33 @@ fn a_granulocytes_purple_granules_are_cytoplasm_not_nucleus() {
     let (unsplit, _) = found(&CellConfig { granule_green_gap: 0, ..CellConfig::default() });
     assert!(unsplit > 1.5 * drawn_nucleus, "without the split: nucleus {unsplit} px");
 }
+
+#[test]
+fn granules_darker_than_a_pale_rim_are_still_cytoplasm() {
+    // As above, but the granules are only ~50 green levels lighter than the nucleus and a pale
+    // rim takes the two-class split: the three-class test still finds the nucleus.
+    let um = 0.2;
+    let px = |v: f32| v / um;
+    let side = px(40.0) as u32;
+    let mut img = RgbImage::from_pixel(side, side, Rgb(GLASS));
+    for (x, y) in
+        [(5.0, 5.0), (20.0, 4.5), (35.0, 5.0), (4.5, 20.0), (35.5, 20.0), (5.0, 35.0), (20.0, 35.5), (35.0, 35.0)]
+    {
+        disc(&mut img, px(x), px(y), px(3.75), RBC);
+    }
+    let (cx, cy) = (px(20.0), px(20.0));
+    disc(&mut img, cx, cy, px(6.5), [215, 150, 185]);
+    disc(&mut img, cx, cy, px(5.5), [165, 78, 135]);
+    disc(&mut img, cx, cy, px(3.0), [100, 25, 115]);
+    let drawn_nucleus = std::f32::consts::PI * px(3.0) * px(3.0);
+    let nucleus = |cfg: &CellConfig| {
+        let res = find_white_cells(&img, cfg, &ScaleEstimate::given(um));
+        let c =
+            res.cells.iter().find(|c| c.cell.x < cx as u32 && cx as u32 <= c.cell.x + c.cell.width).expect("the cell");
+        c.nucleus_area as f32
+    };
+    let found = nucleus(&CellConfig::default());
+    assert!((found / drawn_nucleus - 1.0).abs() < 0.25, "nucleus {found} px, drawn {drawn_nucleus:.0}");
+    let two_class_only = nucleus(&CellConfig { granule_green_gap3: 0, ..CellConfig::default() });
+    assert!(two_class_only > 1.5 * drawn_nucleus, "two classes only: nucleus {two_class_only} px");
+}

@@ -581,7 +581,7 @@ mod tests {
     /// Writes a contact sheet to `$ALLSCAN_SYNTH_SHEET` (default /tmp/allscan-synth-sheet.png):
     /// `ALLSCAN_SYNTH_SHEET=/tmp/s.png cargo test -p allscan --lib synth -- --ignored --nocapture`
     #[test]
-    #[ignore]
+    #[ignore = "a tool: writes a contact sheet to look at"]
     fn write_contact_sheet() {
         let path = std::env::var("ALLSCAN_SYNTH_SHEET").unwrap_or_else(|_| "/tmp/allscan-synth-sheet.png".into());
         let size = std::env::var("ALLSCAN_SYNTH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(224);

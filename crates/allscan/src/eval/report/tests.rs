@@ -210,7 +210,7 @@ fn table_prints_both_columns() {
 /// Writes target/report-sample/report.html for a look in a browser:
 /// `cargo test -p allscan --lib eval::report -- --ignored`.
 #[test]
-#[ignore]
+#[ignore = "a tool: writes a sample report to look at, asserts nothing"]
 fn write_sample_report() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/report-sample");
     write_report(&dir, &sample_input(), "synthetic").unwrap();
