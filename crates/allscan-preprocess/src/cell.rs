@@ -229,18 +229,24 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
 
     // 1b. Granular cytoplasm taken for nucleus: keep the dark part of such pieces. What was
     // one piece stays one cell (its lobes were joined by the granules).
-    let unsplit = nuc.clone();
-    let min_nucleus_px = std::f32::consts::FRAC_PI_4 * px(cfg.min_nucleus_diameter_um).powi(2);
-    if cfg.granule_green_gap > 0 && split_granular(&mut nuc, &field.image, cfg) {
-        nuc = dilate(&erode(&nuc, px(cfg.opening_um)), px(cfg.opening_um));
-        fill_holes(&mut nuc);
-        keep_whole_if_small(&mut nuc, &unsplit, min_nucleus_px);
+    let mut unsplit = None;
+    if cfg.granule_green_gap > 0 {
+        let whole = nuc.clone();
+        if split_granular(&mut nuc, &field.image, cfg) {
+            nuc = dilate(&erode(&nuc, px(cfg.opening_um)), px(cfg.opening_um));
+            fill_holes(&mut nuc);
+            let min_nucleus_px = std::f32::consts::FRAC_PI_4 * px(cfg.min_nucleus_diameter_um).powi(2);
+            keep_whole_if_small(&mut nuc, &whole, min_nucleus_px);
+            unsplit = Some(whole);
+        }
     }
 
     // 2. Grouping lobes into cells.
     let mut joined = dilate(&nuc, px(cfg.lobe_gap_um) / 2.0);
-    for (j, &u) in joined.as_mut().iter_mut().zip(unsplit.as_raw()) {
-        *j = (*j).max(u);
+    if let Some(whole) = &unsplit {
+        for (j, &u) in joined.as_mut().iter_mut().zip(whole.as_raw()) {
+            *j = (*j).max(u);
+        }
     }
     let (groups, gb) = measure_blobs(&joined, None);
     let ngroups = gb.len() - 1;

@@ -395,22 +395,34 @@ fn regroup_pools_each_key_apart_and_only_resolves_assumed_estimates() {
     assert!(again.iter().all(|(_, s)| s.source == ScaleSource::Pooled));
 }
 
+/// Glass with eight red cells round a 20 um square at 0.2 um / px (so Otsu's level on the
+/// purple channel falls between red cells and a granulocyte's granules); the centre in pixels.
+fn granulocyte_field() -> (RgbImage, (f32, f32)) {
+    let px = |v: f32| v / 0.2;
+    let mut img = RgbImage::from_pixel(px(40.0) as u32, px(40.0) as u32, Rgb(GLASS));
+    for (x, y) in
+        [(5.0, 5.0), (20.0, 4.5), (35.0, 5.0), (4.5, 20.0), (35.5, 20.0), (5.0, 35.0), (20.0, 35.5), (35.0, 35.0)]
+    {
+        disc(&mut img, px(x), px(y), px(3.75), RBC);
+    }
+    (img, (px(20.0), px(20.0)))
+}
+
+/// Nucleus and whole-cell area of the cell found over `x` (at the given 0.2 um / px).
+fn areas_of_cell_at(img: &RgbImage, x: f32, cfg: &CellConfig) -> (f32, f32) {
+    let res = find_white_cells(img, cfg, &ScaleEstimate::given(0.2));
+    let c = res.cells.iter().find(|c| c.cell.x < x as u32 && x as u32 <= c.cell.x + c.cell.width).expect("the cell");
+    (c.nucleus_area as f32, c.cell_area as f32)
+}
+
 #[test]
 fn a_granulocytes_purple_granules_are_cytoplasm_not_nucleus() {
     // A 12 um granulocyte whose cytoplasm is speckled with granules as purple as chromatin
     // ((R + B) / 2 - G of 50-80, wbc-seg's over-segmented cells) but far lighter in green
     // than its 6 um nucleus, among red cells (so Otsu's level on the purple channel falls
     // between red cells and granules), on glass at a given 0.2 um / px.
-    let um = 0.2;
-    let px = |v: f32| v / um;
-    let side = px(40.0) as u32;
-    let mut img = RgbImage::from_pixel(side, side, Rgb(GLASS));
-    for (x, y) in
-        [(5.0, 5.0), (20.0, 4.5), (35.0, 5.0), (4.5, 20.0), (35.5, 20.0), (5.0, 35.0), (20.0, 35.5), (35.0, 35.0)]
-    {
-        disc(&mut img, px(x), px(y), px(3.75), RBC);
-    }
-    let (cx, cy) = (px(20.0), px(20.0));
+    let px = |v: f32| v / 0.2;
+    let (mut img, (cx, cy)) = granulocyte_field();
     let mut rng = Rng(21);
     disc(&mut img, cx, cy, px(6.0), [200, 130, 165]);
     for _ in 0..400 {
@@ -420,12 +432,7 @@ fn a_granulocytes_purple_granules_are_cytoplasm_not_nucleus() {
     disc(&mut img, cx, cy, px(3.0), [104, 27, 119]);
     let drawn_nucleus = std::f32::consts::PI * px(3.0) * px(3.0);
     let drawn_cell = std::f32::consts::PI * px(6.0) * px(6.0);
-    let found = |cfg: &CellConfig| {
-        let res = find_white_cells(&img, cfg, &ScaleEstimate::given(um));
-        let c =
-            res.cells.iter().find(|c| c.cell.x < cx as u32 && cx as u32 <= c.cell.x + c.cell.width).expect("the cell");
-        (c.nucleus_area as f32, c.cell_area as f32)
-    };
+    let found = |cfg: &CellConfig| areas_of_cell_at(&img, cx, cfg);
     let (nucleus, cell) = found(&CellConfig::default());
     assert!((nucleus / drawn_nucleus - 1.0).abs() < 0.25, "nucleus {nucleus} px, drawn {drawn_nucleus:.0}");
     assert!((cell / drawn_cell - 1.0).abs() < 0.25, "cell {cell} px, drawn {drawn_cell:.0}");
@@ -438,26 +445,13 @@ fn a_granulocytes_purple_granules_are_cytoplasm_not_nucleus() {
 fn granules_darker_than_a_pale_rim_are_still_cytoplasm() {
     // As above, but the granules are only ~50 green levels lighter than the nucleus and a pale
     // rim takes the two-class split: the three-class test still finds the nucleus.
-    let um = 0.2;
-    let px = |v: f32| v / um;
-    let side = px(40.0) as u32;
-    let mut img = RgbImage::from_pixel(side, side, Rgb(GLASS));
-    for (x, y) in
-        [(5.0, 5.0), (20.0, 4.5), (35.0, 5.0), (4.5, 20.0), (35.5, 20.0), (5.0, 35.0), (20.0, 35.5), (35.0, 35.0)]
-    {
-        disc(&mut img, px(x), px(y), px(3.75), RBC);
-    }
-    let (cx, cy) = (px(20.0), px(20.0));
+    let px = |v: f32| v / 0.2;
+    let (mut img, (cx, cy)) = granulocyte_field();
     disc(&mut img, cx, cy, px(6.5), [215, 150, 185]);
     disc(&mut img, cx, cy, px(5.5), [165, 78, 135]);
     disc(&mut img, cx, cy, px(3.0), [100, 25, 115]);
     let drawn_nucleus = std::f32::consts::PI * px(3.0) * px(3.0);
-    let nucleus = |cfg: &CellConfig| {
-        let res = find_white_cells(&img, cfg, &ScaleEstimate::given(um));
-        let c =
-            res.cells.iter().find(|c| c.cell.x < cx as u32 && cx as u32 <= c.cell.x + c.cell.width).expect("the cell");
-        c.nucleus_area as f32
-    };
+    let nucleus = |cfg: &CellConfig| areas_of_cell_at(&img, cx, cfg).0;
     let found = nucleus(&CellConfig::default());
     assert!((found / drawn_nucleus - 1.0).abs() < 0.25, "nucleus {found} px, drawn {drawn_nucleus:.0}");
     let two_class_only = nucleus(&CellConfig { granule_green_gap3: 0, ..CellConfig::default() });

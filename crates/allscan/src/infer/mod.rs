@@ -38,9 +38,6 @@ pub enum InferError {
     /// Predictor settings that cannot work together.
     #[error("invalid predictor settings: {0}")]
     InvalidConfig(String),
-    /// Classes or threshold that cannot call anything.
-    #[error("invalid predictor settings: {0}")]
-    Decision(#[from] crate::decision::DecisionError),
     /// `nucleus` mode found no nucleus and the fallback is off.
     #[error("no nucleus found in a {width}x{height} field")]
     NoNucleus {
