@@ -20,7 +20,7 @@ use allscan_preprocess::{
     decode_file, estimate_scale, find_nuclei, find_white_cells, CellConfig, CellFlag, CellResult, DecodeLimits,
     NucleusConfig, ScaleConfig, ScaleSource,
 };
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -150,7 +150,7 @@ fn dice(a: impl Iterator<Item = (bool, bool)>) -> f64 {
 }
 
 /// Nucleus and whole-cell Dice of the cell nearest the centre, for a result.
-fn dice_pair(res: &CellResult, truth: &image::GrayImage) -> (f64, f64) {
+fn dice_pair(res: &CellResult, truth: &GrayImage) -> (f64, f64) {
     let label = central_cell(res).map(|i| i as u32 + 1).unwrap_or(0);
     let ours = |i: usize| label != 0 && res.labels.as_raw()[i] == label;
     let (m, t) = (res.mask.as_raw(), truth.as_raw());
@@ -207,7 +207,7 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
         let reference = find_nuclei(img, &NucleusConfig::default());
         dref += dice(reference.mask.as_raw().iter().zip(truth.as_raw()).map(|(&a, &b)| (a == 255, b == 255)));
         if let Some(d) = dump.filter(|_| n < 300) {
-            save_overlay(d, &format!("{lab}-{n}"), img, &res);
+            save_overlay(d, &format!("{lab}-{n}"), img, &res, Some(&truth));
         }
     }
     if let Some(d) = dump {
@@ -264,7 +264,7 @@ fn set_report(name: &str, files: &[PathBuf], dump: Option<&Path>) -> Option<BTre
         counts[cells.min(2)] += 1;
         per_image += &format!("{},{cells}\n", f.display());
         if let Some(d) = dump.filter(|_| n < 12) {
-            save_overlay(d, &format!("{}-{n}", name.replace('/', "-")), &img, &res);
+            save_overlay(d, &format!("{}-{n}", name.replace('/', "-")), &img, &res, None);
         }
         n += 1;
     }
@@ -296,7 +296,9 @@ fn set_report(name: &str, files: &[PathBuf], dump: Option<&Path>) -> Option<BTre
 }
 
 /// Field | cells (dominant orange, others cyan; nucleus bright) | red cells measured (white).
-fn save_overlay(dir: &Path, name: &str, img: &RgbImage, res: &CellResult) {
+/// Three panels: the image, the found cells (the first one orange: nucleus bright, cytoplasm
+/// dark), and the experts' mask where there is one (else the scale estimate's red-cell map).
+fn save_overlay(dir: &Path, name: &str, img: &RgbImage, res: &CellResult, truth: Option<&GrayImage>) {
     let (w, h) = img.dimensions();
     let rbc = allscan_preprocess::scale::red_cell_map(img);
     let k = (w / rbc.width().max(1)).max(1);
@@ -307,7 +309,10 @@ fn save_overlay(dir: &Path, name: &str, img: &RgbImage, res: &CellResult) {
         let l = res.labels.get_pixel(x, y)[0];
         let tint = if l == 1 { [m, m / 2, 0] } else { [m / 2, m, m] };
         out.put_pixel(w + x, y, image::Rgb(tint));
-        let r = rbc.get_pixel_checked(x / k, y / k).map_or(0, |p| p[0]);
+        let r = match truth {
+            Some(t) => t.get_pixel_checked(x, y).map_or(0, |p| p[0]),
+            None => rbc.get_pixel_checked(x / k, y / k).map_or(0, |p| p[0]),
+        };
         out.put_pixel(2 * w + x, y, image::Rgb([r, r, r]));
     }
     let _ = std::fs::create_dir_all(dir);

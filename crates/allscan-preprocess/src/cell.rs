@@ -77,6 +77,11 @@ pub struct CellConfig {
     /// below this fraction of that to the cytoplasm (1 = nearest colour wins; smaller only
     /// refuses clearly red pixels).
     pub red_cell_colour_ratio: f32,
+    /// A white cell alone on glass (no nucleus-free blob as wide as a red cell, no white cell's
+    /// blob cut by the border, less foreground beyond `max_rim_um` of the nuclei than in the
+    /// ring beside them) refuses no pixel by its red-cell colour: what lies beyond the rim is
+    /// its own outer cytoplasm (a large monocyte or granulocyte), not red cells.
+    pub lone_cell_on_glass: bool,
     /// A whole cell wider than this (equivalent diameter) is flagged `Clump`.
     pub clump_diameter_um: f32,
     /// A nucleus wider than this with under `smudge_max_cytoplasm` of the cell as cytoplasm
@@ -105,6 +110,7 @@ impl Default for CellConfig {
             cytoplasm_opening_um: 0.3,
             cytoplasm_smoothing_um: 0.4,
             red_cell_colour_ratio: 0.3,
+            lone_cell_on_glass: true,
             clump_diameter_um: 24.0,
             smudge_min_diameter_um: 14.0,
             smudge_max_cytoplasm: 0.03,
@@ -261,7 +267,13 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
     let dist = chamfer(nuc.as_raw(), ww as usize, wh as usize);
     let ring = ((3.0 * px(0.5)).round() as u32, (3.0 * px(1.5)).round() as u32);
     // Beyond the rim nothing is cytoplasm: what is there is red cells (or another cell's).
-    let cyto_like = cytoplasm_colour_test(&field.image, &fg, &seeds, &dist, ring, rim, cfg.red_cell_colour_ratio);
+    let red_cells = RedCellReference {
+        far_from: rim,
+        min_blob_px: px(5.0).powi(2) * std::f32::consts::FRAC_PI_4,
+        lone_cell_on_glass: cfg.lone_cell_on_glass,
+    };
+    let cyto_like =
+        cytoplasm_colour_test(&field.image, &fg, &seeds, &dist, ring, &red_cells, cfg.red_cell_colour_ratio);
     let fg_mask = GrayImage::from_fn(ww, wh, |x, y| {
         let i = (y * ww + x) as usize;
         Luma([if seeds[i] != 0 || (smooth_fg[i] && cyto_like[i]) { 255 } else { 0 }])
@@ -389,21 +401,32 @@ fn empty_cell() -> WhiteCell {
     WhiteCell { nucleus: b, cell: b, nucleus_area: 0, cell_area: 0, centroid: (0.0, 0.0), flags: Vec::new() }
 }
 
+/// Where [`cytoplasm_colour_test`] takes its red-cell colour, in working pixels.
+struct RedCellReference {
+    /// Foreground farther than this (chamfer units) from every nucleus.
+    far_from: u32,
+    /// A nucleus-free blob this large (a red cell, not a platelet or a speck) is a separate
+    /// red cell.
+    min_blob_px: f32,
+    /// See [`CellConfig::lone_cell_on_glass`].
+    lone_cell_on_glass: bool,
+}
+
 /// Per working pixel: could it be cytoplasm rather than a red cell? Red cells touching a white
 /// cell are as dark as its cytoplasm, but differ in colour (pink vs. blue-grey or lilac), so
 /// each foreground pixel goes to the nearer of two reference colours (per-channel medians):
 /// red cells = foreground blobs holding no nucleus and foreground farther than `far_from`
 /// (chamfer units) from every nucleus (red cells packed around a white cell are one blob with
-/// it), cytoplasm = foreground in a `ring` around the nuclei. Without enough of either (a crop on black, a cell
-/// filling the field), or with references too alike to tell apart, every pixel may be
-/// cytoplasm.
+/// it), cytoplasm = foreground in a `ring` around the nuclei. Without enough of either (a crop
+/// on black, a cell filling the field), or for a cell alone on glass, every pixel may be
+/// cytoplasm; with references too alike to tell apart, only the reddest pixels are refused.
 fn cytoplasm_colour_test(
     img: &RgbImage,
     fg: &[bool],
     seeds: &[u32],
     dist: &[u32],
     ring: (u32, u32),
-    far_from: u32,
+    reference: &RedCellReference,
     ratio: f32,
 ) -> Vec<bool> {
     let (w, h) = img.dimensions();
@@ -415,6 +438,7 @@ fn cytoplasm_colour_test(
         &fg_mask,
         Some(&GrayImage::from_fn(w, h, |x, y| Luma([if seeds[(y * w + x) as usize] != 0 { 255 } else { 0 }]))),
     );
+    let is_red = |i: usize, l: usize| blobs[l].marked == 0 || dist[i] > reference.far_from;
     let mut far = [[0u32; 256]; 3];
     let mut near = [[0u32; 256]; 3];
     for (i, p) in img.pixels().enumerate() {
@@ -422,7 +446,7 @@ fn cytoplasm_colour_test(
         if l == 0 || seeds[i] != 0 {
             continue;
         }
-        let hist = if blobs[l].marked == 0 || dist[i] > far_from {
+        let hist = if is_red(i, l) {
             &mut far
         } else if (ring.0..=ring.1).contains(&dist[i]) {
             &mut near
@@ -456,13 +480,21 @@ fn cytoplasm_colour_test(
     if count(&near) >= 20 && d2(&[cyto[0] as u8, cyto[1] as u8, cyto[2] as u8], &rbc) >= 15.0 * 15.0 {
         return blurred.pixels().map(|p| d2(&p.0, &rbc) >= ratio * d2(&p.0, &cyto)).collect();
     }
+    // No red cell apart from the white cells and a far colour like the ring's: the far pixels
+    // are the cell's own outer cytoplasm (a large cell alone on glass).
+    let red_cell_apart =
+        (1..blobs.len()).any(|l| blobs[l].marked == 0 && blobs[l].area as f32 >= reference.min_blob_px);
+    let cut_by_border = (1..blobs.len()).any(|l| blobs[l].marked != 0 && blobs[l].touches_border(w, h));
+    if reference.lone_cell_on_glass && !red_cell_apart && !cut_by_border && 2 * count(&far) < count(&near) {
+        return vec![true; fg.len()];
+    }
     // No distinct cytoplasm beside the nucleus (scant cytoplasm, red cells packed against it):
     // refuse what is as close to the red cells' colour as most red-cell pixels are.
     let mut d: Vec<f32> = blurred
         .pixels()
         .zip(labels.as_raw())
         .enumerate()
-        .filter(|&(i, (_, &l))| l != 0 && seeds[i] == 0 && (blobs[l as usize].marked == 0 || dist[i] > far_from))
+        .filter(|&(i, (_, &l))| l != 0 && seeds[i] == 0 && is_red(i, l as usize))
         .map(|(_, (p, _))| d2(&p.0, &rbc))
         .collect();
     let k = (d.len() * 4 / 5).min(d.len() - 1);

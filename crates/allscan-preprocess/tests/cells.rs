@@ -457,3 +457,26 @@ fn granules_darker_than_a_pale_rim_are_still_cytoplasm() {
     let two_class_only = nucleus(&CellConfig { granule_green_gap3: 0, ..CellConfig::default() });
     assert!(two_class_only > 1.5 * drawn_nucleus, "two classes only: nucleus {two_class_only} px");
 }
+
+#[test]
+fn a_large_cell_alone_on_glass_keeps_its_outer_cytoplasm() {
+    // A 20 um monocyte-like cell with a pale lilac cytoplasm and an eccentric 9 um nucleus,
+    // alone on glass (a CellaVision crop): no red cell anywhere, so the cytoplasm beyond 8 um
+    // of the nucleus is not a red-cell reference to refuse the rest by.
+    let px = |v: f32| v / 0.1;
+    let mut img = RgbImage::from_pixel(px(30.0) as u32, px(30.0) as u32, Rgb(GLASS));
+    let (cx, cy) = (px(15.0), px(15.0));
+    disc(&mut img, cx, cy, px(10.0), [205, 185, 215]);
+    disc(&mut img, cx - px(3.5), cy, px(4.5), NUCLEUS);
+    let drawn_cell = std::f32::consts::PI * px(10.0) * px(10.0);
+    let cell_area = |cfg: &CellConfig| {
+        let res = find_white_cells(&img, cfg, &ScaleEstimate::given(0.1));
+        assert_eq!(res.cells.len(), 1, "{:?}", res.cells);
+        res.cells[0].cell_area as f32
+    };
+    let found = cell_area(&CellConfig::default());
+    assert!((found / drawn_cell - 1.0).abs() < 0.15, "cell {found} px, drawn {drawn_cell:.0}");
+    // Without the rule its own outer cytoplasm is the red-cell colour and most of it is refused.
+    let refused = cell_area(&CellConfig { lone_cell_on_glass: false, ..CellConfig::default() });
+    assert!(refused < 0.6 * drawn_cell, "without the rule: cell {refused} px");
+}
