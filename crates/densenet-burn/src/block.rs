@@ -48,15 +48,16 @@ pub(crate) fn bn_relu(bn: &BatchNorm, affine: &Option<ChannelAffine>, x: Tensor<
     }
 }
 
-/// A 1x1 convolution. With autodiff a bias-free one runs as one batched matrix product,
-/// whose backward is two plain matrix products; Flex's generic convolution backward (a
-/// transposed convolution for the input, a convolution over swapped axes for the weight)
-/// costs more: a DenseNet201 train step at batch 8 went from 5.2 to 4.0 s, the cpu profile's
-/// from 360 to 325 ms (2 cores, `allscan-bench train`). Inference keeps `Conv2d` (the fast
-/// plan in [`crate::fast`] replaces it anyway).
+/// A 1x1 convolution. Training on Flex, the fused convolution of [`crate::conv`] (the image
+/// is its own matrix: one gemm forward, two backward); on other autodiff backends a bias-free
+/// one runs as one batched matrix product. Either beats Flex's generic convolution backward
+/// (a transposed convolution for the input, a convolution over swapped axes for the weight):
+/// the cpu profile's step went 360 -> 325 ms with the matmul, 260 -> 245 ms with the fused
+/// operation (2 cores, `allscan-bench train`). Inference keeps `Conv2d` (the fast plan in
+/// [`crate::fast`] replaces it anyway).
 pub(crate) fn conv1x1(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if x.is_autodiff() && conv.bias.is_none() {
-        conv1x1_matmul(conv, x)
+        crate::conv::try_conv_train(conv, x.clone()).unwrap_or_else(|| conv1x1_matmul(conv, x))
     } else {
         conv.forward(x)
     }

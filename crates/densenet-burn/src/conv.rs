@@ -1,5 +1,5 @@
-//! Training-mode stride-1 convolution (DenseNet's 3x3 `conv2`) as one autodiff operation on
-//! the Flex CPU backend, in NCHW throughout.
+//! Training-mode convolution (DenseNet's 3x3 `conv2`, its 1x1 convolutions and the 7x7
+//! stride-2 stem) as one autodiff operation on the Flex CPU backend, in NCHW throughout.
 //!
 //! Flex's generic convolution converts the input to NHWC, builds its im2col matrix one channel
 //! at a time, and differentiates through a transposed convolution (col2im with scalar adds)
@@ -7,7 +7,7 @@
 //! `im2col` copies whole shifted rows, the forward is `W [O, C*k*k] x col [C*k*k, P]`, the
 //! weight gradient `dy [O, P] x col^T` and the input gradient `W^T x dy` followed by col2im
 //! with row additions; every product is one call of the `gemm` crate, images in parallel on
-//! rayon's pool.
+//! rayon's pool. A 1x1 convolution needs no im2col: the image itself is the matrix.
 //!
 //! Like [`crate::bn`], it uses Burn's backend-extension API and applies only to
 //! `Autodiff<Flex>` f32 tensors without gradient checkpointing; anything else falls back to
@@ -25,16 +25,18 @@ use burn::tensor::{DType, Tensor, TensorData};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::bn::{contiguous, slice, Ad};
+use crate::bn::{contiguous, par_filled, slice, Ad};
 
-/// `conv.forward(x)` for a bias-free, stride-1, undilated, ungrouped convolution with square
-/// kernel and symmetric explicit padding, through the fused operation on `Autodiff<Flex>`;
+/// `conv.forward(x)` for a bias-free, undilated, ungrouped convolution with square kernel,
+/// equal strides and symmetric explicit padding, through the fused operation on `Autodiff<Flex>`;
 /// every other case goes to `Conv2d::forward`. `[B, C, H, W] -> [B, O, H', W']`.
 pub(crate) fn conv_train(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    match geometry(conv) {
-        Some(g) => fused(conv, g, x.clone()).unwrap_or_else(|| conv.forward(x)),
-        None => conv.forward(x),
-    }
+    try_conv_train(conv, x.clone()).unwrap_or_else(|| conv.forward(x))
+}
+
+/// The fused operation of [`conv_train`], or `None` where it does not apply.
+pub(crate) fn try_conv_train(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
+    fused(conv, geometry(conv)?, x)
 }
 
 /// Kernel side and padding, when the convolution is one this module handles.
@@ -45,15 +47,18 @@ fn geometry(conv: &Conv2d) -> Option<Geometry> {
         PaddingConfig2d::Valid => 0,
         _ => return None,
     };
-    let plain = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1 && conv.bias.is_none();
-    (plain && kh == kw && padding < kh).then_some(Geometry { k: kh, pad: padding, c: 0, h: 0, w: 0, o: 0 })
+    let [sh, sw] = conv.stride;
+    let plain = sh == sw && sh >= 1 && conv.dilation == [1, 1] && conv.groups == 1 && conv.bias.is_none();
+    (plain && kh == kw && padding < kh).then_some(Geometry { k: kh, pad: padding, stride: sh, c: 0, h: 0, w: 0, o: 0 })
 }
 
-/// A convolution's sizes: kernel `k`x`k`, padding `pad`, input `[c, h, w]`, `o` outputs.
+/// A convolution's sizes: kernel `k`x`k`, padding `pad`, `stride`, input `[c, h, w]`, `o`
+/// outputs.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     k: usize,
     pad: usize,
+    stride: usize,
     c: usize,
     h: usize,
     w: usize,
@@ -62,10 +67,14 @@ struct Geometry {
 
 impl Geometry {
     fn out_h(&self) -> usize {
-        self.h + 2 * self.pad + 1 - self.k
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
     }
     fn out_w(&self) -> usize {
-        self.w + 2 * self.pad + 1 - self.k
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// A 1x1, stride-1, unpadded convolution: the image is its own im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.pad == 0 && self.stride == 1
     }
     /// Rows of the im2col matrix.
     fn rows(&self) -> usize {
@@ -99,8 +108,12 @@ fn fused(conv: &Conv2d, geometry: Geometry, x: Tensor<4>) -> Option<Tensor<4>> {
     Some(Tensor::from_primitive::<Ad>(output))
 }
 
-/// `col[(ci, kh, kw), oh * W' + ow] = x[ci, oh + kh - pad, ow + kw - pad]` (zero outside).
+/// `col[(ci, kh, kw), oh * W' + ow] = x[ci, s * oh + kh - pad, s * ow + kw - pad]` (zero
+/// outside).
 fn im2col(x: &[f32], g: Geometry, col: &mut [f32]) {
+    if g.stride != 1 {
+        return im2col_strided(x, g, col);
+    }
     let (ho, wo, p) = (g.out_h(), g.out_w(), g.cols());
     for ci in 0..g.c {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -127,10 +140,57 @@ fn im2col(x: &[f32], g: Geometry, col: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: `dx[ci, ih, iw] += dcol[(ci, kh, kw), ...]` over every use.
+/// The input pixel a strided output pixel reads through kernel offset `kk`, if inside.
+fn tap(o: usize, kk: usize, g: &Geometry, len: usize) -> Option<usize> {
+    (o * g.stride + kk).checked_sub(g.pad).filter(|&i| i < len)
+}
+
+/// [`im2col`] for stride > 1, one element at a time (the stem: 3 input channels).
+fn im2col_strided(x: &[f32], g: Geometry, col: &mut [f32]) {
+    let (ho, wo, p) = (g.out_h(), g.out_w(), g.cols());
+    for ci in 0..g.c {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for kh in 0..g.k {
+            for kw in 0..g.k {
+                let row = &mut col[((ci * g.k + kh) * g.k + kw) * p..][..p];
+                for oh in 0..ho {
+                    let dst = &mut row[oh * wo..(oh + 1) * wo];
+                    let Some(ih) = tap(oh, kh, &g, g.h) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    for (ow, d) in dst.iter_mut().enumerate() {
+                        *d = tap(ow, kw, &g, g.w).map_or(0.0, |iw| plane[ih * g.w + iw]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx[ci, ih, iw] += dcol[(ci, kh, kw), ...]` over every use,
+/// into a `dx` that arrives zeroed.
 fn col2im(dcol: &[f32], g: Geometry, dx: &mut [f32]) {
     let (ho, wo, p) = (g.out_h(), g.out_w(), g.cols());
-    dx.fill(0.0);
+    if g.stride != 1 {
+        for ci in 0..g.c {
+            let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            for kh in 0..g.k {
+                for kw in 0..g.k {
+                    let row = &dcol[((ci * g.k + kh) * g.k + kw) * p..][..p];
+                    for oh in 0..ho {
+                        let Some(ih) = tap(oh, kh, &g, g.h) else { continue };
+                        for ow in 0..wo {
+                            if let Some(iw) = tap(ow, kw, &g, g.w) {
+                                plane[ih * g.w + iw] += row[oh * wo + ow];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
     for ci in 0..g.c {
         let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for kh in 0..g.k {
@@ -197,25 +257,48 @@ unsafe fn gemm(
 fn forward_kernel(x: &FlexTensor, weight: &[f32], g: Geometry) -> FlexTensor {
     let xs = slice(x);
     let b = x.layout().shape()[0];
-    let (rows, p) = (g.rows(), g.cols());
-    let mut out = vec![0f32; b * g.o * p];
-    out.par_chunks_mut(g.o * p).zip(xs.par_chunks(g.c * g.h * g.w)).for_each_init(
-        || vec![0f32; rows * p],
-        |col, (y, xn)| {
-            im2col(xn, g, col);
-            // SAFETY: y is [O, P], weight [O, K], col [K, P], all row-major.
-            unsafe {
+    let (rows, plane, p) = (g.rows(), g.c * g.h * g.w, g.cols());
+    // SAFETY: each chunk is one image's [O, P] output, every element of which the gemm writes
+    // (its destination is not read: `accumulate` is false, and K = C*k*k >= 1).
+    let out = unsafe {
+        par_filled(b * g.o * p, g.o * p, |n, y| {
+            let xn = &xs[n * plane..(n + 1) * plane];
+            with_scratch(if g.pointwise() { 0 } else { rows * p }, |col| {
+                let col: &[f32] = if g.pointwise() {
+                    xn
+                } else {
+                    im2col(xn, g, col);
+                    col
+                };
+                // SAFETY: y is [O, P], weight [O, K], col [K, P], all row-major.
                 gemm(
                     [g.o, p, rows],
-                    (y.as_mut_ptr(), 1, p as isize),
+                    (y.as_mut_ptr().cast::<f32>(), 1, p as isize),
                     (weight.as_ptr(), 1, rows as isize),
                     (col.as_ptr(), 1, p as isize),
                     false,
                 )
-            };
-        },
-    );
+            })
+        })
+    };
     FlexTensor::from_data(TensorData::new(out, [b, g.o, g.out_h(), g.out_w()]))
+}
+
+thread_local! {
+    /// Each worker thread's im2col matrix, kept between calls (grown, never shrunk).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` on this thread's scratch buffer of `n` values (contents unspecified: the callers'
+/// im2col and gemm overwrite what they read). `f` must not call back into this function.
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < n {
+            buf.resize(n, 0.0);
+        }
+        f(&mut buf[..n])
+    })
 }
 
 #[derive(Debug)]
@@ -276,37 +359,49 @@ fn backward_kernel(
         .enumerate()
         .map(|(group, dx_group)| {
             let mut dw = vec![0f32; if want_dw { g.o * rows } else { 0 }];
-            let mut col = vec![0f32; rows * p];
-            let images = group * per_group..((group + 1) * per_group).min(b);
-            for (i, n) in images.enumerate() {
-                let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
-                if want_dw {
-                    im2col(&xs[n * plane..(n + 1) * plane], g, &mut col);
-                    // SAFETY: dw is [O, K]; dy [O, P]; col^T is col [K, P] read with swapped strides.
-                    unsafe {
-                        gemm(
-                            [g.o, rows, p],
-                            (dw.as_mut_ptr(), 1, rows as isize),
-                            (dyn_.as_ptr(), 1, p as isize),
-                            (col.as_ptr(), p as isize, 1),
-                            i > 0,
-                        )
-                    };
+            with_scratch(if g.pointwise() { 0 } else { rows * p }, |col| {
+                let images = group * per_group..((group + 1) * per_group).min(b);
+                for (i, n) in images.enumerate() {
+                    let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
+                    if want_dw {
+                        let xn = &xs[n * plane..(n + 1) * plane];
+                        let col: &[f32] = if g.pointwise() {
+                            xn
+                        } else {
+                            im2col(xn, g, col);
+                            col
+                        };
+                        // SAFETY: dw is [O, K]; dy [O, P]; col^T is col [K, P] read with swapped strides.
+                        unsafe {
+                            gemm(
+                                [g.o, rows, p],
+                                (dw.as_mut_ptr(), 1, rows as isize),
+                                (dyn_.as_ptr(), 1, p as isize),
+                                (col.as_ptr(), p as isize, 1),
+                                i > 0,
+                            )
+                        };
+                    }
+                    if let Some(dx_group) = dx_group.as_deref_mut() {
+                        let dxn = &mut dx_group[i * plane..(i + 1) * plane];
+                        // A 1x1 convolution's dcol is dx itself.
+                        let dcol: &mut [f32] = if g.pointwise() { &mut *dxn } else { &mut *col };
+                        // SAFETY: dcol is [K, P]; W^T is weight [O, K] read with swapped strides; dy [O, P].
+                        unsafe {
+                            gemm(
+                                [rows, p, g.o],
+                                (dcol.as_mut_ptr(), 1, p as isize),
+                                (weight.as_ptr(), rows as isize, 1),
+                                (dyn_.as_ptr(), 1, p as isize),
+                                false,
+                            )
+                        };
+                        if !g.pointwise() {
+                            col2im(col, g, dxn);
+                        }
+                    }
                 }
-                if let Some(dx_group) = dx_group.as_deref_mut() {
-                    // SAFETY: col is [K, P]; W^T is weight [O, K] read with swapped strides; dy [O, P].
-                    unsafe {
-                        gemm(
-                            [rows, p, g.o],
-                            (col.as_mut_ptr(), 1, p as isize),
-                            (weight.as_ptr(), rows as isize, 1),
-                            (dyn_.as_ptr(), 1, p as isize),
-                            false,
-                        )
-                    };
-                    col2im(&col, g, &mut dx_group[i * plane..(i + 1) * plane]);
-                }
-            }
+            });
             dw
         })
         .collect();
@@ -330,13 +425,14 @@ mod tests {
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Device, Distribution, Tolerance};
 
-    /// Values and gradients equal Flex's `Conv2d` for 3x3 (padding 1), 3x3 without padding and
-    /// 1x1 kernels, on a strided (permuted) input.
+    /// Values and gradients equal Flex's `Conv2d` for 3x3 (padding 1), 3x3 without padding, 1x1,
+    /// 5x5 and strided kernels (the 7x7 stride-2 stem among them), on a strided (permuted) input.
     #[test]
     fn fused_conv_matches_conv2d() {
         let device = Device::flex().autodiff();
-        for (k, pad) in [(3, 1), (3, 0), (1, 0), (5, 2)] {
+        for (k, pad, stride) in [(3, 1, 1), (3, 0, 1), (1, 0, 1), (5, 2, 1), (7, 3, 2), (3, 1, 2), (2, 0, 3)] {
             let conv = Conv2dConfig::new([5, 4], [k, k])
+                .with_stride([stride, stride])
                 .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
                 .with_bias(false)
                 .init(&device);

@@ -137,6 +137,12 @@ impl DenseNet {
     /// Stem: `[B, 3, H, W] -> [B, num_init_features, H/4, W/4]` (224 -> 56).
     pub fn forward_stem(&self, x: Tensor<4>) -> Tensor<4> {
         let f = &self.features;
+        if x.is_autodiff() && !f.norm0_folded {
+            // Training: the fused convolution, BatchNorm + ReLU and max pool (`crate::conv`, `bn`, `pool`).
+            let x = crate::conv::conv_train(&f.conv0, x); // [B, 64, H/2, W/2]
+            return crate::pool::max_pool_train(&f.pool0, crate::block::bn_relu(&f.norm0, &None, x));
+            // [B, 64, H/4, W/4]
+        }
         let x = f.conv0.forward(x); // [B, 64, H/2, W/2]
         let x = if f.norm0_folded { x } else { f.norm0.forward(x) };
         f.pool0.forward(relu(x)) // [B, 64, H/4, W/4]

@@ -27,6 +27,7 @@ mod densenet;
 mod error;
 mod fast;
 pub mod fold;
+mod pool;
 pub mod weights;
 
 pub use block::{ChannelAffine, DenseBlock, DenseLayer, Transition};
