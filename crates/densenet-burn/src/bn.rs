@@ -226,15 +226,9 @@ fn backward_kernel(
             for n in 0..b {
                 let range = (n * c + ch) * hw..(n * c + ch + 1) * hw;
                 let (xp, gp) = (&xs[range.clone()], &dy[range]);
-                let (mut a, mut ax) = ([0f32; 8], [0f32; 8]);
-                for (i, (&v, &g)) in xp.iter().zip(gp).enumerate() {
-                    let xh = (v - m) * is;
-                    let g = if ga * xh + be > 0.0 { g } else { 0.0 };
-                    a[i % 8] += g;
-                    ax[i % 8] += g * xh;
-                }
-                sg += a.iter().map(|&v| v as f64).sum::<f64>();
-                sgx += ax.iter().map(|&v| v as f64).sum::<f64>();
+                let (a, ax) = masked_sums(xp, gp, [m, is, ga, be]);
+                sg += a;
+                sgx += ax;
             }
             (sg as f32, sgx as f32)
         })
@@ -258,6 +252,52 @@ fn backward_kernel(
         })
     };
     (dx, dgamma, dbeta)
+}
+
+/// `(sum g, sum g * xh)` over one plane, `g` the ReLU-masked gradient (see
+/// [`backward_kernel`]), with AVX2 where the CPU has it: the build targets baseline x86-64,
+/// whose 4-lane SSE2 (and an `i % 8` lane index that did not vectorise) made this loop a
+/// tenth of a DenseNet201 step (2.13 -> 2.03 s with both changes; AVX2 alone for the
+/// memory-bound `dx` pass gained nothing). The same operations in the same
+/// order either way (Rust never fuses a multiply and an add), so results do not depend on the
+/// CPU.
+fn masked_sums(xp: &[f32], gp: &[f32], coef: [f32; 4]) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { masked_sums_avx2(xp, gp, coef) };
+    }
+    masked_sums_lanes(xp, gp, coef)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn masked_sums_avx2(xp: &[f32], gp: &[f32], coef: [f32; 4]) -> (f64, f64) {
+    masked_sums_lanes(xp, gp, coef)
+}
+
+/// [`masked_sums`] in 16 fixed lanes, added up in f64.
+#[inline(always)]
+fn masked_sums_lanes(xp: &[f32], gp: &[f32], [m, is, ga, be]: [f32; 4]) -> (f64, f64) {
+    let (mut a, mut ax) = ([0f32; 16], [0f32; 16]);
+    let (xc, gc) = (xp.chunks_exact(16), gp.chunks_exact(16));
+    let (xr, gr) = (xc.remainder(), gc.remainder());
+    for (xv, gv) in xc.zip(gc) {
+        let (xv, gv): (&[f32; 16], &[f32; 16]) = (xv.try_into().unwrap(), gv.try_into().unwrap());
+        for j in 0..16 {
+            let xh = (xv[j] - m) * is;
+            let g = if ga * xh + be > 0.0 { gv[j] } else { 0.0 };
+            a[j] += g;
+            ax[j] += g * xh;
+        }
+    }
+    for (j, (&v, &g)) in xr.iter().zip(gr).enumerate() {
+        let xh = (v - m) * is;
+        let g = if ga * xh + be > 0.0 { g } else { 0.0 };
+        a[j] += g;
+        ax[j] += g * xh;
+    }
+    (a.iter().map(|&v| v as f64).sum(), ax.iter().map(|&v| v as f64).sum())
 }
 
 /// Asserts that `a`'s gradient in `ga` equals `b`'s in `gb` within `tol` (the fused operations'
