@@ -217,7 +217,7 @@ fn col2im(dcol: &[f32], g: Geometry, dx: &mut [f32]) {
 }
 
 /// `dst = lhs x rhs` (`accumulate`: `dst += ...`), each matrix given by its pointer, column
-/// stride and row stride; one thread.
+/// stride and row stride; one thread. In bf16 on the tile unit where [`crate::bf16::active`].
 ///
 /// # Safety
 /// Every pointer must cover its matrix with the given strides.
@@ -228,6 +228,10 @@ unsafe fn gemm(
     rhs: (*const f32, isize, isize),
     accumulate: bool,
 ) {
+    if crate::bf16::active() {
+        // SAFETY: the tiles are available; the caller's views cover their matrices.
+        return unsafe { crate::bf16::gemm([m, n, k], dst, lhs, rhs, accumulate) };
+    }
     unsafe {
         gemm::gemm(
             m,

@@ -528,6 +528,10 @@ impl MatMut {
 /// # Safety
 /// Every matrix must cover its `[rows, cols]` with its row stride.
 unsafe fn matmul([m, n, k]: [usize; 3], dst: MatMut, lhs: Mat, rhs: Mat) {
+    if crate::bf16::active() {
+        let (d, l, r) = ((dst.ptr, 1, dst.rs as isize), (lhs.ptr, 1, lhs.rs as isize), (rhs.ptr, 1, rhs.rs as isize));
+        return unsafe { crate::bf16::gemm([m, n, k], d, l, r, false) };
+    }
     gemm::gemm(
         m,
         n,

@@ -19,6 +19,7 @@
 // that boxing it would save, and boxing would make matching on its fields clumsier.
 #![allow(clippy::result_large_err)]
 
+pub mod bf16;
 mod block;
 mod bn;
 mod config;

@@ -44,6 +44,10 @@ struct Args {
     /// cpu (Flex), cuda or wgpu (the last two need `--features cuda` / `--features wgpu`).
     #[arg(long, default_value = "cpu")]
     device: DeviceKind,
+    /// The convolutions' gemms: fp32, or bf16 with fp32 accumulation (AMX; fp32 where the CPU
+    /// lacks it, and the report says which ran).
+    #[arg(long, default_value = "fp32")]
+    precision: String,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -58,6 +62,12 @@ fn peak_rss_mib() -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let precision = match args.precision.as_str() {
+        "fp32" => densenet_burn::bf16::Precision::Fp32,
+        "bf16" => densenet_burn::bf16::Precision::Bf16,
+        other => anyhow::bail!("--precision {other}: fp32 or bf16"),
+    };
+    densenet_burn::bf16::set_precision(precision);
     let device = allscan::device::device(args.device)?.autodiff();
     device.seed(0);
     // `cpu`: the cpu profile's slim classifier (4 subtypes) with that profile's stage settings;
@@ -108,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "side": "burn", "backend": if args.device == DeviceKind::Cpu { "flex" } else { args.device.name() }, "variant": args.variant, "batch": args.batch, "size": args.size,
-            "shards": shards, "ms_per_step": median * 1e3, "images_per_s": args.batch as f64 / median, "peak_rss_mib": peak_rss_mib(),
+            "shards": shards, "precision": if densenet_burn::bf16::active() { "bf16" } else { "fp32" }, "ms_per_step": median * 1e3, "images_per_s": args.batch as f64 / median, "peak_rss_mib": peak_rss_mib(),
         })
     );
     Ok(())
