@@ -11,16 +11,21 @@
 # PyTorch model: 3x the forward's multiply-adds x 2, i.e. the forward and the two backward
 # products) against this machine's peaks measured here with a PyTorch gemm loop (fp32 and,
 # where the CPU has AMX / AVX512-BF16, bf16).
+# Each case runs in every precision of PRECISIONS: fp32, and bf16 (PyTorch: autocast to bf16 on
+# CPU; allscan: `--precision bf16`, the convolutions' gemms in bf16 on AMX with fp32
+# accumulation; the row says "fp32" where the CPU lacks AMX). bf16 rows are set against the
+# bf16 peak.
 #
 # Input: env THREADS (default: nproc), CASES (default "densenet201:8:224 densenet201:32:224
-# cpu:32:112"; VARIANT:BATCH:SIZE), ITERS (3), SHARDS (allscan's shard count; default: the
-# profile's). Creates (or reuses) the PyTorch venv at target/venv-torch (PyPI torch, minutes).
+# cpu:32:112"; VARIANT:BATCH:SIZE), PRECISIONS (default "fp32 bf16"), ITERS (3), SHARDS
+# (allscan's shard count; default: the profile's). Creates (or reuses) the PyTorch venv at target/venv-torch (PyPI torch, minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 THREADS="${THREADS:-$(nproc)}"
 CASES="${CASES:-densenet201:8:224 densenet201:32:224 cpu:32:112}"
 ITERS="${ITERS:-3}"
+PRECISIONS="${PRECISIONS:-fp32 bf16}"
 VENV=target/venv-torch
 
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import torch, torchvision' 2>/dev/null; then
@@ -30,11 +35,13 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import torch, torchvi
 fi
 cargo build --release -p allscan-bench --bin train >&2
 
-torch_step() { # VARIANT BATCH SIZE -> one JSON line
-    OMP_NUM_THREADS="$THREADS" "$VENV/bin/python" - "$1" "$2" "$3" "$ITERS" "$THREADS" <<'PY'
-import json, sys, time
+torch_step() { # VARIANT BATCH SIZE PRECISION -> one JSON line
+    OMP_NUM_THREADS="$THREADS" "$VENV/bin/python" - "$1" "$2" "$3" "$ITERS" "$THREADS" "$4" <<'PY'
+import contextlib, json, sys, time
 import torch, torchvision
 variant, batch, size, iters, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+precision = sys.argv[6]
+cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 if variant == "cpu":
@@ -70,7 +77,8 @@ times = []
 for i in range(iters + 1):
     t0 = time.perf_counter()
     opt.zero_grad()
-    loss = loss_fn(model(x), y)
+    with cast():
+        loss = loss_fn(model(x).float(), y)
     loss.backward()
     opt.step()
     if i > 0:
@@ -78,7 +86,7 @@ for i in range(iters + 1):
 times.sort()
 median = times[len(times) // 2]
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(json.dumps(dict(side="torch", torch=torch.__version__, ms_per_step=median * 1e3, images_per_s=batch / median,
+print(json.dumps(dict(side="torch", precision=precision, torch=torch.__version__, ms_per_step=median * 1e3, images_per_s=batch / median,
                       peak_rss_mib=int(hwm.split()[1]) / 1024, step_gflop=6 * macs / 1e9)))
 PY
 }
@@ -106,9 +114,12 @@ PY
 results=()
 for case in $CASES; do
     IFS=: read -r variant batch size <<<"$case"
-    t=$(torch_step "$variant" "$batch" "$size")
-    b=$(RAYON_NUM_THREADS="$THREADS" target/release/train --variant "$variant" --batch "$batch" --size "$size" --iters "$ITERS" ${SHARDS:+--shards "$SHARDS"})
-    results+=("$case" "$t" "$b")
+    for precision in $PRECISIONS; do
+        t=$(torch_step "$variant" "$batch" "$size" "$precision")
+        b=$(RAYON_NUM_THREADS="$THREADS" target/release/train --variant "$variant" --batch "$batch" --size "$size" \
+            --iters "$ITERS" --precision "$precision" ${SHARDS:+--shards "$SHARDS"})
+        results+=("$case" "$t" "$b")
+    done
 done
 
 echo "Training step, $THREADS threads, median of $ITERS steps, $(date -u +%FT%TZ)"
@@ -119,13 +130,18 @@ line = f"measured gemm peak (PyTorch, 2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s"
 if "bf16" in peaks:
     line += f", bf16 {peaks['bf16']:.0f} GFLOP/s"
 print(line + f"; CPU flags: {' '.join(peaks['isa']) or 'none of avx2/fma/avx512/amx'}")
-print(f"{'case':<20} {'side':<6} {'ms/step':>9} {'img/s':>8} {'GFLOP/s':>8} {'% fp32 peak':>11} {'peak MiB':>9}")
+print(f"{'case':<20} {'side':<11} {'ms/step':>9} {'img/s':>8} {'GFLOP/s':>8} {'% of peak':>10} {'peak MiB':>9}")
 rest = sys.argv[2:]
 for i in range(0, len(rest), 3):
     case, t, b = rest[i], json.loads(rest[i + 1]), json.loads(rest[i + 2])
     gflop = t["step_gflop"]
     for s in (t, b):
+        # Each side's row names the arithmetic it ran and is set against that peak.
+        p = s.get("precision", "fp32")
+        peak = peaks.get(p, peaks["fp32"])
         rate = gflop / (s["ms_per_step"] / 1e3)
-        print(f"{case:<20} {s['side']:<6} {s['ms_per_step']:>9.0f} {s['images_per_s']:>8.2f} {rate:>8.1f} {100 * rate / peaks['fp32']:>10.0f}% {s['peak_rss_mib']:>9.0f}")
-    print(f"{case:<20} ratio burn/torch: images/s {b['images_per_s'] / t['images_per_s']:.2f}x, peak RSS {b['peak_rss_mib'] / t['peak_rss_mib']:.2f}x ({gflop:.1f} GFLOP of gemm work per step)")
+        print(
+            f"{case:<20} {s['side'] + ' ' + p:<11} {s['ms_per_step']:>9.0f} {s['images_per_s']:>8.2f} {rate:>8.1f} {100 * rate / peak:>9.0f}% {s['peak_rss_mib']:>9.0f}")
+    print(f"{case:<20} ratio burn/torch ({t.get('precision', 'fp32')}): images/s {b['images_per_s'] / t['images_per_s']:.2f}x, "
+          f"peak RSS {b['peak_rss_mib'] / t['peak_rss_mib']:.2f}x ({gflop:.1f} GFLOP of gemm work per step)")
 PY

@@ -249,6 +249,10 @@ pub struct TrainConfig {
     /// Field calls take the most suspicious cell, so the other cells must be seen as negatives.
     #[serde(default = "one")]
     pub negative_cells: usize,
+    /// The convolutions' matrix products: `fp32`, or `bf16` (bf16 inputs, fp32 accumulation and
+    /// fp32 weights) on the CPU's AMX tile unit, which falls back to fp32 on CPUs without it.
+    #[serde(default)]
+    pub precision: densenet_burn::bf16::Precision,
 }
 
 fn one() -> usize {
@@ -335,6 +339,7 @@ fn paper(task: Task) -> ProfileDefaults {
         bn_recalibration_batches: 0,
         ema_decay: 0.0,
         negative_cells: 1,
+        precision: densenet_burn::bf16::Precision::Fp32,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::Imagenet }
 }
@@ -411,6 +416,7 @@ fn cpu(task: Task) -> ProfileDefaults {
         bn_recalibration_batches: 8,
         ema_decay: 0.0,
         negative_cells: 1,
+        precision: densenet_burn::bf16::Precision::Fp32,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::None }
 }
@@ -525,6 +531,7 @@ fn seed_code(task: Task) -> ProfileDefaults {
         bn_recalibration_batches: 0,
         ema_decay: 0.0,
         negative_cells: 1,
+        precision: densenet_burn::bf16::Precision::Fp32,
     };
     ProfileDefaults { model, preprocess, train, weights: WeightsSource::Imagenet }
 }

@@ -15,7 +15,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Arithmetic of the convolutions' matrix products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// fp32 inputs and accumulation (the `gemm` crate): the reference.
     #[default]

@@ -252,7 +252,18 @@ pub fn train(req: &TrainRequest) -> Result<TrainOutcome, TrainError> {
         None if req.resume => log.line("no checkpoint yet: starting from the beginning"),
         None => {}
     }
+    let precision = plan.config.train.precision;
+    if precision == densenet_burn::bf16::Precision::Bf16 {
+        log.line(if densenet_burn::bf16::available() {
+            "convolution gemms in bf16 on the AMX tile unit (fp32 accumulation)"
+        } else {
+            "train.precision = bf16, but this CPU / OS has no AMX-BF16: fp32"
+        });
+    }
+    let before = densenet_burn::bf16::precision();
+    densenet_burn::bf16::set_precision(precision);
     let result = run(req, &plan, &mut state, &mut log);
+    densenet_burn::bf16::set_precision(before);
     let bundle = result?;
     let seconds = t0.elapsed().as_secs_f64();
     log.line(&format!("done in {seconds:.0} s: {}", out.display()));
