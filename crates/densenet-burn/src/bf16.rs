@@ -357,44 +357,64 @@ mod imp {
         }
     }
 
-    /// A left tile from 16 rows of 32 consecutive values (row stride `rs`).
+    /// A left tile from `rows` <= 16 rows of `kn` <= 32 consecutive values (row stride `rs`),
+    /// zero elsewhere.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 BW and BF16; `p` must cover the 16 rows.
+    /// The CPU must have AVX-512 BW and BF16; `p` must cover the rows' values.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile_from_rows(p: *const f32, rs: isize, tile: &mut [u32]) {
+    unsafe fn tile_from_rows(p: *const f32, rs: isize, rows: usize, kn: usize, tile: &mut [u32]) {
         use std::arch::x86_64::*;
-        assert!(tile.len() >= TILE);
+        assert!(tile.len() >= TILE && rows <= 16 && kn <= 32);
+        let (lo, hi) = (mask(kn.min(16)), mask(kn.saturating_sub(16)));
         for r in 0..16 {
-            // SAFETY: row r's 32 values are inside the caller's matrix; the tile row is inside `tile`.
+            // SAFETY: masked-off lanes are not read; the tile row is inside `tile`.
             unsafe {
-                let row = p.offset(r as isize * rs);
-                // Low half from the first 16 values: the 32 bf16 in order, i.e. 16 pairs.
-                let h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row.add(16)), _mm512_loadu_ps(row));
+                let h = if r < rows {
+                    let row = p.offset(r as isize * rs);
+                    // Low half from the first 16 values: the 32 bf16 in order, i.e. 16 pairs.
+                    _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, row.add(16)), _mm512_maskz_loadu_ps(lo, row))
+                } else {
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512())
+                };
                 _mm512_storeu_si512(tile.as_mut_ptr().add(r * 16).cast(), std::mem::transmute::<__m512bh, __m512i>(h));
             }
         }
     }
 
-    /// A right tile from 32 rows of 16 consecutive values (row stride `rs`): row pairs
-    /// interleaved column by column.
+    /// The lane mask of the first `n` <= 16 lanes.
+    #[inline(always)]
+    fn mask(n: usize) -> u16 {
+        ((1u32 << n) - 1) as u16
+    }
+
+    /// A right tile from `krows` <= 32 rows of `cols` <= 16 consecutive values (row stride
+    /// `rs`), zero elsewhere: row pairs interleaved column by column.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 BW and BF16; `p` must cover the 32 rows.
+    /// The CPU must have AVX-512 BW and BF16; `p` must cover the rows' values.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile_from_row_pairs(p: *const f32, rs: isize, tile: &mut [u32]) {
+    unsafe fn tile_from_row_pairs(p: *const f32, rs: isize, krows: usize, cols: usize, tile: &mut [u32]) {
         use std::arch::x86_64::*;
-        assert!(tile.len() >= TILE);
+        assert!(tile.len() >= TILE && krows <= 32 && cols <= 16);
         // Lane 2c takes value c of the even row (low half), lane 2c + 1 value c of the odd row.
         let idx = _mm512_set_epi16(
             31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
             1, 16, 0,
         );
+        let m = mask(cols);
         for r in 0..16 {
-            // SAFETY: rows 2r and 2r + 1 are inside the caller's matrix; the tile row inside `tile`.
+            // SAFETY: rows past `krows` and masked-off lanes are not read; the tile row is inside `tile`.
             unsafe {
                 let even = p.offset(2 * r as isize * rs);
-                let h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(even.offset(rs)), _mm512_loadu_ps(even));
+                let load = |row: usize, ptr: *const f32| {
+                    if row < krows {
+                        _mm512_maskz_loadu_ps(m, ptr)
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                let h = _mm512_cvtne2ps_pbh(load(2 * r + 1, even.offset(rs)), load(2 * r, even));
                 let w = _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(h));
                 _mm512_storeu_si512(tile.as_mut_ptr().add(r * 16).cast(), w);
             }
@@ -422,9 +442,12 @@ mod imp {
             for c in 0..kc {
                 let tile = &mut a[((i - first) * kc + c) * TILE..][..TILE];
                 let (row0, k0) = (i * 16, c * 32);
-                if row0 + 16 <= m && k0 + 32 <= k && cs == 1 {
-                    // SAFETY: 32 values of each of the rows row0.. row0 + 16 from k0 lie inside `lhs`.
-                    unsafe { tile_from_rows(p.offset(row0 as isize * rs + k0 as isize), rs, tile) };
+                if cs == 1 {
+                    let (rows, kn) = ((m - row0.min(m)).min(16), k.saturating_sub(k0).min(32));
+                    // SAFETY: `kn` values of each of the `rows` rows from (row0, k0) lie inside `lhs`.
+                    unsafe {
+                        tile_from_rows(p.offset(row0.min(m) as isize * rs + k0.min(k) as isize), rs, rows, kn, tile)
+                    };
                 } else if row0 + 16 <= m && k0 + 32 <= k && rs == 1 {
                     for q in 0..16 {
                         // SAFETY: rows row0.. row0 + 16 of columns k0 + 2q and k0 + 2q + 1 lie inside `lhs`.
@@ -473,9 +496,18 @@ mod imp {
             for c in 0..kc {
                 let tile = &mut b[(j * kc + c) * TILE..][..TILE];
                 let k0 = c * 32;
-                if col0 + 16 <= n && k0 + 32 <= k && cs == 1 {
-                    // SAFETY: 16 columns from col0 of each of the rows k0.. k0 + 32 lie inside `rhs`.
-                    unsafe { tile_from_row_pairs(p.offset(k0 as isize * rs + col0 as isize), rs, tile) };
+                if cs == 1 {
+                    let (krows, cols) = (k.saturating_sub(k0).min(32), (n - col0.min(n)).min(16));
+                    // SAFETY: `cols` columns from col0 of each of the `krows` rows from k0 lie inside `rhs`.
+                    unsafe {
+                        tile_from_row_pairs(
+                            p.offset(k0.min(k) as isize * rs + col0.min(n) as isize),
+                            rs,
+                            krows,
+                            cols,
+                            tile,
+                        )
+                    };
                 } else if col0 + 16 <= n && k0 + 32 <= k && rs == 1 {
                     for cc in 0..16 {
                         // SAFETY: 32 rows from k0 of column col0 + cc lie inside `rhs`.
