@@ -336,7 +336,8 @@ impl Backward<Flex, 2> for ConvOps {
     }
 }
 
-/// Per image: `dW += dy [O, P] x col^T [P, K]` and `dx = col2im(W^T [K, O] x dy [O, P])`.
+/// Per image: `dW += dy [O, P] x col^T [P, K]` and `dx = col2im(W^T [K, O] x dy [O, P])`, or
+/// for a stride-1 kernel `dx = W' x im2col(dy)` (see `flip_transpose`).
 /// The images are cut into at most [`WEIGHT_GROUPS`] fixed groups that run in parallel; each
 /// sums its images' `dW` in order and the group sums are added in order, so the result does
 /// not depend on the thread count or on scheduling (a resumed run must give the same weights).
@@ -352,6 +353,19 @@ fn backward_kernel(
     let b = x.layout().shape()[0];
     let (rows, p, plane) = (g.rows(), g.cols(), g.c * g.h * g.w);
     let per_group = b.div_ceil(WEIGHT_GROUPS).max(1);
+    // A stride-1 convolution's input gradient is itself a convolution: dy padded by k - 1 - pad,
+    // correlated with the weights flipped and transposed. Its im2col matrix has O*k*k rows where
+    // col2im's has C*k*k (DenseNet: 4x fewer), and nothing is scattered back.
+    let transposed = want_dx && g.stride == 1 && !g.pointwise();
+    let gt = Geometry { c: g.o, h: g.out_h(), w: g.out_w(), o: g.c, k: g.k, pad: g.k - 1 - g.pad, stride: 1 };
+    let flipped = if transposed { flip_transpose(weight, g) } else { Vec::new() };
+    let scratch = if g.pointwise() {
+        0
+    } else if transposed {
+        (rows * p).max(gt.rows() * gt.cols())
+    } else {
+        rows * p
+    };
     let mut dx = if want_dx { vec![0f32; b * plane] } else { Vec::new() };
     let mut dx_groups: Vec<Option<&mut [f32]>> = if want_dx {
         dx.chunks_mut(per_group * plane).map(Some).collect()
@@ -363,7 +377,7 @@ fn backward_kernel(
         .enumerate()
         .map(|(group, dx_group)| {
             let mut dw = vec![0f32; if want_dw { g.o * rows } else { 0 }];
-            with_scratch(if g.pointwise() { 0 } else { rows * p }, |col| {
+            with_scratch(scratch, |col| {
                 let images = group * per_group..((group + 1) * per_group).min(b);
                 for (i, n) in images.enumerate() {
                     let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
@@ -386,7 +400,21 @@ fn backward_kernel(
                             )
                         };
                     }
-                    if let Some(dx_group) = dx_group.as_deref_mut() {
+                    if let (Some(dx_group), true) = (dx_group.as_deref_mut(), transposed) {
+                        let dxn = &mut dx_group[i * plane..(i + 1) * plane];
+                        let col = &mut col[..gt.rows() * gt.cols()];
+                        im2col(dyn_, gt, col);
+                        // SAFETY: dx is [C, H*W] = flipped [C, O*k*k] x col [O*k*k, H*W], all row-major.
+                        unsafe {
+                            gemm(
+                                [g.c, gt.cols(), gt.rows()],
+                                (dxn.as_mut_ptr(), 1, gt.cols() as isize),
+                                (flipped.as_ptr(), 1, gt.rows() as isize),
+                                (col.as_ptr(), 1, gt.cols() as isize),
+                                false,
+                            )
+                        };
+                    } else if let Some(dx_group) = dx_group.as_deref_mut() {
                         let dxn = &mut dx_group[i * plane..(i + 1) * plane];
                         // A 1x1 convolution's dcol is dx itself.
                         let dcol: &mut [f32] = if g.pointwise() { &mut *dxn } else { &mut *col };
@@ -418,6 +446,22 @@ fn backward_kernel(
         dw
     });
     (want_dx.then_some(dx), dw)
+}
+
+/// `W'[c, (o, kh, kw)] = W[o, c, k - 1 - kh, k - 1 - kw]`: the weights of the convolution
+/// whose output is a stride-1 convolution's input gradient.
+fn flip_transpose(weight: &[f32], g: Geometry) -> Vec<f32> {
+    let kk = g.k * g.k;
+    let mut out = vec![0f32; g.c * g.o * kk];
+    for (ci, row) in out.chunks_exact_mut(g.o * kk).enumerate() {
+        for oi in 0..g.o {
+            let src = &weight[(oi * g.c + ci) * kk..][..kk];
+            for (t, d) in row[oi * kk..(oi + 1) * kk].iter_mut().enumerate() {
+                *d = src[kk - 1 - t];
+            }
+        }
+    }
+    out
 }
 
 /// Fixed number of image groups in the backward pass (see [`backward_kernel`]).
