@@ -114,6 +114,48 @@ fn im2col(x: &[f32], g: Geometry, col: &mut [f32]) {
     if g.stride != 1 {
         return im2col_strided(x, g, col);
     }
+    if g.out_h() == g.h && g.out_w() == g.w {
+        return im2col_same(x, g, col);
+    }
+    im2col_rows(x, g, col)
+}
+
+/// [`im2col`] of a stride-1 "same" convolution (output as large as the input): each
+/// `(ci, kh, kw)` row is the plane shifted by `(kh - pad) * W + kw - pad`, one contiguous copy,
+/// with the columns that wrapped around a row edge zeroed. On DenseNet's small maps (28 to 3
+/// pixels wide) this replaces a short copy per output row.
+fn im2col_same(x: &[f32], g: Geometry, col: &mut [f32]) {
+    let (h, w, p) = (g.h, g.w, g.h * g.w);
+    for ci in 0..g.c {
+        let plane = &x[ci * p..(ci + 1) * p];
+        for kh in 0..g.k {
+            for kw in 0..g.k {
+                let row = &mut col[((ci * g.k + kh) * g.k + kw) * p..][..p];
+                let (dy, dx) = (kh as isize - g.pad as isize, kw as isize - g.pad as isize);
+                // Output rows whose input row oh + dy lies inside the image.
+                let oh0 = (-dy).clamp(0, h as isize) as usize;
+                let oh1 = (h as isize - dy).clamp(oh0 as isize, h as isize) as usize;
+                let (d0, d1) = (oh0 * w, oh1 * w);
+                let shift = dy * w as isize + dx;
+                let lo = d0.max((-shift).max(0) as usize).min(d1);
+                let hi = ((p as isize - shift).max(0) as usize).clamp(lo, d1);
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                if lo < hi {
+                    row[lo..hi].copy_from_slice(&plane[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
+                }
+                let (left, right) = (((-dx).max(0) as usize).min(w), (dx.max(0) as usize).min(w));
+                for oh in oh0..oh1 {
+                    row[oh * w..oh * w + left].fill(0.0);
+                    row[(oh + 1) * w - right..(oh + 1) * w].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride 1, one copy per output row.
+fn im2col_rows(x: &[f32], g: Geometry, col: &mut [f32]) {
     let (ho, wo, p) = (g.out_h(), g.out_w(), g.cols());
     for ci in 0..g.c {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -472,6 +514,20 @@ mod tests {
     use super::*;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Device, Distribution, Tolerance};
+
+    /// The shifted-plane im2col of "same" convolutions equals the row-by-row one, down to maps
+    /// narrower than the kernel.
+    #[test]
+    fn same_im2col_matches_row_copies() {
+        for (k, pad, h, w) in [(3, 1, 7, 6), (3, 1, 1, 1), (3, 1, 2, 3), (5, 2, 4, 9), (5, 2, 1, 2), (1, 0, 3, 3)] {
+            let g = Geometry { k, pad, stride: 1, c: 2, h, w, o: 1 };
+            let x: Vec<f32> = (0..g.c * h * w).map(|i| i as f32 + 1.0).collect();
+            let (mut a, mut b) = (vec![f32::NAN; g.rows() * g.cols()], vec![f32::NAN; g.rows() * g.cols()]);
+            im2col_same(&x, g, &mut a);
+            im2col_rows(&x, g, &mut b);
+            assert_eq!(a, b, "k {k} pad {pad} {h}x{w}");
+        }
+    }
 
     /// Values and gradients equal Flex's `Conv2d` for 3x3 (padding 1), 3x3 without padding, 1x1,
     /// 5x5 and strided kernels (the 7x7 stride-2 stem among them), on a strided (permuted) input.
