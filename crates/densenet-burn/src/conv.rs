@@ -120,66 +120,67 @@ fn im2col(x: &[f32], g: Geometry, col: &mut [f32]) {
     im2col_rows(x, g, col)
 }
 
+/// `f(plane, kh, kw, row)` for every row of the im2col matrix: `row` is the row of
+/// `(ci, kh, kw)` and `plane` input channel `ci`.
+fn for_each_row(x: &[f32], g: Geometry, col: &mut [f32], mut f: impl FnMut(&[f32], usize, usize, &mut [f32])) {
+    let (plane, p) = (g.h * g.w, g.cols());
+    for ci in 0..g.c {
+        for kh in 0..g.k {
+            for kw in 0..g.k {
+                f(&x[ci * plane..(ci + 1) * plane], kh, kw, &mut col[((ci * g.k + kh) * g.k + kw) * p..][..p]);
+            }
+        }
+    }
+}
+
 /// [`im2col`] of a stride-1 "same" convolution (output as large as the input): each
 /// `(ci, kh, kw)` row is the plane shifted by `(kh - pad) * W + kw - pad`, one contiguous copy,
 /// with the columns that wrapped around a row edge zeroed. On DenseNet's small maps (28 to 3
 /// pixels wide) this replaces a short copy per output row.
 fn im2col_same(x: &[f32], g: Geometry, col: &mut [f32]) {
     let (h, w, p) = (g.h, g.w, g.h * g.w);
-    for ci in 0..g.c {
-        let plane = &x[ci * p..(ci + 1) * p];
-        for kh in 0..g.k {
-            for kw in 0..g.k {
-                let row = &mut col[((ci * g.k + kh) * g.k + kw) * p..][..p];
-                let (dy, dx) = (kh as isize - g.pad as isize, kw as isize - g.pad as isize);
-                // Output rows whose input row oh + dy lies inside the image.
-                let oh0 = (-dy).clamp(0, h as isize) as usize;
-                let oh1 = (h as isize - dy).clamp(oh0 as isize, h as isize) as usize;
-                let (d0, d1) = (oh0 * w, oh1 * w);
-                let shift = dy * w as isize + dx;
-                let lo = d0.max((-shift).max(0) as usize).min(d1);
-                let hi = ((p as isize - shift).max(0) as usize).clamp(lo, d1);
-                row[..lo].fill(0.0);
-                row[hi..].fill(0.0);
-                if lo < hi {
-                    row[lo..hi].copy_from_slice(&plane[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
-                }
-                let (left, right) = (((-dx).max(0) as usize).min(w), (dx.max(0) as usize).min(w));
-                for oh in oh0..oh1 {
-                    row[oh * w..oh * w + left].fill(0.0);
-                    row[(oh + 1) * w - right..(oh + 1) * w].fill(0.0);
-                }
-            }
+    for_each_row(x, g, col, |plane, kh, kw, row| {
+        let (dy, dx) = (kh as isize - g.pad as isize, kw as isize - g.pad as isize);
+        // Output rows whose input row oh + dy lies inside the image.
+        let oh0 = (-dy).clamp(0, h as isize) as usize;
+        let oh1 = (h as isize - dy).clamp(oh0 as isize, h as isize) as usize;
+        let (d0, d1) = (oh0 * w, oh1 * w);
+        let shift = dy * w as isize + dx;
+        let lo = d0.max((-shift).max(0) as usize).min(d1);
+        let hi = ((p as isize - shift).max(0) as usize).clamp(lo, d1);
+        row[..lo].fill(0.0);
+        row[hi..].fill(0.0);
+        if lo < hi {
+            row[lo..hi].copy_from_slice(&plane[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
         }
-    }
+        let (left, right) = (((-dx).max(0) as usize).min(w), (dx.max(0) as usize).min(w));
+        for oh in oh0..oh1 {
+            row[oh * w..oh * w + left].fill(0.0);
+            row[(oh + 1) * w - right..(oh + 1) * w].fill(0.0);
+        }
+    });
 }
 
 /// [`im2col`] for stride 1, one copy per output row.
 fn im2col_rows(x: &[f32], g: Geometry, col: &mut [f32]) {
-    let (ho, wo, p) = (g.out_h(), g.out_w(), g.cols());
-    for ci in 0..g.c {
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for kh in 0..g.k {
-            for kw in 0..g.k {
-                let row = &mut col[((ci * g.k + kh) * g.k + kw) * p..][..p];
-                // Output columns whose input column `ow + kw - pad` lies inside the image.
-                let lo = g.pad.saturating_sub(kw);
-                let hi = (g.w + g.pad).saturating_sub(kw).min(wo);
-                for oh in 0..ho {
-                    let dst = &mut row[oh * wo..(oh + 1) * wo];
-                    let ih = (oh + kh).wrapping_sub(g.pad);
-                    if ih >= g.h || lo >= hi {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    let start = ih * g.w + lo + kw - g.pad;
-                    dst[lo..hi].copy_from_slice(&plane[start..start + (hi - lo)]);
-                }
+    let (ho, wo) = (g.out_h(), g.out_w());
+    for_each_row(x, g, col, |plane, kh, kw, row| {
+        // Output columns whose input column `ow + kw - pad` lies inside the image.
+        let lo = g.pad.saturating_sub(kw);
+        let hi = (g.w + g.pad).saturating_sub(kw).min(wo);
+        for oh in 0..ho {
+            let dst = &mut row[oh * wo..(oh + 1) * wo];
+            let ih = (oh + kh).wrapping_sub(g.pad);
+            if ih >= g.h || lo >= hi {
+                dst.fill(0.0);
+                continue;
             }
+            dst[..lo].fill(0.0);
+            dst[hi..].fill(0.0);
+            let start = ih * g.w + lo + kw - g.pad;
+            dst[lo..hi].copy_from_slice(&plane[start..start + (hi - lo)]);
         }
-    }
+    });
 }
 
 /// The input pixel a strided output pixel reads through kernel offset `kk`, if inside.
@@ -189,25 +190,19 @@ fn tap(o: usize, kk: usize, g: &Geometry, len: usize) -> Option<usize> {
 
 /// [`im2col`] for stride > 1, one element at a time (the stem: 3 input channels).
 fn im2col_strided(x: &[f32], g: Geometry, col: &mut [f32]) {
-    let (ho, wo, p) = (g.out_h(), g.out_w(), g.cols());
-    for ci in 0..g.c {
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for kh in 0..g.k {
-            for kw in 0..g.k {
-                let row = &mut col[((ci * g.k + kh) * g.k + kw) * p..][..p];
-                for oh in 0..ho {
-                    let dst = &mut row[oh * wo..(oh + 1) * wo];
-                    let Some(ih) = tap(oh, kh, &g, g.h) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    for (ow, d) in dst.iter_mut().enumerate() {
-                        *d = tap(ow, kw, &g, g.w).map_or(0.0, |iw| plane[ih * g.w + iw]);
-                    }
-                }
+    let (ho, wo) = (g.out_h(), g.out_w());
+    for_each_row(x, g, col, |plane, kh, kw, row| {
+        for oh in 0..ho {
+            let dst = &mut row[oh * wo..(oh + 1) * wo];
+            let Some(ih) = tap(oh, kh, &g, g.h) else {
+                dst.fill(0.0);
+                continue;
+            };
+            for (ow, d) in dst.iter_mut().enumerate() {
+                *d = tap(ow, kw, &g, g.w).map_or(0.0, |iw| plane[ih * g.w + iw]);
             }
         }
-    }
+    });
 }
 
 /// The adjoint of [`im2col`]: `dx[ci, ih, iw] += dcol[(ci, kh, kw), ...]` over every use,
