@@ -234,6 +234,15 @@ mod tests {
     }
 
     #[test]
+    fn the_gemm_precision_is_a_setting_and_only_fp32_or_bf16() {
+        assert_eq!(defaults().train.precision, densenet_burn::bf16::Precision::Fp32);
+        let d = apply_overrides(defaults(), &[set("train.precision=bf16")]).unwrap();
+        assert_eq!(d.train.precision, densenet_burn::bf16::Precision::Bf16);
+        let err = apply_overrides(defaults(), &[set("train.precision=fp16")]).unwrap_err().to_string();
+        assert!(err.contains("--set train.precision=fp16"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_and_values_that_do_not_fit_are_refused() {
         let err = apply_overrides(defaults(), &[set("train.augment.hue_shift=0")]).unwrap_err().to_string();
         assert!(err.contains("--set train.augment.hue_shift=0") && err.contains("has no"), "{err}");
