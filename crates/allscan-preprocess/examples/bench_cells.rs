@@ -207,7 +207,7 @@ fn dice_report(dir: &Path, lab: &str, dump: Option<&Path>) {
         let reference = find_nuclei(img, &NucleusConfig::default());
         dref += dice(reference.mask.as_raw().iter().zip(truth.as_raw()).map(|(&a, &b)| (a == 255, b == 255)));
         if let Some(d) = dump.filter(|_| n < 300) {
-            save_overlay(d, &format!("{lab}-{n}"), img, &res, Some(&truth));
+            save_overlay(d, &format!("{lab}-{n}"), img, &res, Some(truth));
         }
     }
     if let Some(d) = dump {
