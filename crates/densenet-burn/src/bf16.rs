@@ -33,6 +33,24 @@ pub fn set_precision(precision: Precision) {
     PRECISION.store(precision as u8, Ordering::Relaxed);
 }
 
+/// [`set_precision`] until the guard drops, then the precision before it (on early returns too).
+#[must_use = "the precision reverts when the guard drops"]
+pub fn scoped(precision: Precision) -> PrecisionGuard {
+    let before = self::precision();
+    set_precision(precision);
+    PrecisionGuard(before)
+}
+
+/// Restores the precision it holds when dropped; see [`scoped`].
+#[derive(Debug)]
+pub struct PrecisionGuard(Precision);
+
+impl Drop for PrecisionGuard {
+    fn drop(&mut self) {
+        set_precision(self.0);
+    }
+}
+
 /// The precision asked for with [`set_precision`].
 pub fn precision() -> Precision {
     if PRECISION.load(Ordering::Relaxed) == Precision::Bf16 as u8 {
@@ -274,8 +292,9 @@ mod imp {
     ) {
         const S: usize = 64;
         unsafe {
-            let (c1, c2) = (c.add(16), c.byte_add(16 * stride));
-            let c3 = c2.add(16);
+            // Wrapping: with MI or NJ = 1 these point past the block and are never used.
+            let (c1, c2) = (c.wrapping_add(16), c.wrapping_byte_add(16 * stride));
+            let c3 = c2.wrapping_add(16);
             if load {
                 asm!("tileloadd tmm0, [{p} + {s}]", p = in(reg) c, s = in(reg) stride, options(nostack, readonly));
                 if NJ == 2 {

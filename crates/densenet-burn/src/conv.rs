@@ -437,22 +437,23 @@ fn backward_kernel(
                             )
                         };
                     }
-                    if let (Some(dx_group), true) = (dx_group.as_deref_mut(), transposed) {
+                    if let Some(dx_group) = dx_group.as_deref_mut() {
                         let dxn = &mut dx_group[i * plane..(i + 1) * plane];
-                        let col = &mut col[..gt.rows() * gt.cols()];
-                        im2col(dyn_, gt, col);
-                        // SAFETY: dx is [C, H*W] = flipped [C, O*k*k] x col [O*k*k, H*W], all row-major.
-                        unsafe {
-                            gemm(
-                                [g.c, gt.cols(), gt.rows()],
-                                (dxn.as_mut_ptr(), 1, gt.cols() as isize),
-                                (flipped.as_ptr(), 1, gt.rows() as isize),
-                                (col.as_ptr(), 1, gt.cols() as isize),
-                                false,
-                            )
-                        };
-                    } else if let Some(dx_group) = dx_group.as_deref_mut() {
-                        let dxn = &mut dx_group[i * plane..(i + 1) * plane];
+                        if transposed {
+                            let col = &mut col[..gt.rows() * gt.cols()];
+                            im2col(dyn_, gt, col);
+                            // SAFETY: dx is [C, H*W] = flipped [C, O*k*k] x col [O*k*k, H*W], all row-major.
+                            unsafe {
+                                gemm(
+                                    [g.c, gt.cols(), gt.rows()],
+                                    (dxn.as_mut_ptr(), 1, gt.cols() as isize),
+                                    (flipped.as_ptr(), 1, gt.rows() as isize),
+                                    (col.as_ptr(), 1, gt.cols() as isize),
+                                    false,
+                                )
+                            };
+                            continue;
+                        }
                         // A 1x1 convolution's dcol is dx itself.
                         let dcol: &mut [f32] = if g.pointwise() { &mut *dxn } else { &mut *col };
                         // SAFETY: dcol is [K, P]; W^T is weight [O, K] read with swapped strides; dy [O, P].

@@ -260,10 +260,7 @@ pub fn train(req: &TrainRequest) -> Result<TrainOutcome, TrainError> {
             "train.precision = bf16, but this CPU / OS has no AMX-BF16: fp32"
         });
     }
-    let before = densenet_burn::bf16::precision();
-    densenet_burn::bf16::set_precision(precision);
     let result = run(req, &plan, &mut state, &mut log);
-    densenet_burn::bf16::set_precision(before);
     let bundle = result?;
     let seconds = t0.elapsed().as_secs_f64();
     log.line(&format!("done in {seconds:.0} s: {}", out.display()));
@@ -342,6 +339,8 @@ fn run(
 ) -> Result<RunBundle, TrainError> {
     let cfg = &plan.config;
     let out = &req.out;
+    // `train.precision` holds for the training stages only.
+    let precision = densenet_burn::bf16::scoped(cfg.train.precision);
     let infer = crate::device::device(req.device)?;
     let ad = infer.clone().autodiff();
     let task = cfg.model.task;
@@ -462,7 +461,9 @@ fn run(
         }
         model = StageRun { stage: 2, cfg: s2, ctx: &ctx }.run(model2, optim, &inputs, &mut st, log)?;
     }
-    // The best epoch's weights, the threshold on validation, the held-out report.
+    drop(precision);
+    // The best epoch's weights, the threshold on validation, the held-out report, all scored in
+    // the fp32 that `eval` and `predict` use.
     let best_path = out.join(WEIGHTS_FILE);
     if !best_path.is_file() {
         crate::bundle::save_weights(&model, &best_path)?;
