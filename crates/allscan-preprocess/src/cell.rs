@@ -166,8 +166,9 @@ pub struct CellResult {
     pub mask: GrayImage,
     /// Per pixel: index + 1 of the cell in `cells` whose whole-cell region holds it, 0 elsewhere.
     pub labels: CellLabels,
-    /// Every white cell; cells[0] is the dominant one: the largest whole-cell area among cells
-    /// not touching the border (if every cell touches it, the largest). Then by area, descending.
+    /// Every white cell; cells[0] is the dominant one: the largest whole-cell area among
+    /// unflagged cells, else among cells not touching the border, else the largest. Then by
+    /// area, descending.
     pub cells: Vec<WhiteCell>,
     /// The scale the lengths were converted with.
     pub scale: ScaleEstimate,
@@ -307,7 +308,13 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
     // Dominant first, then by area; `order` keeps the old label of each cell.
     let mut order: Vec<usize> = (0..cells.len()).filter(|&i| cells[i].cell_area > 0).collect();
     order.sort_by(|&a, &b| cells[b].cell_area.cmp(&cells[a].cell_area).then(a.cmp(&b)));
-    if let Some(pos) = order.iter().position(|&i| !cells[i].has(CellFlag::TouchesBorder)) {
+    // A clump of touching cells is the largest blob of a crowded field (a third of Aria's),
+    // so the dominant cell is the largest unflagged one, else the largest not at the border.
+    let dominant = order
+        .iter()
+        .position(|&i| cells[i].flags.is_empty())
+        .or_else(|| order.iter().position(|&i| !cells[i].has(CellFlag::TouchesBorder)));
+    if let Some(pos) = dominant {
         let dominant = order.remove(pos);
         order.insert(0, dominant);
     }

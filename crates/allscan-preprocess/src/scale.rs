@@ -37,6 +37,11 @@ pub(crate) use crate::workfield::{measure_blobs, otsu, strong_purple, Blob, Labe
 /// Diameter of a normal red cell in micrometres: the ruler of [`red_cell_scale`].
 pub const RED_CELL_DIAMETER_UM: f32 = 7.5;
 
+/// Median ratio of the packed ruler (inscribed discs) to the isolated one (equivalent
+/// diameters) on the 959 fields of two labs (Aria 0.86, Barcelona 0.91) where both measure at
+/// least 5 red cells; the packed ruler's diameters are divided by it.
+pub const PACKED_TO_ISOLATED: f32 = 0.90;
+
 /// Where a scale came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -306,6 +311,11 @@ pub fn red_cell_scale_on(field: &WorkField, cfg: &ScaleConfig) -> Result<ScaleEs
             return Err(format!("{isolated} isolated red cells and {} packed ones, need {min}", diameters.len()));
         }
         what = "packed red cells";
+        // The inscribed disc of a packed cell is narrower than the cell; calibrated on the
+        // fields where both rulers stand (docs/EXPERIMENTS.md).
+        for d in &mut diameters {
+            *d /= PACKED_TO_ISOLATED;
+        }
     }
     let n = diameters.len();
     let med = median(&mut diameters);
@@ -322,6 +332,22 @@ pub fn red_cell_scale_on(field: &WorkField, cfg: &ScaleConfig) -> Result<ScaleEs
     }
     let um_per_px = RED_CELL_DIAMETER_UM / (med * field.factor as f32);
     Ok(ScaleEstimate { um_per_px, source: ScaleSource::RedCells, red_cells: n, spread, note: None })
+}
+
+/// Both rulers of a field, in field pixels, each population kept around its median: the
+/// isolated round red cells' equivalent diameters and the packed ones' inscribed discs, the
+/// latter uncorrected (what [`PACKED_TO_ISOLATED`] is measured from).
+pub fn red_cell_rulers_on(field: &WorkField) -> (Vec<f32>, Vec<f32>) {
+    if field.dark_background || field.image.width() < 8 || field.image.height() < 8 {
+        return (Vec::new(), Vec::new());
+    }
+    let (_, blobs, accepted) = red_cell_blobs(field, best_red_cell_threshold(field));
+    let mut iso: Vec<f32> = blobs.iter().zip(&accepted).filter(|(_, &a)| a).map(|(b, _)| b.eq_diameter()).collect();
+    keep_population(&mut iso);
+    let mut packed = red_cell_cores(field, field.threshold);
+    keep_population(&mut packed);
+    let f = field.factor as f32;
+    (iso.into_iter().map(|d| d * f).collect(), packed.into_iter().map(|d| d * f).collect())
 }
 
 /// Median equivalent diameter of the strongly purple blobs of 4 px or more (working pixels;

@@ -480,3 +480,65 @@ fn a_large_cell_alone_on_glass_keeps_its_outer_cytoplasm() {
     let refused = cell_area(&CellConfig { lone_cell_on_glass: false, ..CellConfig::default() });
     assert!(refused < 0.6 * drawn_cell, "without the rule: cell {refused} px");
 }
+
+#[test]
+fn a_clump_of_touching_cells_is_not_the_dominant_cell() {
+    // Four overlapping white cells (one nucleus blob, ~28 um across: a clump) and one single
+    // smaller cell: the single cell is the field's dominant cell, the clump is kept and flagged.
+    let wbcs = [
+        (30.0, 30.0, 12.0, 1),
+        (40.0, 30.0, 12.0, 1),
+        (30.0, 40.0, 12.0, 1),
+        (40.0, 40.0, 12.0, 1),
+        (75.0, 75.0, 9.0, 1),
+    ];
+    let (img, drawn, _) = smear(0.2, 100.0, &wbcs, 21);
+    let res = analyse(&img);
+    let clump =
+        res.cells.iter().find(|c| c.has(CellFlag::Clump)).unwrap_or_else(|| panic!("no clump: {:?}", res.cells));
+    assert!(clump.cell_area > res.cells[0].cell_area, "{:?}", res.cells);
+    assert!(res.cells[0].flags.is_empty() && overlaps(&res.cells[0], &drawn[4]), "{:?}", res.cells);
+}
+
+#[test]
+fn packed_red_cells_give_the_scale_within_ten_percent() {
+    // Red cells in touching chains of three, 6.8 um apart, merged into one blob each (no
+    // isolated round one, as in Aria's crowded fields), and one lymphocyte: the packed ruler
+    // (inscribed discs, calibrated by PACKED_TO_ISOLATED) measures them. Drawn with pale
+    // seams instead, the chains' cells pass as isolated and that ruler reads 0.97 of the
+    // true diameter while the uncorrected packed one reads 0.89-0.91 (the real-field ratio).
+    for um in [0.2f32, 0.37, 0.5] {
+        let px = |v: f32| v / um;
+        let side = px(100.0).round() as u32;
+        let r = px(7.5 / 2.0);
+        let mut centres = Vec::new();
+        for gy in 0..8 {
+            for gx in 0..4 {
+                let (x0, y0) =
+                    (px(6.0 + 24.0 * gx as f32 + if gy % 2 == 1 { 6.0 } else { 0.0 }), px(6.0 + 12.0 * gy as f32));
+                for k in 0..3 {
+                    centres.push((x0 + px(6.8) * k as f32, y0));
+                }
+            }
+        }
+        let mut img = RgbImage::from_fn(side, side, |x, y| {
+            let (fx, fy) = (x as f32, y as f32);
+            let mut d: Vec<f32> = centres.iter().map(|c| ((c.0 - fx).powi(2) + (c.1 - fy).powi(2)).sqrt()).collect();
+            d.sort_by(f32::total_cmp);
+            if d[0] > r {
+                Rgb(GLASS)
+            } else if d[0] < 0.35 * r {
+                Rgb(RBC_CENTRE)
+            } else {
+                Rgb(RBC)
+            }
+        });
+        draw_wbc(&mut img, Wbc { x: px(90.0), y: px(95.0), nucleus_r: px(4.0), cell_r: px(4.5), lobes: 1 });
+        let (isolated, packed) =
+            allscan_preprocess::scale::red_cell_rulers_on(&allscan_preprocess::scale::WorkField::new(&img));
+        assert!(isolated.len() < 5 && packed.len() >= 5, "{um}: {isolated:?} {packed:?}");
+        let est = red_cell_scale(&img, &ScaleConfig::default()).unwrap_or_else(|why| panic!("{um}: {why}"));
+        let err = (est.um_per_px - um).abs() / um;
+        assert!(err <= 0.10, "at {um} um/px estimated {} ({:.1}% off): {est:?}", est.um_per_px, err * 100.0);
+    }
+}
