@@ -43,8 +43,9 @@ mkdir -p "$SRC"
 for s in "${SOURCES[@]}"; do
   ln -sfn "$DATA/$s" "$SRC/$s"
 done
-echo "$manifest" > "$SRC/allscan-sources.json.tmp"
-mv "$SRC/allscan-sources.json.tmp" "$SRC/allscan-sources.json"
+# A temporary name of this process's own: two runs started together share the folder.
+echo "$manifest" > "$SRC/allscan-sources.json.tmp.$$"
+mv "$SRC/allscan-sources.json.tmp.$$" "$SRC/allscan-sources.json"
 echo "sources dataset: $SRC" >&2
 
 resume=()
