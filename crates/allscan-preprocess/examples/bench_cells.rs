@@ -53,8 +53,8 @@ fn main() -> ExitCode {
         dice_report(&data.join("wbc-seg").join(lab), lab, dump.as_deref());
     }
     println!("\n## Scale estimate and white cells per image\n");
-    println!("| set | images | median um/px | IQR um/px | red-cells / assumed / given | cells per image | 0 / 1 / >1 cells | ms per image |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| set | images | median um/px | IQR um/px | red-cells / assumed / given | cells per image | 0 / 1 / >1 cells | ms per image | pixel aspect (set's median; red cells) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut reasons_all = Vec::new();
     for (name, dir) in [
         ("aria", data.join("aria/Original")),
@@ -242,11 +242,18 @@ fn set_report(name: &str, files: &[PathBuf], dump: Option<&Path>) -> Option<BTre
     let t0 = Instant::now();
     // With --dump: each image's count of cells not flagged Small.
     let mut per_image = String::from("file,cells\n");
+    // Each image's own pixel-aspect evidence (median log, red cells), timed apart from the rest.
+    let mut aspect: Vec<(f32, u32)> = Vec::new();
+    let mut aspect_time = std::time::Duration::ZERO;
     for f in files {
         let Ok(img) = decode_file(f, &DecodeLimits::default()) else {
             skipped += 1;
             continue;
         };
+        let ta = Instant::now();
+        let a = allscan_preprocess::field_aspect(&img, &ScaleConfig::default());
+        aspect_time += ta.elapsed();
+        aspect.push((a.own_log, a.own_cells));
         let res = analyse(&img);
         scales.push(res.scale.um_per_px);
         sources[match res.scale.source {
@@ -275,12 +282,19 @@ fn set_report(name: &str, files: &[PathBuf], dump: Option<&Path>) -> Option<BTre
         println!("| {name} | 0 (missing or unreadable: {skipped}) | | | | | | |");
         return None;
     }
-    let ms = t0.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    let ms = (t0.elapsed() - aspect_time).as_secs_f64() * 1000.0 / n as f64;
+    let mut logs: Vec<f32> = aspect.iter().filter(|(_, c)| *c >= 3).map(|(l, _)| *l).collect();
+    logs.sort_by(f32::total_cmp);
+    let aspect_cells: u32 = aspect.iter().filter(|(_, c)| *c >= 3).map(|(_, c)| c).sum();
+    let aspect_text = match logs.get(logs.len() / 2) {
+        Some(m) => format!("{:.3} ({} images, {aspect_cells} red cells)", m.exp(), logs.len()),
+        None => "-".into(),
+    };
     scales.sort_by(f32::total_cmp);
     let q = |p: f64| scales[((scales.len() - 1) as f64 * p).round() as usize];
     let pct = |c: usize| 100.0 * c as f64 / n as f64;
     println!(
-        "| {name} | {n} | {:.3} | {:.3}-{:.3} | {} / {} / {} | {:.2} | {:.0}% / {:.0}% / {:.0}% | {ms:.1} |",
+        "| {name} | {n} | {:.3} | {:.3}-{:.3} | {} / {} / {} | {:.2} | {:.0}% / {:.0}% / {:.0}% | {ms:.1} | {aspect_text} |",
         q(0.5),
         q(0.25),
         q(0.75),

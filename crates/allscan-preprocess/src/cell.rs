@@ -172,6 +172,9 @@ pub struct CellResult {
     pub cells: Vec<WhiteCell>,
     /// The scale the lengths were converted with.
     pub scale: ScaleEstimate,
+    /// The cells lie on black (a crop on a dark background), not on glass: pixels whose
+    /// brightest channel is below this level are background (the finder's threshold).
+    pub black_level: Option<u8>,
 }
 
 impl CellResult {
@@ -181,7 +184,84 @@ impl CellResult {
             labels: CellLabels::new(w, h),
             cells: Vec::new(),
             scale: scale.clone(),
+            black_level: None,
         }
+    }
+
+    /// The same cells in a `w` x `h` frame of the same field (the caller's pixels after the
+    /// finder ran on the field stretched to square pixels): labels and mask by nearest
+    /// neighbour, boxes and areas counted again from them (so they stay the masks' own),
+    /// centroids scaled. The identity when the size is already `w` x `h`.
+    pub fn in_frame(self, w: u32, h: u32) -> CellResult {
+        let (sw, sh) = self.labels.dimensions();
+        if (sw, sh) == (w, h) || w == 0 || h == 0 {
+            return self;
+        }
+        let (fx, fy) = (sw as f32 / w as f32, sh as f32 / h as f32);
+        let src = |x: u32, y: u32| {
+            (
+                (((x as f32 + 0.5) * fx) as u32).min(sw.saturating_sub(1)),
+                (((y as f32 + 0.5) * fy) as u32).min(sh.saturating_sub(1)),
+            )
+        };
+        let labels = CellLabels::from_fn(w, h, |x, y| {
+            let (sx, sy) = src(x, y);
+            *self.labels.get_pixel(sx, sy)
+        });
+        let mask = GrayImage::from_fn(w, h, |x, y| {
+            let (sx, sy) = src(x, y);
+            *self.mask.get_pixel(sx, sy)
+        });
+        // Per cell: [x0, y0, x1, y1, area] of the whole cell and of its nucleus.
+        let n = self.cells.len();
+        let mut whole = vec![[u32::MAX, u32::MAX, 0, 0, 0]; n];
+        let mut nucleus = vec![[u32::MAX, u32::MAX, 0, 0, 0]; n];
+        for (x, y, l) in labels.enumerate_pixels() {
+            let Some(i) = (l[0] as usize).checked_sub(1).filter(|&i| i < n) else { continue };
+            let extend = |b: &mut [u32; 5]| {
+                b[0] = b[0].min(x);
+                b[1] = b[1].min(y);
+                b[2] = b[2].max(x);
+                b[3] = b[3].max(y);
+                b[4] += 1;
+            };
+            extend(&mut whole[i]);
+            if mask.get_pixel(x, y)[0] == 255 {
+                extend(&mut nucleus[i]);
+            }
+        }
+        let scaled = |b: BBox| {
+            let x0 = (b.x as f32 / fx).floor() as u32;
+            let y0 = (b.y as f32 / fy).floor() as u32;
+            let x1 = (((b.x + b.width) as f32 / fx).ceil() as u32).clamp(x0 + 1, w.max(x0 + 1));
+            let y1 = (((b.y + b.height) as f32 / fy).ceil() as u32).clamp(y0 + 1, h.max(y0 + 1));
+            BBox { x: x0, y: y0, width: x1 - x0, height: y1 - y0 }
+        };
+        let boxed = |b: [u32; 5], old: BBox| {
+            if b[4] == 0 {
+                (scaled(old), 0)
+            } else {
+                (BBox { x: b[0], y: b[1], width: b[2] - b[0] + 1, height: b[3] - b[1] + 1 }, b[4])
+            }
+        };
+        let cells = self
+            .cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (cell, cell_area) = boxed(whole[i], c.cell);
+                let (nuc, nucleus_area) = boxed(nucleus[i], c.nucleus);
+                WhiteCell {
+                    nucleus: nuc,
+                    cell,
+                    nucleus_area,
+                    cell_area,
+                    centroid: (c.centroid.0 / fx, c.centroid.1 / fy),
+                    flags: c.flags,
+                }
+            })
+            .collect();
+        CellResult { mask, labels, cells, scale: self.scale, black_level: self.black_level }
     }
 }
 
@@ -326,7 +406,8 @@ pub fn find_white_cells_on(img: &RgbImage, field: &WorkField, cfg: &CellConfig, 
         *l = relabel[*l as usize];
     }
     let sorted = order.iter().map(|&i| std::mem::replace(&mut cells[i], empty_cell())).collect();
-    CellResult { mask, labels, cells: sorted, scale: scale.clone() }
+    let black_level = field.dark_background.then_some(field.threshold);
+    CellResult { mask, labels, cells: sorted, scale: scale.clone(), black_level }
 }
 
 /// Step 1b: in every nucleus piece of `nuc` that [`granule_cut`] finds granular, clears the
@@ -611,6 +692,7 @@ pub(crate) fn assumed_scale(img: &RgbImage, field: &WorkField, cfg: &ScaleConfig
         red_cells: 0,
         spread: 0.0,
         note: Some(note),
+        aspect: Default::default(),
     };
     let diameter_px = if field.dark_background {
         let mut m = field.darkness.clone();

@@ -62,8 +62,21 @@ pub fn cut_cell(
         let inside = fx >= 0 && fy >= 0 && fx < w && fy < h;
         Luma([if inside && cells.labels.get_pixel(fx as u32, fy as u32)[0] == label { 255 } else { 0 }])
     });
-    let grow = (cfg.mask_margin_um / cells.scale.um_per_px).round().max(0.0) as u32;
-    let keep = dilate_square(&own, grow);
+    // The margin keeps the cell's blurred edge on glass. On black it, and any black pixel of
+    // the mask, would add a black ring (the darkest thing in the crop after standardisation):
+    // a mark of the lab, not the cell.
+    let margin = if cells.black_level.is_some() { 0.0 } else { cfg.mask_margin_um };
+    let grow = (margin / cells.scale.um_per_px).round().max(0.0) as u32;
+    let mut keep = dilate_square(&own, grow);
+    if let Some(black) = cells.black_level {
+        for (x, y, k) in keep.enumerate_pixels_mut() {
+            let (fx, fy) = (region.x + x as i64, region.y + y as i64);
+            let inside = fx >= 0 && fy >= 0 && fx < w && fy < h;
+            if !inside || field.get_pixel(fx as u32, fy as u32).0.iter().all(|&c| c < black) {
+                k[0] = 0;
+            }
+        }
+    }
     let pixel = |x: u32, y: u32| -> [u8; 3] {
         let (fx, fy) = (region.x + x as i64, region.y + y as i64);
         field.get_pixel(fx.clamp(0, w - 1) as u32, fy.clamp(0, h - 1) as u32).0
@@ -185,9 +198,15 @@ mod tests {
             centroid: (100.0, 100.0),
             flags: vec![],
         };
-        let scale =
-            ScaleEstimate { um_per_px: 0.25, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None };
-        (img, CellResult { mask: GrayImage::new(w, h), labels, cells: vec![cell], scale })
+        let scale = ScaleEstimate {
+            um_per_px: 0.25,
+            source: ScaleSource::Given,
+            red_cells: 0,
+            spread: 0.0,
+            note: None,
+            aspect: Default::default(),
+        };
+        (img, CellResult { mask: GrayImage::new(w, h), labels, cells: vec![cell], scale, black_level: None })
     }
 
     #[test]

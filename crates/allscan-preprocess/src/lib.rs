@@ -29,12 +29,15 @@ pub use hsv::{apply_mask, aria_hsv_mask, aria_hsv_segment, hs0_image, opencv_rgb
 pub use normalize::{to_chw_normalized, Normalization};
 pub use nucleus::{find_nuclei, nuclei_from_mask, BBox, Nucleus, NucleusResult};
 pub use scale::{
-    estimate_scale, red_cell_scale, ScaleConfig, ScaleEstimate, ScalePool, ScaleSource, RED_CELL_DIAMETER_UM,
+    estimate_scale, field_aspect, red_cell_scale, stretch_to_square, AspectSource, PixelAspect, ScaleConfig,
+    ScaleEstimate, ScalePool, ScaleSource, RED_CELL_DIAMETER_UM,
 };
 pub use sheet::contact_sheet;
 pub use stain::{macenko_normalize, reinhard_normalize, MacenkoTarget, StainNormalization, StainStats};
 
 use image::RgbImage;
+
+use workfield::WorkField;
 
 /// Why a field could not be turned into model input.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,9 @@ pub struct PreparedViews {
     pub cells: Vec<WhiteCell>,
     /// `cell` mode: the field's scale and where it came from.
     pub scale: Option<ScaleEstimate>,
+    /// Field pixels per view-frame pixel along x and y: `regions` are in the frame the views
+    /// were cut from, the field stretched to square pixels in `cell` mode (1, 1 otherwise).
+    pub frame: (f32, f32),
 }
 
 impl PreparedViews {
@@ -89,7 +95,19 @@ impl PreparedViews {
             nuclei,
             cells: Vec::new(),
             scale: None,
+            frame: (1.0, 1.0),
         }
+    }
+
+    /// View `i`'s region in field pixels, `(x, y, width, height)`; `None` for a whole-field view.
+    pub fn field_region(&self, i: usize) -> Option<(i64, i64, u32, u32)> {
+        let r = (*self.regions.get(i)?)?;
+        let (fx, fy) = self.frame;
+        let x = (r.x as f32 * fx).round() as i64;
+        let y = (r.y as f32 * fy).round() as i64;
+        let w = ((r.side as f32 * fx).round() as u32).max(1);
+        let h = ((r.side as f32 * fy).round() as u32).max(1);
+        Some((x, y, w, h))
     }
 }
 
@@ -106,16 +124,34 @@ pub fn prepare_cells_at(
     cfg: &PreprocessConfig,
     scale: Option<&ScaleEstimate>,
 ) -> (PreparedViews, CellResult) {
-    let scale = match scale {
-        Some(s) => s.clone(),
-        None => estimate_scale(img, &cfg.cell.scale),
+    let sc = &cfg.cell.scale;
+    // Square pixels first (scale::PixelAspect): a hint's aspect where it was measured. The
+    // reduced field is built once where the pixels are square (the common case).
+    let own_field = WorkField::new(img);
+    let aspect = match scale {
+        Some(s) if s.aspect.own_cells > 0 || s.aspect.source != scale::AspectSource::Square => s.aspect,
+        _ => scale::field_aspect_on(&own_field, sc),
     };
-    let found = find_white_cells(img, &cfg.cell.finder, &scale);
+    let work = scale::stretch_to_square(img, aspect.ratio);
+    let field = match &work {
+        std::borrow::Cow::Borrowed(_) => own_field,
+        std::borrow::Cow::Owned(stretched) => WorkField::new(stretched),
+    };
+    // A given or pooled scale stands; an own estimate is measured again (at this aspect).
+    let mut scale = match scale {
+        Some(s) if matches!(s.source, ScaleSource::Given | ScaleSource::Pooled) => s.clone(),
+        _ => scale::estimate_scale_on(&work, &field, sc),
+    };
+    scale.aspect = aspect;
+    let found = cell::find_white_cells_on(&work, &field, &cfg.cell.finder, &scale);
     let field = match &cfg.stain {
-        Some(s) => s.apply(img),
-        None => img.clone(),
+        Some(s) => s.apply(&work),
+        None => work.clone().into_owned(),
     };
     let crops = cell_crops(&field, &found, &cfg.cell, cfg.input_size);
+    let frame = (img.width() as f32 / work.width().max(1) as f32, img.height() as f32 / work.height().max(1) as f32);
+    // Back to the caller's pixels: every box, mask and region is the field's own.
+    let found = found.in_frame(img.width(), img.height());
     let views = PreparedViews {
         regions: crops.iter().map(|c| Some(c.region)).collect(),
         nucleus_of_view: crops.iter().map(|c| Some(c.cell_index)).collect(),
@@ -123,6 +159,7 @@ pub fn prepare_cells_at(
         nuclei: found.cells.iter().map(|c| c.nucleus).collect(),
         cells: found.cells.clone(),
         scale: Some(found.scale.clone()),
+        frame,
     };
     (views, found)
 }
@@ -176,6 +213,7 @@ pub fn prepare_views_at(
                     nuclei,
                     cells: Vec::new(),
                     scale: None,
+                    frame: (1.0, 1.0),
                 })
             } else if roi.fallback_to_field {
                 Ok(PreparedViews::whole(resize_field(&field, size), nuclei))

@@ -20,6 +20,17 @@
 //! 3. **Assumed**: no usable red cells (a single cell on black, a crop without red cells): the
 //!    largest white cell is taken to be `assumed_cell_diameter_um` wide.
 //!
+//! **Pixel aspect** ([`PixelAspect`]): red cells are round, so the moment ellipses of the
+//! isolated ones say whether a pixel is as wide as it is tall. A field resized to a square
+//! from a 5:4 or 4:3 camera frame (Aria's 224 x 224 fields: red cells and nuclei 0.8 times as
+//! wide as tall) would show every cell elongated, a shape no other lab's cells have. The
+//! field's own evidence is the median of `ln(sqrt(cyy / cxx))` over those cells; it stands
+//! with at least `min_aspect_cells` cells and a departure of at least `min_aspect_change`
+//! from square (a camera photo has hundreds of red cells, a 224 px field a handful: there the
+//! set's pooled evidence decides, [`ScalePool::regroup`]). The cell pipeline stretches the
+//! field to square pixels first (`crate::prepare_cells_at`), and `um_per_px` is then the
+//! pixel's height.
+//!
 //! Images scored together come from one instrument (a dataset source, a folder given to
 //! `predict`, a slide), so an image whose own estimate fell back to Assumed takes the set's
 //! **pooled** scale ([`ScalePool`]): the median of the set's red-cell estimates, or, with
@@ -41,6 +52,50 @@ pub const RED_CELL_DIAMETER_UM: f32 = 7.5;
 /// diameters) on the 959 fields of two labs (Aria 0.86, Barcelona 0.91) where both measure at
 /// least 5 red cells; the packed ruler's diameters are divided by it.
 pub const PACKED_TO_ISOLATED: f32 = 0.90;
+
+/// Where a pixel aspect came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AspectSource {
+    /// Taken as square: too few red cells to say, or no departure beyond the dead zone.
+    #[default]
+    Square,
+    /// A setting (`preprocess.cell.scale.pixel_aspect`).
+    Given,
+    /// The field's own red cells.
+    RedCells,
+    /// The median evidence of the images scored with it ([`ScalePool::regroup`]).
+    Pooled,
+}
+
+/// Width / height of one pixel in micrometres, and the evidence it stands on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PixelAspect {
+    /// The ratio applied: the field is stretched by it along x before cells are sought (1 =
+    /// square pixels).
+    pub ratio: f32,
+    /// Where `ratio` came from.
+    pub source: AspectSource,
+    /// The field's own evidence: median `ln(sqrt(cyy / cxx))` of its round red cells (the
+    /// ratio they imply, whether applied or not; what a set pools).
+    pub own_log: f32,
+    /// How many red cells that median stands on.
+    pub own_cells: u32,
+}
+
+impl Default for PixelAspect {
+    fn default() -> Self {
+        PixelAspect { ratio: 1.0, source: AspectSource::Square, own_log: 0.0, own_cells: 0 }
+    }
+}
+
+impl PixelAspect {
+    /// Whether the field needs stretching at all (beyond rounding noise).
+    pub fn is_square(&self) -> bool {
+        !(self.ratio.is_finite() && self.ratio > 0.0) || (self.ratio - 1.0).abs() < 1e-3
+    }
+}
 
 /// Where a scale came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,12 +126,28 @@ pub struct ScaleEstimate {
     pub spread: f32,
     /// Why red cells were not used, when source != RedCells (e.g. "3 isolated red cells, need 5").
     pub note: Option<String>,
+    /// The pixel aspect the field was measured at (`um_per_px` is the pixel's height).
+    #[serde(default)]
+    pub aspect: PixelAspect,
 }
 
 impl ScaleEstimate {
     /// A given scale (a per-dataset setting or `--um-per-px`).
     pub fn given(um_per_px: f32) -> Self {
-        ScaleEstimate { um_per_px, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None }
+        ScaleEstimate {
+            um_per_px,
+            source: ScaleSource::Given,
+            red_cells: 0,
+            spread: 0.0,
+            note: None,
+            aspect: PixelAspect::default(),
+        }
+    }
+
+    /// The scale of a square pixel of the same area (what a pool compares across aspects).
+    fn area_equivalent(&self) -> f32 {
+        let r = if self.aspect.is_square() { 1.0 } else { self.aspect.ratio };
+        self.um_per_px * r.sqrt()
     }
 }
 
@@ -84,7 +155,8 @@ impl ScaleEstimate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ScaleConfig {
-    /// Given scale: wins over everything (a per-dataset or --um-per-px setting).
+    /// Given scale: wins over everything (a per-dataset or --um-per-px setting); with
+    /// non-square pixels, the pixel's height.
     pub um_per_px: Option<f32>,
     /// Fewest isolated red cells for a red-cell estimate.
     pub min_red_cells: usize,
@@ -102,6 +174,13 @@ pub struct ScaleConfig {
     /// Fewest assumed estimates in a set for their median to be the pooled scale (fewer: each
     /// image keeps its own).
     pub pool_min_assumed_images: usize,
+    /// Given pixel aspect (width / height): wins over the red cells' evidence.
+    pub pixel_aspect: Option<f32>,
+    /// Fewest round red cells (one field's, or a pooled set's) for an aspect other than square.
+    pub min_aspect_cells: usize,
+    /// Departures from square below this (relative) are taken as square: the dead zone that
+    /// keeps square-pixel cameras untouched by measurement noise.
+    pub min_aspect_change: f32,
 }
 
 impl Default for ScaleConfig {
@@ -114,6 +193,9 @@ impl Default for ScaleConfig {
             pool: true,
             pool_min_red_cell_images: 3,
             pool_min_assumed_images: 10,
+            pixel_aspect: None,
+            min_aspect_cells: 30,
+            min_aspect_change: 0.06,
         }
     }
 }
@@ -124,6 +206,8 @@ impl Default for ScaleConfig {
 pub struct ScalePool {
     red_cells: Vec<f32>,
     assumed: Vec<f32>,
+    /// Each image's own aspect evidence: (median log, cells).
+    aspect: Vec<(f32, u32)>,
 }
 
 impl ScalePool {
@@ -132,16 +216,38 @@ impl ScalePool {
         Self::default()
     }
 
-    /// Adds one image's own estimate (Given and Pooled estimates are not evidence).
+    /// Adds one image's own estimate (Given and Pooled estimates are not evidence). Scales are
+    /// kept as square-pixel equivalents, so that estimates made at different aspects pool.
     pub fn add(&mut self, est: &ScaleEstimate) {
+        if est.aspect.own_cells > 0 && est.aspect.own_log.is_finite() {
+            self.aspect.push((est.aspect.own_log, est.aspect.own_cells));
+        }
         if !(est.um_per_px.is_finite() && est.um_per_px > 0.0) {
             return;
         }
         match est.source {
-            ScaleSource::RedCells => self.red_cells.push(est.um_per_px),
-            ScaleSource::Assumed => self.assumed.push(est.um_per_px),
+            ScaleSource::RedCells => self.red_cells.push(est.area_equivalent()),
+            ScaleSource::Assumed => self.assumed.push(est.area_equivalent()),
             ScaleSource::Given | ScaleSource::Pooled => {}
         }
+    }
+
+    /// The set's pixel aspect from its images' own evidence: the median of their median logs
+    /// (images with 3 red cells or more), `min_aspect_cells` cells in all, outside the dead
+    /// zone, else square. `None` when the aspect is given or the set has too few red cells.
+    pub fn pooled_aspect(&self, cfg: &ScaleConfig) -> Option<PixelAspect> {
+        if cfg.pixel_aspect.is_some() {
+            return None;
+        }
+        let mut logs: Vec<f32> = self.aspect.iter().filter(|(_, n)| *n >= 3).map(|(l, _)| *l).collect();
+        let cells: u32 = self.aspect.iter().filter(|(_, n)| *n >= 3).map(|(_, n)| n).sum();
+        if logs.is_empty() || (cells as usize) < cfg.min_aspect_cells.max(1) {
+            return None;
+        }
+        let m = median(&mut logs);
+        let ratio = if m.abs() >= cfg.min_aspect_change.ln_1p() { m.exp().clamp(0.5, 2.0) } else { 1.0 };
+        let source = if ratio == 1.0 { AspectSource::Square } else { AspectSource::Pooled };
+        Some(PixelAspect { ratio, source, own_log: m, own_cells: cells })
     }
 
     /// The set's scale, `None` when pooling is off or the set is too small to say.
@@ -159,18 +265,25 @@ impl ScalePool {
         let mut v = values.clone();
         let m = median(&mut v);
         let spread = if m > 0.0 { (quantile(&v, 0.75) - quantile(&v, 0.25)) / m } else { 0.0 };
+        // The pixel height at the set's aspect, of the same area as the pooled square pixel.
+        let aspect = self.pooled_aspect(cfg).unwrap_or_default();
+        let r = if aspect.is_square() { 1.0 } else { aspect.ratio };
         Some(ScaleEstimate {
-            um_per_px: m,
+            um_per_px: m / r.sqrt(),
             source: ScaleSource::Pooled,
             red_cells: v.len(),
             spread,
             note: Some(format!("median of the set's {} {what} estimates", v.len())),
+            aspect,
         })
     }
 
-    /// The images of a set to cut again at their group's pooled scale: `(index, resolved
-    /// scale)` of each whose own estimate is Assumed and whose group (`key`: e.g. source and
-    /// image size) gives a pooled scale. `None` entries (no scale, e.g. unreadable) are skipped.
+    /// The images of a set to cut again: `(index, resolved scale)` of each whose own estimate
+    /// is Assumed while its group (`key`: e.g. source and image size) gives a pooled scale, or
+    /// whose pixel aspect differs from the group's pooled one by more than 2%. An estimate
+    /// resolved for its aspect only keeps its own source (RedCells / Assumed): the scale is
+    /// measured again at the new aspect (`crate::prepare_cells_at`). `None` entries (no
+    /// scale, e.g. unreadable) are skipped.
     pub fn regroup<K: Ord + Clone>(
         items: &[Option<(K, &ScaleEstimate)>],
         cfg: &ScaleConfig,
@@ -179,15 +292,20 @@ impl ScalePool {
         for (k, s) in items.iter().flatten() {
             pools.entry(k.clone()).or_default().add(s);
         }
-        let pooled: std::collections::BTreeMap<K, ScaleEstimate> =
-            pools.into_iter().filter_map(|(k, pool)| pool.pooled(cfg).map(|p| (k, p))).collect();
+        let pooled: std::collections::BTreeMap<K, (Option<ScaleEstimate>, Option<PixelAspect>)> =
+            pools.into_iter().map(|(k, pool)| (k, (pool.pooled(cfg), pool.pooled_aspect(cfg)))).collect();
         items
             .iter()
             .enumerate()
             .filter_map(|(i, item)| {
                 let (k, own) = item.as_ref()?;
-                let p = pooled.get(k).filter(|_| own.source == ScaleSource::Assumed)?;
-                Some((i, Self::resolve(own, Some(p))))
+                let (scale, aspect) = pooled.get(k)?;
+                if let Some(p) = scale.as_ref().filter(|_| own.source == ScaleSource::Assumed) {
+                    return Some((i, Self::resolve(own, Some(p))));
+                }
+                let a = aspect.filter(|a| (a.ratio / own.aspect.ratio).ln().abs() > 0.02)?;
+                let aspect = PixelAspect { own_log: own.aspect.own_log, own_cells: own.aspect.own_cells, ..a };
+                Some((i, ScaleEstimate { aspect, ..(*own).clone() }))
             })
             .collect()
     }
@@ -199,7 +317,10 @@ impl ScalePool {
             (ScaleSource::Assumed, Some(p)) => {
                 let why = own.note.as_deref().unwrap_or("no red cells");
                 let note = format!("{}; own red cells: {why}", p.note.as_deref().unwrap_or("pooled"));
-                ScaleEstimate { note: Some(note), ..p.clone() }
+                // The pooled aspect where the set has one, else the field's own; its evidence stays its own.
+                let ratio = if p.aspect.own_cells > 0 { p.aspect } else { own.aspect };
+                let aspect = PixelAspect { own_log: own.aspect.own_log, own_cells: own.aspect.own_cells, ..ratio };
+                ScaleEstimate { note: Some(note), aspect, ..p.clone() }
             }
             _ => own.clone(),
         }
@@ -331,7 +452,103 @@ pub fn red_cell_scale_on(field: &WorkField, cfg: &ScaleConfig) -> Result<ScaleEs
         return Err(format!("{what} of {med:.0} px are too small beside a {nucleus:.0} px nucleus"));
     }
     let um_per_px = RED_CELL_DIAMETER_UM / (med * field.factor as f32);
-    Ok(ScaleEstimate { um_per_px, source: ScaleSource::RedCells, red_cells: n, spread, note: None })
+    Ok(ScaleEstimate {
+        um_per_px,
+        source: ScaleSource::RedCells,
+        red_cells: n,
+        spread,
+        note: None,
+        aspect: PixelAspect::default(),
+    })
+}
+
+/// The field's own pixel-aspect evidence (see the module docs): the median `ln(sqrt(cyy /
+/// cxx))` over its round red cells and how many there are. Unlike the scale's filters, none
+/// here looks at the blob's elongation (that is what is measured); box fill, size, border and
+/// purple reject touching pairs, platelets, cut cells and white cells.
+pub fn red_cell_aspect_on(field: &WorkField) -> (f32, u32) {
+    let (w, h) = field.image.dimensions();
+    if field.dark_background || w < 8 || h < 8 {
+        return (0.0, 0);
+    }
+    let (_, blobs, _) = red_cell_blobs(field, best_red_cell_threshold(field));
+    let mut logs: Vec<f32> = blobs
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| {
+            let extent = b.area as f32 / (b.width() as f32 * b.height() as f32);
+            *i > 0
+                && b.area >= 30
+                && !b.touches_border(w, h)
+                && (0.70..=0.88).contains(&extent)
+                && b.axis_ratio() <= 1.6
+                && (b.marked as f32) < 0.02 * b.area as f32
+                && (b.area as u64) * 8 < w as u64 * h as u64
+        })
+        .filter_map(|(_, b)| {
+            let n = b.area.max(1) as f64;
+            let (mx, my) = (b.sx / n, b.sy / n);
+            let (cxx, cyy) = (b.sxx / n - mx * mx, b.syy / n - my * my);
+            (cxx > 0.0 && cyy > 0.0).then(|| (0.5 * (cyy / cxx).ln()) as f32)
+        })
+        .collect();
+    keep_central(&mut logs);
+    let n = logs.len() as u32;
+    (median(&mut logs), n)
+}
+
+/// Drops evidence far from the median (|x - median| > 0.4, a ratio beyond 1.5x): pairs and
+/// smears that passed the fill test.
+fn keep_central(logs: &mut Vec<f32>) {
+    let mut v = logs.clone();
+    let m = median(&mut v);
+    logs.retain(|l| (l - m).abs() <= 0.4);
+}
+
+/// The pixel aspect a single field stands on by itself: given, or its own red cells with
+/// enough of them outside the dead zone, else square (a set pools, [`ScalePool::regroup`]).
+pub fn field_aspect(img: &RgbImage, cfg: &ScaleConfig) -> PixelAspect {
+    field_aspect_on(&WorkField::new(img), cfg)
+}
+
+/// [`field_aspect`] on an already reduced field.
+pub fn field_aspect_on(field: &WorkField, cfg: &ScaleConfig) -> PixelAspect {
+    let (own_log, own_cells) = red_cell_aspect_on(field);
+    if let Some(r) = cfg.pixel_aspect.filter(|r| r.is_finite() && *r > 0.0) {
+        return PixelAspect { ratio: r, source: AspectSource::Given, own_log, own_cells };
+    }
+    if own_cells as usize >= cfg.min_aspect_cells.max(1) && own_log.abs() >= cfg.min_aspect_change.ln_1p() {
+        return PixelAspect {
+            ratio: own_log.exp().clamp(0.5, 2.0),
+            source: AspectSource::RedCells,
+            own_log,
+            own_cells,
+        };
+    }
+    PixelAspect { ratio: 1.0, source: AspectSource::Square, own_log, own_cells }
+}
+
+/// The field stretched to square pixels: along x by `ratio` (> 1: pixels wider than tall), or
+/// along y by its inverse. The identity when square.
+pub fn stretch_to_square(img: &RgbImage, ratio: f32) -> std::borrow::Cow<'_, RgbImage> {
+    let (w, h) = img.dimensions();
+    let Some((nw, nh)) = stretched_size(w, h, ratio) else {
+        return std::borrow::Cow::Borrowed(img);
+    };
+    std::borrow::Cow::Owned(crate::crop::resize_triangle(img, nw, nh))
+}
+
+/// The size of a `w` x `h` field at square pixels (`None`: already square).
+pub fn stretched_size(w: u32, h: u32, ratio: f32) -> Option<(u32, u32)> {
+    if !(ratio.is_finite() && ratio > 0.0) || (ratio - 1.0).abs() < 1e-3 || w == 0 || h == 0 {
+        return None;
+    }
+    let (nw, nh) = if ratio > 1.0 {
+        (((w as f32 * ratio).round() as u32).max(1), h)
+    } else {
+        (w, ((h as f32 / ratio).round() as u32).max(1))
+    };
+    ((nw, nh) != (w, h)).then_some((nw, nh))
 }
 
 /// Both rulers of a field, in field pixels, each population kept around its median: the
@@ -459,9 +676,16 @@ pub fn estimate_scale(img: &RgbImage, cfg: &ScaleConfig) -> ScaleEstimate {
     if let Some(s) = cfg.um_per_px.filter(|s| s.is_finite() && *s > 0.0) {
         return ScaleEstimate::given(s);
     }
-    let field = WorkField::new(img);
-    match red_cell_scale_on(&field, cfg) {
+    estimate_scale_on(img, &WorkField::new(img), cfg)
+}
+
+/// [`estimate_scale`] on an already reduced field (`field` must come from `img`).
+pub fn estimate_scale_on(img: &RgbImage, field: &WorkField, cfg: &ScaleConfig) -> ScaleEstimate {
+    if let Some(s) = cfg.um_per_px.filter(|s| s.is_finite() && *s > 0.0) {
+        return ScaleEstimate::given(s);
+    }
+    match red_cell_scale_on(field, cfg) {
         Ok(est) => est,
-        Err(why) => crate::cell::assumed_scale(img, &field, cfg, why),
+        Err(why) => crate::cell::assumed_scale(img, field, cfg, why),
     }
 }

@@ -232,7 +232,14 @@ fn a_given_scale_wins() {
     let est = estimate_scale(&img, &cfg);
     assert_eq!(
         est,
-        ScaleEstimate { um_per_px: 0.5, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None }
+        ScaleEstimate {
+            um_per_px: 0.5,
+            source: ScaleSource::Given,
+            red_cells: 0,
+            spread: 0.0,
+            note: None,
+            aspect: Default::default()
+        }
     );
 }
 
@@ -293,7 +300,14 @@ fn tiny_and_empty_images_give_no_cell_and_a_fallback_scale() {
     }
     // A nonsense scale is no reason to panic either.
     let img = RgbImage::from_pixel(50, 50, Rgb(GLASS));
-    let bad = ScaleEstimate { um_per_px: f32::NAN, source: ScaleSource::Given, red_cells: 0, spread: 0.0, note: None };
+    let bad = ScaleEstimate {
+        um_per_px: f32::NAN,
+        source: ScaleSource::Given,
+        red_cells: 0,
+        spread: 0.0,
+        note: None,
+        aspect: Default::default(),
+    };
     assert!(find_white_cells(&img, &CellConfig::default(), &bad).cells.is_empty());
 }
 
@@ -348,7 +362,14 @@ fn crops_on_black_from_one_microscope_keep_their_sizes_at_the_pooled_scale() {
 #[test]
 fn a_pool_needs_enough_images_and_prefers_red_cells() {
     let cfg = ScaleConfig::default();
-    let est = |u: f32, source| ScaleEstimate { um_per_px: u, source, red_cells: 0, spread: 0.0, note: None };
+    let est = |u: f32, source| ScaleEstimate {
+        um_per_px: u,
+        source,
+        red_cells: 0,
+        spread: 0.0,
+        note: None,
+        aspect: Default::default(),
+    };
     let mut pool = ScalePool::new();
     for _ in 0..cfg.pool_min_assumed_images - 1 {
         pool.add(&est(0.1, ScaleSource::Assumed));
@@ -376,7 +397,14 @@ fn a_pool_needs_enough_images_and_prefers_red_cells() {
 #[test]
 fn regroup_pools_each_key_apart_and_only_resolves_assumed_estimates() {
     let cfg = ScaleConfig { pool_min_assumed_images: 2, ..Default::default() };
-    let est = |u: f32, source| ScaleEstimate { um_per_px: u, source, red_cells: 0, spread: 0.0, note: None };
+    let est = |u: f32, source| ScaleEstimate {
+        um_per_px: u,
+        source,
+        red_cells: 0,
+        spread: 0.0,
+        note: None,
+        aspect: Default::default(),
+    };
     let (a1, a2, b1, b2) = (
         est(0.1, ScaleSource::Assumed),
         est(0.3, ScaleSource::Assumed),
@@ -541,4 +569,110 @@ fn packed_red_cells_give_the_scale_within_ten_percent() {
         let err = (est.um_per_px - um).abs() / um;
         assert!(err <= 0.10, "at {um} um/px estimated {} ({:.1}% off): {est:?}", est.um_per_px, err * 100.0);
     }
+}
+
+/// `img` resampled to `ratio` times its width: pixels `1 / ratio` times as wide as before
+/// (0.8: a field squashed from a wider camera frame, as Aria's).
+fn squash(img: &RgbImage, ratio: f32) -> RgbImage {
+    let w = (img.width() as f32 * ratio).round() as u32;
+    image::imageops::resize(img, w, img.height(), image::imageops::FilterType::Triangle)
+}
+
+/// Width / height of the non-fill pixels of a crop.
+fn crop_extent(img: &RgbImage, fill: u8) -> f32 {
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+    for (x, y, p) in img.enumerate_pixels() {
+        if p.0[0].abs_diff(fill) > 8 {
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        }
+    }
+    (x1 + 1 - x0) as f32 / (y1 + 1 - y0) as f32
+}
+
+#[test]
+fn a_squashed_field_is_measured_and_stretched_back_to_square_pixels() {
+    use allscan_preprocess::{field_aspect, prepare_cells, AspectSource, PreprocessConfig, SegmentMode};
+    let (square, wbcs, _) = smear(0.2, 100.0, &[(50.0, 50.0, 9.0, 1)], 11);
+    let own = field_aspect(&square, &ScaleConfig::default());
+    assert_eq!((own.ratio, own.source), (1.0, AspectSource::Square), "{own:?}");
+    assert!(own.own_cells >= 30 && own.own_log.abs() < 0.03, "{own:?}");
+
+    // Pixels 1.25 times as wide as tall: 0.25 um across, 0.2 um down.
+    let squashed = squash(&square, 0.8);
+    let a = field_aspect(&squashed, &ScaleConfig::default());
+    assert_eq!(a.source, AspectSource::RedCells, "{a:?}");
+    assert!((a.ratio - 1.25).abs() / 1.25 <= 0.05, "{a:?}");
+
+    let cfg = PreprocessConfig { mode: SegmentMode::Cell, input_size: 64, ..Default::default() };
+    let (views, found) = prepare_cells(&squashed, &cfg);
+    let scale = views.scale.clone().unwrap();
+    assert!((scale.um_per_px - 0.2).abs() / 0.2 <= 0.10, "the pixel's height: {scale:?}");
+    assert_eq!(found.labels.dimensions(), squashed.dimensions(), "masks in the caller's pixels");
+    let i =
+        found.cells.iter().position(|c| overlaps(c, &Wbc { x: wbcs[0].x * 0.8, ..wbcs[0] })).expect("the white cell");
+    let b = found.cells[i].cell;
+    assert!((b.width as f32 / b.height as f32 - 0.8).abs() < 0.08, "box in the squashed field: {b:?}");
+    let (_, _, rw, rh) = views.field_region(i).unwrap();
+    assert!((rw as f32 / rh as f32 - 0.8).abs() < 0.05, "region {rw}x{rh}");
+    // The model sees a round cell again; taken as square it would be squashed.
+    let round = crop_extent(&views.images[i], cfg.cell.fill);
+    assert!((round - 1.0).abs() < 0.08, "crop extent {round}");
+    let as_square = PreprocessConfig {
+        cell: allscan_preprocess::CellViewConfig {
+            scale: ScaleConfig { pixel_aspect: Some(1.0), ..Default::default() },
+            ..cfg.cell.clone()
+        },
+        ..cfg.clone()
+    };
+    let (flat, _) = prepare_cells(&squashed, &as_square);
+    assert!(crop_extent(&flat.images[i], cfg.cell.fill) < 0.88, "without the correction the cell is squashed");
+}
+
+#[test]
+fn small_squashed_fields_of_one_camera_pool_their_aspect_and_square_ones_stay() {
+    use allscan_preprocess::{prepare_cells, prepare_cells_at, AspectSource, PreprocessConfig, SegmentMode};
+    let cfg = PreprocessConfig { mode: SegmentMode::Cell, input_size: 64, ..Default::default() };
+    for (ratio, expect) in [(0.8f32, Some(1.25f32)), (1.0, None)] {
+        let fields: Vec<RgbImage> =
+            (0..6).map(|s| squash(&smear(0.3, 45.0, &[(22.0, 22.0, 9.0, 1)], 20 + s).0, ratio)).collect();
+        let scales: Vec<ScaleEstimate> = fields.iter().map(|f| prepare_cells(f, &cfg).0.scale.unwrap()).collect();
+        // Too few red cells each to stand alone.
+        assert!(
+            scales.iter().all(|s| s.aspect.source == AspectSource::Square && s.aspect.own_cells < 30),
+            "{scales:?}"
+        );
+        let items: Vec<Option<((u32, u32), &ScaleEstimate)>> =
+            fields.iter().zip(&scales).map(|(f, s)| Some((f.dimensions(), s))).collect();
+        let again = ScalePool::regroup(&items, &cfg.cell.scale);
+        match expect {
+            Some(r) => {
+                assert_eq!(again.len(), fields.len(), "every field is cut again");
+                for (i, s) in &again {
+                    assert_eq!(s.aspect.source, AspectSource::Pooled);
+                    assert!((s.aspect.ratio - r).abs() / r <= 0.06, "{s:?}");
+                    assert_eq!(s.aspect.own_cells, scales[*i].aspect.own_cells, "its own evidence kept");
+                    let redone = prepare_cells_at(&fields[*i], &cfg, Some(s)).0.scale.unwrap();
+                    assert!((redone.um_per_px - 0.3).abs() / 0.3 <= 0.10, "{redone:?}");
+                    assert_eq!(redone.aspect.ratio, s.aspect.ratio);
+                }
+            }
+            None => assert!(again.is_empty(), "{again:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_cell_on_black_is_cut_without_a_black_ring() {
+    use allscan_preprocess::{prepare_cells, PreprocessConfig, SegmentMode};
+    // A flat grey cell on black: standardised, every pixel of it is the centre grey; a margin
+    // reaching onto the black would standardise to the darkest ring of the crop.
+    let mut img = RgbImage::new(300, 300);
+    disc(&mut img, 150.0, 150.0, 90.0, [150, 140, 160]);
+    let cfg = PreprocessConfig { mode: SegmentMode::Cell, input_size: 64, ..Default::default() };
+    let (views, found) = prepare_cells(&img, &cfg);
+    assert!(found.black_level.is_some() && views.images.len() == 1, "{:?}", found.cells);
+    let darkest = views.images[0].pixels().map(|p| p.0[0]).min().unwrap();
+    assert!(darkest > 100, "darkest crop pixel {darkest}: the black background came in");
+    // On glass the margin stays: the cell's blurred edge is kept.
+    assert!(cfg.cell.mask_margin_um > 0.0);
 }

@@ -2,7 +2,7 @@
 //! `predictions.csv`, so both give the same columns and values for the same images.
 //!
 //! Columns: `path,prediction,p_leukemia`, then `subtype,p_<class>...` for subtype models,
-//! `um_per_px,scale_source` for cell models, and with `cells` one `field` row followed by one
+//! `um_per_px,scale_source,pixel_aspect` for cell models, and with `cells` one `field` row followed by one
 //! `cell` row per view: `n_cells,level,cell,x,y,width,height` (+ the whole-cell box and flags).
 //! Written through the `csv` crate: a field holding a comma, a quote or a line break (a path
 //! such as `a,"b".png`) is quoted, every other field is written as is.
@@ -37,7 +37,7 @@ impl CsvLayout {
             header.extend(classes.iter().map(|c| format!("p_{c}")));
         }
         if self.scale {
-            header.extend(["um_per_px", "scale_source"].map(String::from));
+            header.extend(["um_per_px", "scale_source", "pixel_aspect"].map(String::from));
         }
         if self.cells {
             header.extend(["n_cells", "level", "cell", "x", "y", "width", "height"].map(String::from));
@@ -124,11 +124,12 @@ fn probability_columns(probabilities: &[ClassProbability], classes: usize) -> Ve
     (0..classes).map(|i| probabilities.get(i).map(|c| format!("{:.6}", c.p)).unwrap_or_default()).collect()
 }
 
-/// `um_per_px,scale_source` of a field (empty without a scale).
+/// `um_per_px,scale_source,pixel_aspect` of a field (empty without a scale); `um_per_px` is
+/// the pixel's height, its width `pixel_aspect` times that.
 pub fn scale_columns(f: &FieldPrediction) -> Vec<String> {
     match &f.scale {
-        Some(s) => vec![format!("{:.4}", s.um_per_px), scale_source_name(s.source)],
-        None => vec![String::new(), String::new()],
+        Some(s) => vec![format!("{:.4}", s.um_per_px), scale_source_name(s.source), format!("{:.3}", s.aspect.ratio)],
+        None => vec![String::new(), String::new(), String::new()],
     }
 }
 
@@ -209,8 +210,8 @@ mod tests {
         empty.prediction = crate::infer::NO_WHITE_CELL.into();
         assert_eq!(
             csv_text(&subtype, &[("c.png", &empty)]),
-            "path,prediction,p_leukemia,subtype,p_ALL,p_hem,um_per_px,scale_source\n\
-             c.png,no white cell found,0.000000,,,,,\n"
+            "path,prediction,p_leukemia,subtype,p_ALL,p_hem,um_per_px,scale_source,pixel_aspect\n\
+             c.png,no white cell found,0.000000,,,,,,\n"
         );
     }
 

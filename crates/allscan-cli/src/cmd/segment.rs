@@ -209,7 +209,11 @@ fn segment_cells(
         let (views, found) = allscan_preprocess::prepare_cells(&img, cfg);
         let s = &found.scale;
         let source = serde_json::to_value(s.source)?.as_str().unwrap_or_default().to_string();
-        let note = s.note.clone().unwrap_or_default();
+        let mut note = s.note.clone().unwrap_or_default();
+        if !s.aspect.is_square() {
+            let sep = if note.is_empty() { "" } else { "; " };
+            note = format!("{note}{sep}pixels {:.3} times as wide as tall: measured at square pixels", s.aspect.ratio);
+        }
         let um_per_px = format!("{:.4}", s.um_per_px);
         let png_rel = png_name(&rel);
         save_gray(&found.mask, &args.out.join("masks").join(&png_rel))?;

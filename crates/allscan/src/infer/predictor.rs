@@ -195,10 +195,9 @@ impl Predictor {
             (v, Vec::new())
         };
         let whole = Region { x: 0, y: 0, width, height };
-        let regions = v
-            .regions
-            .iter()
-            .map(|r| r.map(|c| Region { x: c.x, y: c.y, width: c.side, height: c.side }).unwrap_or(whole))
+        // In field pixels (a cell view's square may be a rectangle there: non-square pixels).
+        let regions = (0..v.regions.len())
+            .map(|i| v.field_region(i).map(|(x, y, width, height)| Region { x, y, width, height }).unwrap_or(whole))
             .collect();
         Ok(FieldViews {
             images: v.images,
