@@ -528,8 +528,8 @@ pub fn field_aspect_on(field: &WorkField, cfg: &ScaleConfig) -> PixelAspect {
     PixelAspect { ratio: 1.0, source: AspectSource::Square, own_log, own_cells }
 }
 
-/// The field stretched to square pixels: along x by `ratio` (> 1: pixels wider than tall), or
-/// along y by its inverse. The identity when square.
+/// The field resampled to square pixels (`ratio` > 1: pixels wider than tall), to the size of
+/// [`stretched_size`]. The identity when square.
 pub fn stretch_to_square(img: &RgbImage, ratio: f32) -> std::borrow::Cow<'_, RgbImage> {
     let (w, h) = img.dimensions();
     let Some((nw, nh)) = stretched_size(w, h, ratio) else {
@@ -538,15 +538,20 @@ pub fn stretch_to_square(img: &RgbImage, ratio: f32) -> std::borrow::Cow<'_, Rgb
     std::borrow::Cow::Owned(crate::crop::resize_triangle(img, nw, nh))
 }
 
-/// The size of a `w` x `h` field at square pixels (`None`: already square).
+/// The size of a `w` x `h` field at square pixels (`None`: already square): the shorter
+/// pixel side is stretched, except on fields over 4 MP, where the longer one is shrunk
+/// (detail finer than the model's input is not used, memory is).
 pub fn stretched_size(w: u32, h: u32, ratio: f32) -> Option<(u32, u32)> {
     if !(ratio.is_finite() && ratio > 0.0) || (ratio - 1.0).abs() < 1e-3 || w == 0 || h == 0 {
         return None;
     }
-    let (nw, nh) = if ratio > 1.0 {
-        (((w as f32 * ratio).round() as u32).max(1), h)
-    } else {
-        (w, ((h as f32 / ratio).round() as u32).max(1))
+    let scaled = |n: u32, f: f32| ((n as f32 * f).round() as u32).max(1);
+    let large = w as u64 * h as u64 > 4_000_000;
+    let (nw, nh) = match (ratio > 1.0, large) {
+        (true, false) => (scaled(w, ratio), h),
+        (true, true) => (w, scaled(h, 1.0 / ratio)),
+        (false, false) => (w, scaled(h, 1.0 / ratio)),
+        (false, true) => (scaled(w, ratio), h),
     };
     ((nw, nh) != (w, h)).then_some((nw, nh))
 }

@@ -676,3 +676,18 @@ fn a_cell_on_black_is_cut_without_a_black_ring() {
     // On glass the margin stays: the cell's blurred edge is kept.
     assert!(cfg.cell.mask_margin_um > 0.0);
 }
+
+#[test]
+fn square_pixels_stretch_small_fields_and_shrink_large_ones() {
+    use allscan_preprocess::scale::stretched_size;
+    // Pixels 1.25 times as wide as tall: a small field gains columns, a camera photo loses rows.
+    assert_eq!(stretched_size(224, 224, 1.25), Some((280, 224)));
+    assert_eq!(stretched_size(2592, 1944, 1.25), Some((2592, 1555)));
+    // Taller than wide: the other axis.
+    assert_eq!(stretched_size(100, 100, 0.8), Some((100, 125)));
+    assert_eq!(stretched_size(2592, 1944, 0.8), Some((2074, 1944)));
+    for ratio in [1.0, 1.0005, 0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert_eq!(stretched_size(224, 224, ratio), None, "{ratio}");
+    }
+    assert_eq!(stretched_size(0, 224, 1.25), None);
+}
