@@ -359,17 +359,14 @@ fn crops_on_black_from_one_microscope_keep_their_sizes_at_the_pooled_scale() {
     assert!((pooled.um_per_px / truth - 11.0 / 9.0).abs() < 0.1, "{pooled:?}");
 }
 
+/// An estimate of `u` um/px from `source`, nothing else measured.
+fn est(u: f32, source: ScaleSource) -> ScaleEstimate {
+    ScaleEstimate { source, ..ScaleEstimate::given(u) }
+}
+
 #[test]
 fn a_pool_needs_enough_images_and_prefers_red_cells() {
     let cfg = ScaleConfig::default();
-    let est = |u: f32, source| ScaleEstimate {
-        um_per_px: u,
-        source,
-        red_cells: 0,
-        spread: 0.0,
-        note: None,
-        aspect: Default::default(),
-    };
     let mut pool = ScalePool::new();
     for _ in 0..cfg.pool_min_assumed_images - 1 {
         pool.add(&est(0.1, ScaleSource::Assumed));
@@ -397,14 +394,6 @@ fn a_pool_needs_enough_images_and_prefers_red_cells() {
 #[test]
 fn regroup_pools_each_key_apart_and_only_resolves_assumed_estimates() {
     let cfg = ScaleConfig { pool_min_assumed_images: 2, ..Default::default() };
-    let est = |u: f32, source| ScaleEstimate {
-        um_per_px: u,
-        source,
-        red_cells: 0,
-        spread: 0.0,
-        note: None,
-        aspect: Default::default(),
-    };
     let (a1, a2, b1, b2) = (
         est(0.1, ScaleSource::Assumed),
         est(0.3, ScaleSource::Assumed),
