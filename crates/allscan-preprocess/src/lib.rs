@@ -137,11 +137,17 @@ pub fn prepare_cells_at(
         std::borrow::Cow::Borrowed(_) => own_field,
         std::borrow::Cow::Owned(stretched) => WorkField::new(stretched),
     };
+    // Scales are the file's pixel height; the square frame's rows may be fewer (a large field
+    // is shrunk along its longer pixel side), each `rows` file rows high.
+    let rows = img.height() as f32 / work.height().max(1) as f32;
     // A given or pooled scale stands; an own estimate is measured again (at this aspect).
     let mut scale = match scale {
         Some(s) if matches!(s.source, ScaleSource::Given | ScaleSource::Pooled) => s.clone(),
         _ => scale::estimate_scale_on(&work, &field, sc),
     };
+    if scale.source != ScaleSource::RedCells && scale.source != ScaleSource::Assumed {
+        scale.um_per_px *= rows;
+    }
     scale.aspect = aspect;
     let found = cell::find_white_cells_on(&work, &field, &cfg.cell.finder, &scale);
     let field = match &cfg.stain {
@@ -151,7 +157,8 @@ pub fn prepare_cells_at(
     let crops = cell_crops(&field, &found, &cfg.cell, cfg.input_size);
     let frame = (img.width() as f32 / work.width().max(1) as f32, img.height() as f32 / work.height().max(1) as f32);
     // Back to the caller's pixels: every box, mask and region is the field's own.
-    let found = found.in_frame(img.width(), img.height());
+    let mut found = found.in_frame(img.width(), img.height());
+    found.scale.um_per_px /= rows;
     let views = PreparedViews {
         regions: crops.iter().map(|c| Some(c.region)).collect(),
         nucleus_of_view: crops.iter().map(|c| Some(c.cell_index)).collect(),

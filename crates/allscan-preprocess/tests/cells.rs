@@ -615,6 +615,35 @@ fn a_squashed_field_is_measured_and_stretched_back_to_square_pixels() {
     };
     let (flat, _) = prepare_cells(&squashed, &as_square);
     assert!(crop_extent(&flat.images[i], cfg.cell.fill) < 0.88, "without the correction the cell is squashed");
+
+    // A camera-sized field is shrunk along its rows instead; scales stay the file's pixel
+    // height (given ones mean the same) and the cell's box is the file's.
+    let (big, wbcs, _) = smear(0.1, 230.0, &[(115.0, 115.0, 9.0, 1)], 12);
+    let big = squash(&big, 0.8);
+    assert!(big.width() as u64 * big.height() as u64 > 4_000_000);
+    let given = PreprocessConfig {
+        cell: allscan_preprocess::CellViewConfig {
+            scale: ScaleConfig { um_per_px: Some(0.1), pixel_aspect: Some(1.25), ..Default::default() },
+            ..cfg.cell.clone()
+        },
+        ..cfg.clone()
+    };
+    let (views, found) = prepare_cells(&big, &given);
+    assert_eq!(views.scale.unwrap().um_per_px, 0.1);
+    assert_eq!(found.labels.dimensions(), big.dimensions());
+    let i =
+        found.cells.iter().position(|c| overlaps(c, &Wbc { x: wbcs[0].x * 0.8, ..wbcs[0] })).expect("the white cell");
+    let b = found.cells[i].cell;
+    assert!((b.width as f32 / b.height as f32 - 0.8).abs() < 0.08, "{b:?}");
+    assert!((crop_extent(&views.images[i], cfg.cell.fill) - 1.0).abs() < 0.08);
+    // At the right scale the 13 um cell (with its 0.3 um margins) spans ~13.6 / 24 of the 24 um
+    // window; told 0.1 um for the shrunk frame's 0.125 um rows it would span 0.8 of that.
+    let im = &views.images[i];
+    let cols = (0..im.width())
+        .filter(|&x| (0..im.height()).any(|y| im.get_pixel(x, y).0[0].abs_diff(cfg.cell.fill) > 8))
+        .count();
+    let span = cols as f32 / im.width() as f32;
+    assert!((0.54..=0.65).contains(&span), "cell spans {span} of the window");
 }
 
 #[test]
