@@ -128,14 +128,19 @@ pub fn prepare_cells_at(
     // Square pixels first (scale::PixelAspect): a hint's aspect where it was measured. The
     // reduced field is built once where the pixels are square (the common case).
     let own_field = WorkField::new(img);
-    let aspect = match scale {
-        Some(s) if s.aspect.own_cells > 0 || s.aspect.source != scale::AspectSource::Square => s.aspect,
-        _ => scale::field_aspect_on(&own_field, sc),
+    let hinted = scale.filter(|s| s.aspect.own_cells > 0 || s.aspect.source != scale::AspectSource::Square);
+    // One measurement of the red cells gives the aspect and, where it is square, the scale.
+    let (own, aspect) = match hinted {
+        Some(s) => (None, s.aspect),
+        None => {
+            let (est, aspect) = scale::scale_and_aspect_on(img, &own_field, sc);
+            (Some(est), aspect)
+        }
     };
     let work = scale::stretch_to_square(img, aspect.ratio);
-    let field = match &work {
-        std::borrow::Cow::Borrowed(_) => own_field,
-        std::borrow::Cow::Owned(stretched) => WorkField::new(stretched),
+    let (field, own) = match &work {
+        std::borrow::Cow::Borrowed(_) => (own_field, own),
+        std::borrow::Cow::Owned(stretched) => (WorkField::new(stretched), None),
     };
     // Scales are the file's pixel height; the square frame's rows may be fewer (a large field
     // is shrunk along its longer pixel side), each `rows` file rows high.
@@ -143,7 +148,7 @@ pub fn prepare_cells_at(
     // A given or pooled scale stands; an own estimate is measured again (at this aspect).
     let mut scale = match scale {
         Some(s) if matches!(s.source, ScaleSource::Given | ScaleSource::Pooled) => s.clone(),
-        _ => scale::estimate_scale_on(&work, &field, sc),
+        _ => own.unwrap_or_else(|| scale::estimate_scale_on(&work, &field, sc)),
     };
     if scale.source != ScaleSource::RedCells && scale.source != ScaleSource::Assumed {
         scale.um_per_px *= rows;

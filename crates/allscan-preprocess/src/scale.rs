@@ -343,19 +343,38 @@ fn red_cell_blobs(field: &WorkField, threshold: u8) -> (Labels, Vec<Blob>, Vec<b
         .enumerate()
         .map(|(i, b)| {
             let (bw, bh) = (b.width() as f32, b.height() as f32);
-            let extent = b.area as f32 / (bw * bh);
-            // 30 px: below that a disc's digitised area is too coarse to be a ruler.
-            i > 0
-                && b.area >= 30
-                && !b.touches_border(w, h)
-                && bw.max(bh) / bw.min(bh) <= 1.25
-                && (0.70..=0.88).contains(&extent)
-                && b.axis_ratio() <= 1.2
-                && (b.marked as f32) < 0.02 * b.area as f32
-                && (b.area as u64) * 8 < w as u64 * h as u64
+            red_cell_candidate(i, b, w, h) && bw.max(bh) / bw.min(bh) <= 1.25 && b.axis_ratio() <= 1.2
         })
         .collect();
     (labels, blobs, accepted)
+}
+
+/// A blob that may be one whole red cell, whatever its elongation: not the background, 30 px
+/// or more (below that a disc's digitised area is too coarse to be a ruler), not cut by the
+/// border, a disc's box fill (0.70..0.88: not a touching pair or a triangle), no nuclear
+/// purple, not an eighth of the field.
+fn red_cell_candidate(i: usize, b: &Blob, w: u32, h: u32) -> bool {
+    let extent = b.area as f32 / (b.width() as f32 * b.height() as f32);
+    i > 0
+        && b.area >= 30
+        && !b.touches_border(w, h)
+        && (0.70..=0.88).contains(&extent)
+        && (b.marked as f32) < 0.02 * b.area as f32
+        && (b.area as u64) * 8 < w as u64 * h as u64
+}
+
+/// The field's blobs at the threshold that isolates the most round red cells, and which of
+/// them are isolated round ones; the reason where a field cannot hold red cells.
+fn best_red_cell_blobs(field: &WorkField) -> Result<(Vec<Blob>, Vec<bool>), String> {
+    let (w, h) = field.image.dimensions();
+    if w < 8 || h < 8 {
+        return Err(format!("{w}x{h} working field is too small to hold red cells"));
+    }
+    if field.dark_background {
+        return Err("dark background (a crop on black): no red cells".into());
+    }
+    let (_, blobs, accepted) = red_cell_blobs(field, best_red_cell_threshold(field));
+    Ok((blobs, accepted))
 }
 
 /// The darkness threshold that isolates the most round red cells. Packed red cells touch
@@ -411,17 +430,20 @@ pub fn red_cell_scale(img: &RgbImage, cfg: &ScaleConfig) -> Result<ScaleEstimate
 
 /// [`red_cell_scale`] on an already reduced field.
 pub fn red_cell_scale_on(field: &WorkField, cfg: &ScaleConfig) -> Result<ScaleEstimate, String> {
-    let (w, h) = field.image.dimensions();
-    if w < 8 || h < 8 {
-        return Err(format!("{w}x{h} working field is too small to hold red cells"));
-    }
-    if field.dark_background {
-        return Err("dark background (a crop on black): no red cells".into());
-    }
+    let (blobs, accepted) = best_red_cell_blobs(field)?;
+    red_cell_scale_from(field, &blobs, &accepted, cfg)
+}
+
+/// [`red_cell_scale_on`] from the field's blobs at its best threshold.
+fn red_cell_scale_from(
+    field: &WorkField,
+    blobs: &[Blob],
+    accepted: &[bool],
+    cfg: &ScaleConfig,
+) -> Result<ScaleEstimate, String> {
     let min = cfg.min_red_cells.max(1);
-    let (_, blobs, accepted) = red_cell_blobs(field, best_red_cell_threshold(field));
     let mut diameters: Vec<f32> =
-        blobs.iter().zip(&accepted).filter(|(_, &a)| a).map(|(b, _)| b.eq_diameter()).collect();
+        blobs.iter().zip(accepted).filter(|(_, &a)| a).map(|(b, _)| b.eq_diameter()).collect();
     let mut what = "isolated red cells";
     if keep_population(&mut diameters) < min {
         // Packed fields (Aria, CellaVision) have few isolated red cells: fall back to the
@@ -463,32 +485,21 @@ pub fn red_cell_scale_on(field: &WorkField, cfg: &ScaleConfig) -> Result<ScaleEs
 }
 
 /// The field's own pixel-aspect evidence (see the module docs): the median `ln(sqrt(cyy /
-/// cxx))` over its round red cells and how many there are. Unlike the scale's filters, none
-/// here looks at the blob's elongation (that is what is measured); box fill, size, border and
-/// purple reject touching pairs, platelets, cut cells and white cells.
+/// cxx))` over its round red cells and how many there are ((0, 0) where it has none).
 pub fn red_cell_aspect_on(field: &WorkField) -> (f32, u32) {
+    best_red_cell_blobs(field).map_or((0.0, 0), |(blobs, _)| aspect_evidence(field, &blobs))
+}
+
+/// [`red_cell_aspect_on`] from the field's blobs. Unlike the scale's filters, none here looks
+/// at the blob's elongation (that is what is measured).
+fn aspect_evidence(field: &WorkField, blobs: &[Blob]) -> (f32, u32) {
     let (w, h) = field.image.dimensions();
-    if field.dark_background || w < 8 || h < 8 {
-        return (0.0, 0);
-    }
-    let (_, blobs, _) = red_cell_blobs(field, best_red_cell_threshold(field));
     let mut logs: Vec<f32> = blobs
         .iter()
         .enumerate()
-        .filter(|(i, b)| {
-            let extent = b.area as f32 / (b.width() as f32 * b.height() as f32);
-            *i > 0
-                && b.area >= 30
-                && !b.touches_border(w, h)
-                && (0.70..=0.88).contains(&extent)
-                && b.axis_ratio() <= 1.6
-                && (b.marked as f32) < 0.02 * b.area as f32
-                && (b.area as u64) * 8 < w as u64 * h as u64
-        })
+        .filter(|(i, b)| red_cell_candidate(*i, b, w, h) && b.axis_ratio() <= 1.6)
         .filter_map(|(_, b)| {
-            let n = b.area.max(1) as f64;
-            let (mx, my) = (b.sx / n, b.sy / n);
-            let (cxx, cyy) = (b.sxx / n - mx * mx, b.syy / n - my * my);
+            let (cxx, cyy, _) = b.moments();
             (cxx > 0.0 && cyy > 0.0).then(|| (0.5 * (cyy / cxx).ln()) as f32)
         })
         .collect();
@@ -514,18 +525,36 @@ pub fn field_aspect(img: &RgbImage, cfg: &ScaleConfig) -> PixelAspect {
 /// [`field_aspect`] on an already reduced field.
 pub fn field_aspect_on(field: &WorkField, cfg: &ScaleConfig) -> PixelAspect {
     let (own_log, own_cells) = red_cell_aspect_on(field);
+    decide_aspect(own_log, own_cells, cfg)
+}
+
+/// The one-field rule of [`field_aspect`] on its evidence.
+fn decide_aspect(own_log: f32, own_cells: u32, cfg: &ScaleConfig) -> PixelAspect {
     if let Some(r) = cfg.pixel_aspect.filter(|r| r.is_finite() && *r > 0.0) {
         return PixelAspect { ratio: r, source: AspectSource::Given, own_log, own_cells };
     }
     if own_cells as usize >= cfg.min_aspect_cells.max(1) && own_log.abs() >= cfg.min_aspect_change.ln_1p() {
-        return PixelAspect {
-            ratio: own_log.exp().clamp(0.5, 2.0),
-            source: AspectSource::RedCells,
-            own_log,
-            own_cells,
-        };
+        let ratio = own_log.exp().clamp(0.5, 2.0);
+        return PixelAspect { ratio, source: AspectSource::RedCells, own_log, own_cells };
     }
     PixelAspect { ratio: 1.0, source: AspectSource::Square, own_log, own_cells }
+}
+
+/// [`estimate_scale_on`] and [`field_aspect_on`] from one measurement of the field's red cells
+/// (the scale as if the pixels were square: where the aspect is not, measure again after
+/// [`stretch_to_square`]).
+pub fn scale_and_aspect_on(img: &RgbImage, field: &WorkField, cfg: &ScaleConfig) -> (ScaleEstimate, PixelAspect) {
+    let measured = best_red_cell_blobs(field);
+    let (own_log, own_cells) = measured.as_ref().map_or((0.0, 0), |(blobs, _)| aspect_evidence(field, blobs));
+    let aspect = decide_aspect(own_log, own_cells, cfg);
+    let scale = match cfg.um_per_px.filter(|s| s.is_finite() && *s > 0.0) {
+        Some(s) => ScaleEstimate::given(s),
+        None => match measured.and_then(|(blobs, accepted)| red_cell_scale_from(field, &blobs, &accepted, cfg)) {
+            Ok(est) => est,
+            Err(why) => crate::cell::assumed_scale(img, field, cfg, why),
+        },
+    };
+    (scale, aspect)
 }
 
 /// The field resampled to square pixels (`ratio` > 1: pixels wider than tall), to the size of

@@ -174,13 +174,15 @@ impl Blob {
     pub fn eq_diameter(&self) -> f32 {
         (4.0 * self.area as f32 / std::f32::consts::PI).sqrt()
     }
-    /// Ratio of the moment ellipse's axes (1 for a disc).
-    pub fn axis_ratio(&self) -> f32 {
+    /// Central second moments `(cxx, cyy, cxy)` per pixel.
+    pub fn moments(&self) -> (f64, f64, f64) {
         let n = self.area.max(1) as f64;
         let (mx, my) = (self.sx / n, self.sy / n);
-        let cxx = self.sxx / n - mx * mx;
-        let cyy = self.syy / n - my * my;
-        let cxy = self.sxy / n - mx * my;
+        (self.sxx / n - mx * mx, self.syy / n - my * my, self.sxy / n - mx * my)
+    }
+    /// Ratio of the moment ellipse's axes (1 for a disc).
+    pub fn axis_ratio(&self) -> f32 {
+        let (cxx, cyy, cxy) = self.moments();
         let t = ((cxx - cyy).powi(2) + 4.0 * cxy * cxy).sqrt();
         let (l1, l2) = ((cxx + cyy + t) / 2.0, ((cxx + cyy - t) / 2.0).max(1e-9));
         (l1 / l2).sqrt() as f32
