@@ -40,6 +40,15 @@ pub struct SegmentArgs {
     /// Preprocessing settings as JSON (e.g. a model bundle's); --mode overrides its mode.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// `--mode cell`: micrometres per pixel of every image (e.g. the microscope's
+    /// calibration), instead of estimating it from the red cells.
+    #[arg(long)]
+    pub um_per_px: Option<f32>,
+    /// `--mode cell`: each image at its own scale estimate. By default the files of one call
+    /// of one size are taken to come from one microscope, as in `predict`: an image without
+    /// measurable red cells takes the median scale of the others (scale_source `pooled`).
+    #[arg(long)]
+    pub per_image_scale: bool,
 }
 
 /// `--mode` values.
@@ -67,6 +76,13 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
         ModeArg::Nucleus => SegmentMode::Nucleus,
         ModeArg::Cell => SegmentMode::Cell,
     };
+    if let Some(um) = args.um_per_px {
+        anyhow::ensure!(um.is_finite() && um > 0.0, "--um-per-px {um}: must be a positive number");
+        cfg.cell.scale.um_per_px = Some(um);
+    }
+    if args.per_image_scale {
+        cfg.cell.scale.pool = false;
+    }
     let single_file = args.path.is_file();
     let (root, files, skipped) = if single_file {
         let root = args.path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -80,7 +96,7 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!files.is_empty(), "{}: no image files found", args.path.display());
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let config_path = args.out.join("config.json");
-    std::fs::write(&config_path, serde_json::to_string_pretty(&cfg)?)
+    allscan::fsutil::write_atomic(&config_path, serde_json::to_string_pretty(&cfg)?.as_bytes())
         .with_context(|| format!("writing {}", config_path.display()))?;
 
     let bar = allscan::progress::bar(files.len() as u64, "fields", files.len() > 1);
@@ -147,7 +163,7 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     csv.save(&args.out.join("nuclei.csv"))?;
     if args.sheet && !sheet_rows.is_empty() {
         let sheet_path = args.out.join("sheet.png");
-        stack_rows(&sheet_rows).save(&sheet_path).with_context(|| format!("writing {}", sheet_path.display()))?;
+        save_rgb(&stack_rows(&sheet_rows), &sheet_path)?;
     }
     println!(
         "{} fields segmented ({} mode): {nuclei_total} nuclei; {without} with no nucleus found; {failed} unreadable (skipped); output in {}",
@@ -160,7 +176,34 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     Ok(if ok == 0 || failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// Columns of `cells.csv`.
+const CELL_COLUMNS: [&str; 18] = [
+    "path",
+    "status",
+    "um_per_px",
+    "scale_source",
+    "scale_note",
+    "cell",
+    "x",
+    "y",
+    "width",
+    "height",
+    "nucleus_x",
+    "nucleus_y",
+    "nucleus_width",
+    "nucleus_height",
+    "cell_area",
+    "nucleus_area",
+    "flags",
+    "crop",
+];
+
 /// `--mode cell`: masks (255 nucleus / 128 cytoplasm), per-cell model views and cells.csv.
+/// The files are one set, as in `predict`: a field whose own scale fell back to the assumed
+/// one is segmented again at the pooled scale of the fields of its size
+/// ([`allscan_preprocess::ScalePool`]; `--per-image-scale` turns it off), and a folder of
+/// 224 px Aria fields takes their pooled pixel aspect, so masks, crops and cells.csv are what
+/// the model is given.
 fn segment_cells(
     files: &[PathBuf],
     skipped: &[(PathBuf, String)],
@@ -169,119 +212,150 @@ fn segment_cells(
     cfg: &PreprocessConfig,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<ExitCode> {
-    let mut csv = Table::new(&[
-        "path",
-        "status",
-        "um_per_px",
-        "scale_source",
-        "scale_note",
-        "cell",
-        "x",
-        "y",
-        "width",
-        "height",
-        "nucleus_x",
-        "nucleus_y",
-        "nucleus_width",
-        "nucleus_height",
-        "cell_area",
-        "nucleus_area",
-        "flags",
-        "crop",
-    ]);
-    let (mut ok, mut without, mut total) = (0usize, 0usize, 0usize);
+    let mut csv = Table::new(&CELL_COLUMNS);
     let mut failed = skipped_rows(&mut csv, skipped, root)?;
-    let mut sheet_rows: Vec<RgbImage> = Vec::new();
-    for file in files {
+    let rel_of = |file: &Path| file.strip_prefix(root).unwrap_or(file).to_path_buf();
+    let sheet = |k: usize| args.sheet && k < args.sheet_rows;
+    let mut fields: Vec<Result<CellField, String>> = Vec::with_capacity(files.len());
+    for (k, file) in files.iter().enumerate() {
         bar.inc(1);
-        let rel = file.strip_prefix(root).unwrap_or(file).to_path_buf();
-        let rel_s = rel.to_string_lossy().replace('\\', "/");
-        let img = match decode_file(file, &cfg.decode) {
-            Ok(i) => i,
+        fields.push(match cell_field(file, &rel_of(file), &args.out, cfg, None, sheet(k)) {
+            Ok(f) => Ok(f),
             Err(e) => {
-                failed += 1;
-                bar.suspend(|| eprintln!("skipped: {}: {}", file.display(), e.reason()));
-                csv.row([rel_s, format!("error: {}", e.reason())])?;
-                continue;
+                bar.suspend(|| eprintln!("skipped: {e:#}"));
+                Err(format!("{e:#}"))
             }
-        };
-        ok += 1;
-        let (views, found) = allscan_preprocess::prepare_cells(&img, cfg);
-        let s = &found.scale;
-        let source = serde_json::to_value(s.source)?.as_str().unwrap_or_default().to_string();
-        let mut note = s.note.clone().unwrap_or_default();
-        if !s.aspect.is_square() {
-            let sep = if note.is_empty() { "" } else { "; " };
-            note = format!("{note}{sep}pixels {:.3} times as wide as tall: measured at square pixels", s.aspect.ratio);
+        });
+    }
+    let items: Vec<Option<((u32, u32), &allscan_preprocess::ScaleEstimate)>> =
+        fields.iter().map(|f| f.as_ref().ok().map(|f| (f.size, &f.scale))).collect();
+    for (k, pooled) in allscan_preprocess::ScalePool::regroup(&items, &cfg.cell.scale) {
+        let rel = rel_of(&files[k]);
+        // The first pass's crops go: the pooled scale may find fewer cells.
+        let crops = args.out.join("crops").join(&rel);
+        if crops.is_dir() {
+            std::fs::remove_dir_all(&crops).with_context(|| format!("removing {}", crops.display()))?;
         }
-        let um_per_px = format!("{:.4}", s.um_per_px);
-        let png_rel = png_name(&rel);
-        save_gray(&found.mask, &args.out.join("masks").join(&png_rel))?;
-        if found.cells.is_empty() {
-            without += 1;
-            csv.row([rel_s.clone(), "no white cell found".into(), um_per_px.clone(), source.clone(), note.clone()])?;
-        }
-        let crop_dir_rel = Path::new("crops").join(&rel);
-        for (k, c) in found.cells.iter().enumerate() {
-            total += 1;
-            let crop = match views.nucleus_of_view.iter().position(|v| *v == Some(k)) {
-                Some(v) => {
-                    let p = crop_dir_rel.join(format!("{k}.png"));
-                    save_rgb(&views.images[v], &args.out.join(&p))?;
-                    p.to_string_lossy().replace('\\', "/")
-                }
-                None => String::new(),
-            };
-            let flags: Vec<String> = c
-                .flags
-                .iter()
-                .filter_map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from)))
-                .collect();
-            csv.row([
-                rel_s.clone(),
-                "ok".into(),
-                um_per_px.clone(),
-                source.clone(),
-                note.clone(),
-                k.to_string(),
-                c.cell.x.to_string(),
-                c.cell.y.to_string(),
-                c.cell.width.to_string(),
-                c.cell.height.to_string(),
-                c.nucleus.x.to_string(),
-                c.nucleus.y.to_string(),
-                c.nucleus.width.to_string(),
-                c.nucleus.height.to_string(),
-                c.cell_area.to_string(),
-                c.nucleus_area.to_string(),
-                flags.join(" "),
-                crop,
-            ])?;
-        }
-        if args.sheet && sheet_rows.len() < args.sheet_rows {
-            let crops: Vec<allscan_preprocess::RoiCrop> = views
-                .images
-                .iter()
-                .zip(&views.regions)
-                .enumerate()
-                .filter_map(|(i, (im, r))| {
-                    r.map(|region| allscan_preprocess::RoiCrop { image: im.clone(), region, nucleus_index: i })
-                })
-                .collect();
-            sheet_rows.push(contact_sheet(&img, &found.mask, &crops, 6));
-        }
+        fields[k] = cell_field(&files[k], &rel, &args.out, cfg, Some(&pooled), sheet(k)).map_err(|e| format!("{e:#}"));
     }
     bar.finish_and_clear();
+    let (mut ok, mut without, mut total) = (0usize, 0usize, 0usize);
+    let mut sheet_rows: Vec<RgbImage> = Vec::new();
+    for (file, field) in files.iter().zip(fields) {
+        match field {
+            Ok(f) => {
+                ok += 1;
+                without += (f.cells == 0) as usize;
+                total += f.cells;
+                for row in f.rows {
+                    csv.record(row)?;
+                }
+                sheet_rows.extend(f.sheet_row);
+            }
+            Err(e) => {
+                failed += 1;
+                csv.row([rel_of(file).to_string_lossy().replace('\\', "/"), format!("error: {e}")])?;
+            }
+        }
+    }
     csv.save(&args.out.join("cells.csv"))?;
-    if args.sheet && !sheet_rows.is_empty() {
+    if !sheet_rows.is_empty() {
         let sheet_path = args.out.join("sheet.png");
-        stack_rows(&sheet_rows).save(&sheet_path).with_context(|| format!("writing {}", sheet_path.display()))?;
+        save_rgb(&stack_rows(&sheet_rows), &sheet_path)?;
     }
     println!(
         "{ok} fields segmented (cell mode): {total} white cells; {without} with no white cell found; {failed} unreadable (skipped); output in {}",
         args.out.display()
     );
     Ok(if ok == 0 || failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// One field of `--mode cell`, its mask and crops written.
+struct CellField {
+    /// Its `cells.csv` rows.
+    rows: Vec<Vec<String>>,
+    /// White cells found.
+    cells: usize,
+    /// The scale it was segmented at, and the file's size (the pool's key).
+    scale: allscan_preprocess::ScaleEstimate,
+    size: (u32, u32),
+    sheet_row: Option<RgbImage>,
+}
+
+/// Segments one field at `scale` (`None`: its own estimate), writing its mask and crops.
+fn cell_field(
+    file: &Path,
+    rel: &Path,
+    out: &Path,
+    cfg: &PreprocessConfig,
+    scale: Option<&allscan_preprocess::ScaleEstimate>,
+    sheet: bool,
+) -> anyhow::Result<CellField> {
+    let img = decode_file(file, &cfg.decode).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.reason()))?;
+    let rel_s = rel.to_string_lossy().replace('\\', "/");
+    let (views, found) = allscan_preprocess::prepare_cells_at(&img, cfg, scale);
+    let s = &found.scale;
+    let source = serde_json::to_value(s.source)?.as_str().unwrap_or_default().to_string();
+    let mut note = s.note.clone().unwrap_or_default();
+    if !s.aspect.is_square() {
+        let sep = if note.is_empty() { "" } else { "; " };
+        note = format!("{note}{sep}pixels {:.3} times as wide as tall: measured at square pixels", s.aspect.ratio);
+    }
+    let um_per_px = format!("{:.4}", s.um_per_px);
+    save_gray(&found.mask, &out.join("masks").join(png_name(rel)))?;
+    let mut rows = Vec::new();
+    if found.cells.is_empty() {
+        rows.push(vec![rel_s.clone(), "no white cell found".into(), um_per_px.clone(), source.clone(), note.clone()]);
+    }
+    let crop_dir_rel = Path::new("crops").join(rel);
+    for (k, c) in found.cells.iter().enumerate() {
+        let crop = match views.nucleus_of_view.iter().position(|v| *v == Some(k)) {
+            Some(v) => {
+                let p = crop_dir_rel.join(format!("{k}.png"));
+                save_rgb(&views.images[v], &out.join(&p))?;
+                p.to_string_lossy().replace('\\', "/")
+            }
+            None => String::new(),
+        };
+        let flags: Vec<String> = c
+            .flags
+            .iter()
+            .filter_map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from)))
+            .collect();
+        rows.push(vec![
+            rel_s.clone(),
+            "ok".into(),
+            um_per_px.clone(),
+            source.clone(),
+            note.clone(),
+            k.to_string(),
+            c.cell.x.to_string(),
+            c.cell.y.to_string(),
+            c.cell.width.to_string(),
+            c.cell.height.to_string(),
+            c.nucleus.x.to_string(),
+            c.nucleus.y.to_string(),
+            c.nucleus.width.to_string(),
+            c.nucleus.height.to_string(),
+            c.cell_area.to_string(),
+            c.nucleus_area.to_string(),
+            flags.join(" "),
+            crop,
+        ]);
+    }
+    let sheet_row = sheet.then(|| {
+        let crops: Vec<allscan_preprocess::RoiCrop> = views
+            .images
+            .iter()
+            .zip(&views.regions)
+            .enumerate()
+            .filter_map(|(i, (im, r))| {
+                r.map(|region| allscan_preprocess::RoiCrop { image: im.clone(), region, nucleus_index: i })
+            })
+            .collect();
+        contact_sheet(&img, &found.mask, &crops, 6)
+    });
+    Ok(CellField { rows, cells: found.cells.len(), scale: found.scale, size: img.dimensions(), sheet_row })
 }
 
 /// What one field produced.
@@ -335,17 +409,22 @@ fn png_name(rel: &Path) -> PathBuf {
 }
 
 fn save_gray(img: &GrayImage, path: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    img.save(path).with_context(|| format!("writing {}", path.display()))
+    save_png(img.as_raw(), img.dimensions(), image::ExtendedColorType::L8, path)
 }
 
 fn save_rgb(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    img.save(path).with_context(|| format!("writing {}", path.display()))
+    save_png(img.as_raw(), img.dimensions(), image::ExtendedColorType::Rgb8, path)
+}
+
+/// Encodes the pixels as PNG and writes them atomically (an interrupted run leaves no half
+/// image).
+fn save_png(raw: &[u8], (w, h): (u32, u32), colour: image::ExtendedColorType, path: &Path) -> anyhow::Result<()> {
+    use image::ImageEncoder;
+    let mut bytes = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut bytes)
+        .write_image(raw, w, h, colour)
+        .with_context(|| format!("encoding {}", path.display()))?;
+    allscan::fsutil::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Image files under `dir` and what was passed over (`allscan::data::walk`: each file once;
@@ -391,9 +470,16 @@ impl Table {
         Ok(())
     }
 
+    /// One row of any length up to the header's, padded as [`Self::row`].
+    fn record(&mut self, fields: Vec<String>) -> anyhow::Result<()> {
+        let pad = self.columns.saturating_sub(fields.len());
+        self.writer.write_record(fields.into_iter().chain(std::iter::repeat_n(String::new(), pad)))?;
+        Ok(())
+    }
+
     fn save(self, path: &Path) -> anyhow::Result<()> {
         let bytes = self.writer.into_inner().map_err(|e| e.into_error())?;
-        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+        allscan::fsutil::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
     }
 }
 

@@ -97,3 +97,30 @@ fn crops_of_one_call_share_the_pooled_scale_and_per_image_scale_turns_it_off() {
     let one = allscan(tmp.path(), &["predict", "run", "cells/cell11.png", "--format", "csv"]);
     assert_eq!(scales(&stdout(&one))[0].0, "assumed");
 }
+
+/// `segment --mode cell` is the same set as `predict`: its cells.csv, masks and crops use the
+/// pooled scale predict scores with; `--per-image-scale` and `--um-per-px` as in predict.
+#[test]
+fn segment_in_cell_mode_pools_the_scale_as_predict_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    crops(&tmp.path().join("cells"));
+    let table = |extra: &[&str]| {
+        let out = tmp.path().join(format!("seg{}", extra.len()));
+        let mut args = vec!["segment", "cells", "--out", out.to_str().unwrap(), "--mode", "cell"];
+        args.extend_from_slice(extra);
+        let o = allscan(tmp.path(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // Every crop holds one cell: one row per file.
+        let rows = scales(&std::fs::read_to_string(out.join("cells.csv")).unwrap());
+        assert_eq!(rows.len(), 12, "{rows:?}");
+        rows
+    };
+    let pooled = table(&[]);
+    assert!(pooled.iter().all(|(s, u)| s == "pooled" && *u == pooled[0].1), "{pooled:?}");
+    assert!((pooled[0].1 - 11.0 / 120.0).abs() / (11.0 / 120.0) < 0.1, "{pooled:?}");
+    let own = table(&["--per-image-scale"]);
+    assert!(own.iter().all(|(s, _)| s == "assumed"), "{own:?}");
+    assert!((own[11].1 / own[0].1 - 0.6).abs() < 0.06, "{own:?}");
+    let given = table(&["--um-per-px", "0.1"]);
+    assert!(given.iter().all(|(s, u)| s == "given" && (*u - 0.1).abs() < 1e-4), "{given:?}");
+}
