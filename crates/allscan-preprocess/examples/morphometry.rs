@@ -9,7 +9,9 @@
 //! `cargo run --release -p allscan-preprocess --example morphometry -- DATA OUT.csv`
 //!
 //! Scale: each image's own estimate; an image that falls back (no red cells) takes the pooled
-//! scale of its set and image size, as training and `eval` do.
+//! scale of its set and image size, as training and `eval` do. Cells are measured where the
+//! model's crops are cut, at square pixels (`find_cells_square`: Aria's fields are stretched
+//! by their pixel aspect, 1.28, first).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,8 +20,8 @@ use std::process::ExitCode;
 
 use allscan_preprocess::scale::{red_cell_rulers_on, WorkField};
 use allscan_preprocess::{
-    decode_file, estimate_scale, find_white_cells, CellConfig, CellFlag, CellResult, DecodeLimits, ScaleConfig,
-    ScaleEstimate, ScalePool,
+    decode_file, find_cells_square, CellFlag, CellResult, DecodeLimits, PreprocessConfig, ScaleEstimate, ScalePool,
+    SegmentMode,
 };
 use image::RgbImage;
 
@@ -46,25 +48,26 @@ fn main() -> ExitCode {
     if args.iter().any(|a| a == "--rulers") {
         return rulers(&items, threads, &out);
     }
-    let scale_cfg = ScaleConfig::default();
-    let cell_cfg = CellConfig::default();
-    // Pass 1: own scales (decoding twice is cheaper than holding every image).
+    let cfg = PreprocessConfig { mode: SegmentMode::Cell, ..Default::default() };
+    let scale_cfg = &cfg.cell.scale;
+    // Pass 1: own scales and aspects (decoding twice is cheaper than holding every image).
     let own: Vec<Option<(u32, u32, ScaleEstimate)>> = par_map(&items, threads, |it| {
         let img = decode_file(&it.path, &DecodeLimits::default()).ok()?;
-        Some((img.width(), img.height(), estimate_scale(&img, &scale_cfg)))
+        Some((img.width(), img.height(), find_cells_square(&img, &cfg, None).found.scale))
     });
     let keyed: Vec<Option<(PoolKey, &ScaleEstimate)>> =
         items.iter().zip(&own).map(|(it, o)| o.as_ref().map(|(w, h, s)| ((it.source, *w, *h), s))).collect();
     let mut scale: Vec<Option<ScaleEstimate>> = own.iter().map(|o| o.as_ref().map(|(_, _, s)| s.clone())).collect();
-    for (i, s) in ScalePool::regroup(&keyed, &scale_cfg) {
+    for (i, s) in ScalePool::regroup(&keyed, scale_cfg) {
         scale[i] = Some(s);
     }
     let work: Vec<(&Item, Option<ScaleEstimate>)> = items.iter().zip(scale).collect();
     let rows: Vec<Vec<String>> = par_map(&work, threads, |(it, s)| {
         let s = s.as_ref()?;
         let img = decode_file(&it.path, &DecodeLimits::default()).ok()?;
-        let found = find_white_cells(&img, &cell_cfg, s);
-        Some(measure(&img, &found).into_iter().map(|f| row(it, &found, &f)).collect::<Vec<_>>())
+        let square = find_cells_square(&img, &cfg, Some(s));
+        let found = &square.found;
+        Some(measure(&square.field, found).into_iter().map(|f| row(it, found, &f)).collect::<Vec<_>>())
     })
     .into_iter()
     .flatten()

@@ -117,16 +117,24 @@ pub fn prepare_cells(img: &RgbImage, cfg: &PreprocessConfig) -> (PreparedViews, 
     prepare_cells_at(img, cfg, None)
 }
 
-/// [`prepare_cells`] at a scale already known (e.g. a set's pooled one, [`ScalePool`]);
-/// `None`: the field's own estimate.
-pub fn prepare_cells_at(
-    img: &RgbImage,
-    cfg: &PreprocessConfig,
-    scale: Option<&ScaleEstimate>,
-) -> (PreparedViews, CellResult) {
+/// A field's white cells in its square-pixel frame ([`find_cells_square`]): what
+/// [`prepare_cells_at`] crops from and maps back, and what a measurement in micrometres
+/// (shapes, areas) should read.
+pub struct SquareCells<'a> {
+    /// The field at square pixels (the file itself where its pixels are square).
+    pub field: std::borrow::Cow<'a, RgbImage>,
+    /// The cells found on `field`; `scale.um_per_px` is per pixel of `field`.
+    pub found: CellResult,
+    /// File rows per row of `field` (1 unless a large field was shrunk along its rows).
+    pub rows: f32,
+}
+
+/// The first half of [`prepare_cells_at`]: the pixel aspect (a hint's where it was measured,
+/// else the field's own), the field stretched to square pixels, the scale and the white cells
+/// found there.
+pub fn find_cells_square<'a>(img: &'a RgbImage, cfg: &PreprocessConfig, scale: Option<&ScaleEstimate>) -> SquareCells<'a> {
     let sc = &cfg.cell.scale;
-    // Square pixels first (scale::PixelAspect): a hint's aspect where it was measured. The
-    // reduced field is built once where the pixels are square (the common case).
+    // The reduced field is built once where the pixels are square (the common case).
     let own_field = WorkField::new(img);
     let hinted = scale.filter(|s| s.aspect.own_cells > 0 || s.aspect.source != scale::AspectSource::Square);
     // One measurement of the red cells gives the aspect and, where it is square, the scale.
@@ -155,6 +163,18 @@ pub fn prepare_cells_at(
     }
     scale.aspect = aspect;
     let found = cell::find_white_cells_on(&work, &field, &cfg.cell.finder, &scale);
+    SquareCells { field: work, found, rows }
+}
+
+/// [`prepare_cells`] at a scale already known (e.g. a set's pooled one, [`ScalePool`]);
+/// `None`: the field's own estimate.
+pub fn prepare_cells_at(
+    img: &RgbImage,
+    cfg: &PreprocessConfig,
+    scale: Option<&ScaleEstimate>,
+) -> (PreparedViews, CellResult) {
+    // Square pixels first (scale::PixelAspect), then scale and cells there.
+    let SquareCells { field: work, found, rows } = find_cells_square(img, cfg, scale);
     let field = match &cfg.stain {
         Some(s) => s.apply(&work),
         None => work.clone().into_owned(),
