@@ -132,7 +132,11 @@ pub struct SquareCells<'a> {
 /// The first half of [`prepare_cells_at`]: the pixel aspect (a hint's where it was measured,
 /// else the field's own), the field stretched to square pixels, the scale and the white cells
 /// found there.
-pub fn find_cells_square<'a>(img: &'a RgbImage, cfg: &PreprocessConfig, scale: Option<&ScaleEstimate>) -> SquareCells<'a> {
+pub fn find_cells_square<'a>(
+    img: &'a RgbImage,
+    cfg: &PreprocessConfig,
+    scale: Option<&ScaleEstimate>,
+) -> SquareCells<'a> {
     let sc = &cfg.cell.scale;
     // The reduced field is built once where the pixels are square (the common case).
     let own_field = WorkField::new(img);
