@@ -20,8 +20,8 @@ use std::process::ExitCode;
 
 use allscan_preprocess::scale::{red_cell_rulers_on, WorkField};
 use allscan_preprocess::{
-    decode_file, find_cells_square, CellFlag, CellResult, DecodeLimits, PreprocessConfig, ScaleEstimate, ScalePool,
-    SegmentMode,
+    decode_file, find_cells_square, square_scale, CellFlag, CellResult, DecodeLimits, PreprocessConfig, ScaleEstimate,
+    ScalePool, SegmentMode,
 };
 use image::RgbImage;
 
@@ -53,19 +53,23 @@ fn main() -> ExitCode {
     // Pass 1: own scales and aspects (decoding twice is cheaper than holding every image).
     let own: Vec<Option<(u32, u32, ScaleEstimate)>> = par_map(&items, threads, |it| {
         let img = decode_file(&it.path, &DecodeLimits::default()).ok()?;
-        Some((img.width(), img.height(), find_cells_square(&img, &cfg, None).found.scale))
+        Some((img.width(), img.height(), square_scale(&img, &cfg)))
     });
     let keyed: Vec<Option<(PoolKey, &ScaleEstimate)>> =
         items.iter().zip(&own).map(|(it, o)| o.as_ref().map(|(w, h, s)| ((it.source, *w, *h), s))).collect();
-    let mut scale: Vec<Option<ScaleEstimate>> = own.iter().map(|o| o.as_ref().map(|(_, _, s)| s.clone())).collect();
+    // Pass 2: the cells, at the pooled scale where the image's own fell back, else its own.
+    let mut pooled: Vec<Option<ScaleEstimate>> = vec![None; items.len()];
     for (i, s) in ScalePool::regroup(&keyed, scale_cfg) {
-        scale[i] = Some(s);
+        pooled[i] = Some(s);
     }
-    let work: Vec<(&Item, Option<ScaleEstimate>)> = items.iter().zip(scale).collect();
-    let rows: Vec<Vec<String>> = par_map(&work, threads, |(it, s)| {
-        let s = s.as_ref()?;
+    let work: Vec<(&Item, bool, Option<ScaleEstimate>)> =
+        items.iter().zip(&own).zip(pooled).map(|((it, o), p)| (it, o.is_some(), p)).collect();
+    let rows: Vec<Vec<String>> = par_map(&work, threads, |(it, readable, pooled)| {
+        if !*readable {
+            return None;
+        }
         let img = decode_file(&it.path, &DecodeLimits::default()).ok()?;
-        let square = find_cells_square(&img, &cfg, Some(s));
+        let square = find_cells_square(&img, &cfg, pooled.as_ref());
         let found = &square.found;
         Some(measure(&square.field, found).into_iter().map(|f| row(it, found, &f)).collect::<Vec<_>>())
     })

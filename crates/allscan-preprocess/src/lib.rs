@@ -137,6 +137,23 @@ pub fn find_cells_square<'a>(
     cfg: &PreprocessConfig,
     scale: Option<&ScaleEstimate>,
 ) -> SquareCells<'a> {
+    let (work, field, scale, rows) = square_frame(img, cfg, scale);
+    let found = cell::find_white_cells_on(&work, &field, &cfg.cell.finder, &scale);
+    SquareCells { field: work, found, rows }
+}
+
+/// The scale [`find_cells_square`] would find the cells at (its aspect included), without
+/// finding them: what a set's first pass needs for [`ScalePool`].
+pub fn square_scale(img: &RgbImage, cfg: &PreprocessConfig) -> ScaleEstimate {
+    square_frame(img, cfg, None).2
+}
+
+/// The field at square pixels, its reduced field, the scale there and the file rows per row.
+fn square_frame<'a>(
+    img: &'a RgbImage,
+    cfg: &PreprocessConfig,
+    scale: Option<&ScaleEstimate>,
+) -> (std::borrow::Cow<'a, RgbImage>, WorkField, ScaleEstimate, f32) {
     let sc = &cfg.cell.scale;
     // The reduced field is built once where the pixels are square (the common case).
     let own_field = WorkField::new(img);
@@ -166,8 +183,7 @@ pub fn find_cells_square<'a>(
         scale.um_per_px *= rows;
     }
     scale.aspect = aspect;
-    let found = cell::find_white_cells_on(&work, &field, &cfg.cell.finder, &scale);
-    SquareCells { field: work, found, rows }
+    (work, field, scale, rows)
 }
 
 /// [`prepare_cells`] at a scale already known (e.g. a set's pooled one, [`ScalePool`]);

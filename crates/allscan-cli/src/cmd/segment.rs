@@ -219,13 +219,11 @@ fn segment_cells(
     let mut fields: Vec<Result<CellField, String>> = Vec::with_capacity(files.len());
     for (k, file) in files.iter().enumerate() {
         bar.inc(1);
-        fields.push(match cell_field(file, &rel_of(file), &args.out, cfg, None, sheet(k)) {
-            Ok(f) => Ok(f),
-            Err(e) => {
-                bar.suspend(|| eprintln!("skipped: {e:#}"));
-                Err(format!("{e:#}"))
-            }
-        });
+        let field = cell_field(file, &rel_of(file), &args.out, cfg, None, sheet(k))?;
+        if let Err(reason) = &field {
+            bar.suspend(|| eprintln!("skipped: {}: {reason}", file.display()));
+        }
+        fields.push(field);
     }
     let items: Vec<Option<((u32, u32), &allscan_preprocess::ScaleEstimate)>> =
         fields.iter().map(|f| f.as_ref().ok().map(|f| (f.size, &f.scale))).collect();
@@ -236,7 +234,7 @@ fn segment_cells(
         if crops.is_dir() {
             std::fs::remove_dir_all(&crops).with_context(|| format!("removing {}", crops.display()))?;
         }
-        fields[k] = cell_field(&files[k], &rel, &args.out, cfg, Some(&pooled), sheet(k)).map_err(|e| format!("{e:#}"));
+        fields[k] = cell_field(&files[k], &rel, &args.out, cfg, Some(&pooled), sheet(k))?;
     }
     bar.finish_and_clear();
     let (mut ok, mut without, mut total) = (0usize, 0usize, 0usize);
@@ -282,7 +280,9 @@ struct CellField {
     sheet_row: Option<RgbImage>,
 }
 
-/// Segments one field at `scale` (`None`: its own estimate), writing its mask and crops.
+/// Segments one field at `scale` (`None`: its own estimate), writing its mask and crops. An
+/// unreadable file is the inner error (its reason: skipped and counted); a failed write of
+/// the outputs is the outer one (the run stops).
 fn cell_field(
     file: &Path,
     rel: &Path,
@@ -290,8 +290,11 @@ fn cell_field(
     cfg: &PreprocessConfig,
     scale: Option<&allscan_preprocess::ScaleEstimate>,
     sheet: bool,
-) -> anyhow::Result<CellField> {
-    let img = decode_file(file, &cfg.decode).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.reason()))?;
+) -> anyhow::Result<Result<CellField, String>> {
+    let img = match decode_file(file, &cfg.decode) {
+        Ok(img) => img,
+        Err(e) => return Ok(Err(e.reason())),
+    };
     let rel_s = rel.to_string_lossy().replace('\\', "/");
     let (views, found) = allscan_preprocess::prepare_cells_at(&img, cfg, scale);
     let s = &found.scale;
@@ -355,7 +358,7 @@ fn cell_field(
             .collect();
         contact_sheet(&img, &found.mask, &crops, 6)
     });
-    Ok(CellField { rows, cells: found.cells.len(), scale: found.scale, size: img.dimensions(), sheet_row })
+    Ok(Ok(CellField { rows, cells: found.cells.len(), scale: found.scale, size: img.dimensions(), sheet_row }))
 }
 
 /// What one field produced.
@@ -464,13 +467,10 @@ impl Table {
 
     /// One row: `fields`, then empty columns up to the header's length.
     fn row<const N: usize>(&mut self, fields: [String; N]) -> anyhow::Result<()> {
-        let pad = self.columns.saturating_sub(N);
-        let row = fields.into_iter().chain(std::iter::repeat_n(String::new(), pad));
-        self.writer.write_record(row)?;
-        Ok(())
+        self.record(fields.into())
     }
 
-    /// One row of any length up to the header's, padded as [`Self::row`].
+    /// [`Self::row`] of a length known at run time.
     fn record(&mut self, fields: Vec<String>) -> anyhow::Result<()> {
         let pad = self.columns.saturating_sub(fields.len());
         self.writer.write_record(fields.into_iter().chain(std::iter::repeat_n(String::new(), pad)))?;
